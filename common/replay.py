@@ -1,0 +1,521 @@
+"""Trajectory storage: the AIME authors' one-`.npz`-per-trajectory format, datasets and replay.
+
+File format (readable by the authors' loader, and theirs by ours): `{folder}/{index}.npz`, each key
+an array over the records of one trajectory (501 for a DMC episode at action repeat 2): the
+dm_control observation keys [T, dim], `image` [T, 64, 64, 3] uint8, `reward`, `is_first`,
+`is_last`, `is_terminal` [T, 1], and `pre_action` [T, A], the action that led to each record
+(zeros at t = 0). V-D4RL's 64px episodes (`image`/`observation`, `action`, `reward`, `discount`)
+are read too and mapped onto these keys.
+
+In memory a trajectory is a `dict[str, np.ndarray]` over time: scalars [T], vectors [T, dim],
+images [T, H, W, 3] uint8. Batches are time-major torch tensors: [T, B, dim], images
+[T, B, 3, H, W] float in [0, 1] (converted on the target device, never held as float on the host).
+
+`TrajectoryDataset` reads one or several folders (several = a mixed embodiment dataset) through
+an uncompressed memory-mapped cache built once per folder, so a dataset larger than RAM is
+usable and only the requested keys are ever read. `ReplayBuffer` is the online agents' buffer:
+it appends finished episodes, saves each one in the same format, and samples the same windows.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any, Optional, Union, cast
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+Trajectory = dict[str, np.ndarray]
+PathLike = Union[str, Path]
+
+SCALAR_KEYS: tuple[str, ...] = ("reward", "is_first", "is_last", "is_terminal")
+FLAG_KEYS: tuple[str, ...] = ("is_first", "is_last", "is_terminal")
+IMAGE_KEYS: tuple[str, ...] = ("image",)
+CACHE_VERSION = 1
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used, with the file and the problem named."""
+
+
+def make_command(folder: PathLike) -> str:
+    """The command that creates a dataset folder, inferred from its name ('' if unknown)."""
+    name = Path(folder).name
+    if m := re.fullmatch(r"(\w+)-random", name):
+        return f"python dreamer_collect.py --agent random --env {m[1]}"
+    if m := re.fullmatch(r"(\w+)-p2e", name):
+        return f"python dreamer_collect.py --agent p2e --env {m[1]}"
+    if m := re.fullmatch(r"(\w+)-(\w+)-buffer", name):
+        return f"python dreamer_collect.py --agent dreamer --env {m[1]} --task {m[2]}"
+    if m := re.fullmatch(r"(\w+)-(\w+)-expert", name):
+        return f"python dreamer_collect.py --agent dreamer --env {m[1]} --task {m[2]}"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------
+# One trajectory on disk
+# --------------------------------------------------------------------------------------------
+def stack_records(records: Sequence[Mapping[str, np.ndarray]]) -> Trajectory:
+    """Stack the per-step records of an environment into one trajectory."""
+    return {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
+
+    A kill at any moment leaves either the old file or the new one, never a partial one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_trajectory(path: PathLike, trajectory: Mapping[str, np.ndarray]) -> None:
+    """Write a trajectory as one compressed `.npz` in the authors' layout, atomically."""
+    lengths = {k: len(v) for k, v in trajectory.items()}
+    if len(set(lengths.values())) != 1:
+        raise DatasetError(f"cannot save {path}: keys have different lengths {lengths}")
+    # The authors' files hold every non-image key with a trailing feature axis: [T, 1].
+    arrays = {
+        k: np.asarray(v)[:, None] if np.ndim(v) == 1 else np.asarray(v)
+        for k, v in trajectory.items()
+    }
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **cast(dict[str, Any], arrays))
+
+    atomic_write(path, write)
+
+
+def _normalise(key: str, value: np.ndarray) -> np.ndarray:
+    """Stored array -> in-memory layout: scalars [T], vectors [T, dim] float32, images uint8."""
+    if key in FLAG_KEYS:
+        return value.reshape(len(value)).astype(bool)
+    if key == "reward":
+        return value.reshape(len(value)).astype(np.float32)
+    if key in IMAGE_KEYS:
+        return value
+    return value.reshape(len(value), -1).astype(np.float32)
+
+
+def _vd4rl_array(npz: Mapping[str, np.ndarray], key: str, length: int) -> np.ndarray:
+    """Our key `key` from a V-D4RL episode (DreamerV2 layout, whose `action[t]` led to obs t)."""
+    if key == "image":
+        image = npz["image"] if "image" in npz else npz["observation"]
+        return image.transpose(0, 2, 3, 1) if image.shape[1] == 3 else image
+    if key == "pre_action":
+        return npz["action"]
+    if key in npz:
+        return npz[key]
+    if key == "is_terminal":
+        return np.asarray(npz["discount"]) == 0
+    if key == "is_first":
+        return np.arange(length) == 0
+    if key == "is_last":
+        return np.arange(length) == length - 1
+    raise KeyError(key)
+
+
+def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Trajectory:
+    """Read the `keys` (default: all) of one trajectory file, ours or V-D4RL's.
+
+    Raises DatasetError naming the file for a corrupt file, a missing key or unequal lengths.
+    """
+    path = Path(path)
+    try:
+        with np.load(path) as npz:
+            present = list(npz.files)
+            vd4rl = "pre_action" not in present and "action" in present
+            if vd4rl:
+                # V-D4RL keys: image or observation, action, reward, discount (+ step flags).
+                available = ["image", "pre_action", "reward", *FLAG_KEYS]
+                length = len(npz["action"])
+            else:
+                available = present
+                length = -1
+            wanted = list(available if keys is None else keys)
+            missing = [k for k in wanted if k not in available]
+            if missing:
+                hint = (
+                    " (a dataset collected with --no-render has no images)"
+                    if "image" in missing
+                    else ""
+                )
+                raise DatasetError(
+                    f"{path}: missing key(s) {missing}{hint}; the file holds {sorted(present)}"
+                )
+            out = {k: _vd4rl_array(npz, k, length) if vd4rl else npz[k] for k in wanted}
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise DatasetError(f"{path}: cannot read trajectory file ({type(e).__name__}: {e})") from e
+    lengths = {k: len(v) for k, v in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise DatasetError(f"{path}: keys have inconsistent lengths {lengths}")
+    return {k: _normalise(k, np.asarray(v)) for k, v in out.items()}
+
+
+def _sort_key(path: Path) -> tuple[int, Union[int, str]]:
+    """Numbered files (ours, the authors') in numeric order, others (V-D4RL) by name."""
+    return (0, int(path.stem)) if path.stem.isdigit() else (1, path.name)
+
+
+def trajectory_files(folder: PathLike) -> list[Path]:
+    """The trajectory files of a dataset folder in order; a clear error if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        command = make_command(folder)
+        how = f"; create it with: {command}" if command else ""
+        raise DatasetError(f"dataset folder {folder} does not exist{how}")
+    files = sorted(folder.glob("*.npz"), key=_sort_key)
+    if not files:
+        raise DatasetError(f"dataset folder {folder} contains no .npz trajectory files")
+    return files
+
+
+# --------------------------------------------------------------------------------------------
+# Windows of consecutive records
+# --------------------------------------------------------------------------------------------
+def to_torch_batch(
+    arrays: Mapping[str, np.ndarray], device: Union[str, torch.device]
+) -> dict[str, torch.Tensor]:
+    """[B, T, ...] numpy windows -> time-major tensors on `device`; images float [T, B, 3, H, W].
+
+    Images travel as uint8 and become floats in [0, 1] on the device.
+    """
+    batch = {}
+    for k, v in arrays.items():
+        x = torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True)
+        x = x.transpose(0, 1)  # [T, B, ...]
+        if k in IMAGE_KEYS:
+            x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)  # [T, B, 3, H, W]
+        batch[k] = x.contiguous()
+    return batch
+
+
+class WindowSampler:
+    """Uniform sampling of windows of `horizon` consecutive records of one trajectory.
+
+    Every valid window (trajectory i, start j with j + horizon <= length_i) is equally likely, so
+    windows never cross a trajectory's end and longer trajectories give more windows.
+    """
+
+    def __init__(self, seed: Optional[int] = None) -> None:
+        self.trajectories: list[Trajectory] = []
+        self.rng = np.random.default_rng(seed)
+        self._lengths = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Records per trajectory [N] (recomputed only when trajectories were added)."""
+        if len(self._lengths) != len(self.trajectories):
+            self._lengths = np.array(
+                [len(next(iter(t.values()))) for t in self.trajectories], dtype=np.int64
+            )
+        return self._lengths
+
+    @property
+    def num_records(self) -> int:
+        return int(self.lengths.sum())
+
+    def windows(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every valid window as (trajectory index, start) arrays, in order."""
+        counts = np.maximum(self.lengths - horizon + 1, 0)
+        traj = np.repeat(np.arange(len(counts)), counts)
+        start = np.arange(len(traj)) - np.repeat(np.cumsum(counts) - counts, counts)
+        return traj, start
+
+    def sample_windows(self, batch_size: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """`batch_size` windows drawn uniformly (with replacement) from all valid windows."""
+        counts = np.maximum(self.lengths - horizon + 1, 0)
+        total = int(counts.sum())
+        if total == 0:
+            raise DatasetError(
+                f"no trajectory has {horizon} records (the longest has "
+                f"{self.lengths.max(initial=0)}); use a shorter horizon"
+            )
+        flat = self.rng.integers(total, size=batch_size)
+        ends = np.cumsum(counts)
+        traj = np.searchsorted(ends, flat, side="right")
+        start = flat - (ends[traj] - counts[traj])
+        return traj, start
+
+    def gather(
+        self,
+        traj: np.ndarray,
+        start: np.ndarray,
+        horizon: int,
+        keys: Optional[Sequence[str]] = None,
+    ) -> dict[str, np.ndarray]:
+        """The windows as numpy arrays [B, horizon, ...] (images stay uint8)."""
+        keys = list(self.trajectories[0]) if keys is None else keys
+        return {
+            k: np.stack(
+                [self.trajectories[i][k][j : j + horizon] for i, j in zip(traj, start, strict=True)]
+            )
+            for k in keys
+        }
+
+    def sample(
+        self,
+        batch_size: int,
+        horizon: int,
+        device: Union[str, torch.device] = "cpu",
+        keys: Optional[Sequence[str]] = None,
+    ) -> dict[str, torch.Tensor]:
+        """A batch of uniformly drawn windows as time-major tensors (see `to_torch_batch`)."""
+        traj, start = self.sample_windows(batch_size, horizon)
+        return to_torch_batch(self.gather(traj, start, horizon, keys), device)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets on disk
+# --------------------------------------------------------------------------------------------
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path`, so parallel runs build a cache once."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _signature(files: Sequence[Path]) -> list[list[Union[str, int]]]:
+    return [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
+
+
+def _check_shapes(
+    path: Path, traj: Trajectory, shapes: dict[str, tuple[int, ...]], what: str
+) -> None:
+    for k, v in traj.items():
+        if k in shapes and v.shape[1:] != shapes[k]:
+            raise DatasetError(
+                f"{path}: {k!r} has shape {v.shape[1:]} per record but {what} has {shapes[k]}"
+            )
+
+
+class FolderCache:
+    """An uncompressed, memory-mapped copy of chosen keys of a dataset folder, built once.
+
+    `{cache}/{key}.bin` holds the key's records of all trajectories back to back;
+    `manifest.json` the folder's file list (names, sizes, times), trajectory lengths and the
+    dtype/shape of each cached key. A change in the folder's files rebuilds the cache.
+    """
+
+    def __init__(self, folder: PathLike, cache_dir: Optional[PathLike] = None) -> None:
+        self.folder = Path(folder)
+        self.files = trajectory_files(self.folder)
+        if cache_dir is None:
+            self.dir = self.folder / ".cache"
+        else:
+            digest = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:10]
+            self.dir = Path(cache_dir) / f"{self.folder.name}-{digest}"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DatasetError(
+                f"cannot create the dataset cache {self.dir} ({e}); pass a writable cache_dir"
+            ) from e
+
+    def _manifest(self) -> dict[str, Any]:
+        path = self.dir / "manifest.json"
+        if path.exists():
+            manifest = json.loads(path.read_text())
+            if (
+                manifest.get("version") == CACHE_VERSION
+                and manifest.get("files") == _signature(self.files)
+                and all((self.dir / f"{k}.bin").exists() for k in manifest["keys"])
+            ):
+                return dict(manifest)
+        return {
+            "version": CACHE_VERSION,
+            "files": _signature(self.files),
+            "lengths": None,
+            "keys": {},
+        }
+
+    def load(
+        self,
+        keys: Sequence[str],
+        expected_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
+        progress: bool = True,
+    ) -> list[Trajectory]:
+        """Per-trajectory views (memory-mapped, zero-copy) of `keys`, building what is missing."""
+        with _locked(self.dir / "lock"):
+            manifest = self._manifest()
+            missing = [k for k in keys if k not in manifest["keys"]]
+            if missing:
+                self._build(manifest, missing, expected_shapes or {}, progress)
+        lengths = np.asarray(manifest["lengths"], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        arrays = {}
+        for k in keys:
+            info = manifest["keys"][k]
+            shape = (int(offsets[-1]), *info["shape"])
+            if (
+                expected_shapes
+                and k in expected_shapes
+                and tuple(info["shape"]) != tuple(expected_shapes[k])
+            ):
+                raise DatasetError(
+                    f"{self.folder}: {k!r} has shape {tuple(info['shape'])} per record but the "
+                    f"environment has {tuple(expected_shapes[k])} "
+                    f"(a dataset of another embodiment?)"
+                )
+            arrays[k] = np.memmap(self.dir / f"{k}.bin", dtype=info["dtype"], mode="r", shape=shape)
+        return [
+            {k: a[offsets[i] : offsets[i + 1]] for k, a in arrays.items()}
+            for i in range(len(lengths))
+        ]
+
+    def _build(
+        self,
+        manifest: dict[str, Any],
+        keys: Sequence[str],
+        expected: Mapping[str, tuple[int, ...]],
+        progress: bool,
+    ) -> None:
+        """Stream every file once, validating it, and append its `keys` to the cache files."""
+        for stale in self.dir.glob(".*.tmp"):  # left by a build that was killed
+            stale.unlink()
+        if manifest["lengths"] is None:  # a new or changed folder: start over
+            for stale in self.dir.glob("*.bin"):
+                stale.unlink()
+            manifest["keys"] = {}
+        known_lengths: Optional[list[int]] = manifest["lengths"]
+        shapes: dict[str, tuple[int, ...]] = dict(expected)
+        what = "the environment" if expected else "earlier files"
+        dtypes: dict[str, np.dtype[Any]] = {}
+        lengths: list[int] = []
+        tmp_paths = {k: self.dir / f".{k}.bin.{os.getpid()}.tmp" for k in keys}
+        try:
+            with ExitStack() as stack:
+                outs = {k: stack.enter_context(open(p, "wb")) for k, p in tmp_paths.items()}
+                desc = f"caching {self.folder.name} {list(keys)}"
+                for i, path in enumerate(tqdm(self.files, desc=desc, disable=not progress)):
+                    traj = load_trajectory(path, keys)
+                    _check_shapes(path, traj, shapes, what)
+                    length = len(next(iter(traj.values())))
+                    if known_lengths is not None and known_lengths[i] != length:
+                        raise DatasetError(
+                            f"{path}: has {length} records in {list(keys)} "
+                            f"but {known_lengths[i]} in its other keys"
+                        )
+                    for k, v in traj.items():
+                        shapes.setdefault(k, v.shape[1:])
+                        if dtypes.setdefault(k, v.dtype) != v.dtype:
+                            raise DatasetError(
+                                f"{path}: {k!r} is {v.dtype}, earlier files hold {dtypes[k]}"
+                            )
+                        outs[k].write(np.ascontiguousarray(v).tobytes())
+                    lengths.append(length)
+        except BaseException:
+            for tmp in tmp_paths.values():
+                tmp.unlink(missing_ok=True)
+            raise
+        for k, tmp in tmp_paths.items():
+            os.replace(tmp, self.dir / f"{k}.bin")
+            manifest["keys"][k] = {"dtype": str(dtypes[k]), "shape": list(shapes[k])}
+        manifest["lengths"] = lengths
+        manifest_path = self.dir / "manifest.json"
+        atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest)))
+
+
+class TrajectoryDataset(WindowSampler):
+    """Trajectories from one or several dataset folders, read through a memory-mapped cache.
+
+    folders            one folder, or several to form a mixed dataset (read in place, in order)
+    keys               the record keys to load (e.g. the setting's observation keys and
+                       `pre_action`); nothing else is read
+    num_trajectories   use only the first N trajectories over all folders (None: all)
+    expected_shapes    per-record shapes the data must have (`DMCEnv.record_shapes`), so a
+                       dataset of another embodiment fails with a clear message
+    cache_dir          where caches go (default: `.cache/` inside each dataset folder)
+    """
+
+    def __init__(
+        self,
+        folders: Union[PathLike, Sequence[PathLike]],
+        keys: Sequence[str],
+        num_trajectories: Optional[int] = None,
+        expected_shapes: Optional[Mapping[str, tuple[int, ...]]] = None,
+        cache_dir: Optional[PathLike] = None,
+        seed: Optional[int] = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(seed)
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        if not folders:
+            raise DatasetError("no dataset folder given")
+        if num_trajectories is not None and num_trajectories < 1:
+            raise DatasetError(f"num_trajectories must be positive, got {num_trajectories}")
+        self.folders = [Path(f) for f in folders]
+        self.keys = list(dict.fromkeys(keys))
+        caches = [FolderCache(f, cache_dir) for f in self.folders]  # checks every folder first
+        for cache in caches:
+            if num_trajectories is not None and len(self.trajectories) >= num_trajectories:
+                break
+            self.trajectories += cache.load(self.keys, expected_shapes, progress)
+        if num_trajectories is not None:
+            if len(self.trajectories) < num_trajectories:
+                raise DatasetError(
+                    f"{num_trajectories} trajectories asked for, but "
+                    f"{', '.join(map(str, self.folders))} hold only {len(self.trajectories)}"
+                )
+            self.trajectories = self.trajectories[:num_trajectories]
+
+
+# --------------------------------------------------------------------------------------------
+# Online replay
+# --------------------------------------------------------------------------------------------
+class ReplayBuffer(WindowSampler):
+    """The online agents' buffer: finished episodes in memory (images uint8), each also saved
+    to `{directory}/{index}.npz`. Episodes already in `directory` are loaded, so a resumed run
+    continues where the files end."""
+
+    def __init__(self, directory: Optional[PathLike] = None, seed: Optional[int] = None) -> None:
+        super().__init__(seed)
+        self.directory = None if directory is None else Path(directory)
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for stale in self.directory.glob(".*.tmp"):  # left by a killed write
+                stale.unlink()
+            for path in sorted(self.directory.glob("*.npz"), key=_sort_key):
+                self.trajectories.append(load_trajectory(path))
+
+    def add(self, trajectory: Mapping[str, np.ndarray]) -> Optional[Path]:
+        """Append a finished episode (and save it); returns the file written, if any."""
+        episode = {k: _normalise(k, np.asarray(v)) for k, v in trajectory.items()}
+        if self.trajectories and set(episode) != set(self.trajectories[0]):
+            raise DatasetError(
+                f"episode keys {sorted(episode)} differ from the buffer's "
+                f"{sorted(self.trajectories[0])}"
+            )
+        path = None
+        if self.directory is not None:
+            path = self.directory / f"{len(self.trajectories)}.npz"
+            save_trajectory(path, episode)
+        self.trajectories.append(episode)
+        return path

@@ -1,0 +1,356 @@
+"""The recurrent state-space model (RSSM) cell of PlaNet / Dreamer-v1, with continuous latents.
+
+The latent state at time t is (h_t, s_t): h_t deterministic (a GRU), s_t Gaussian.
+
+    h_t = GRU(h_{t-1}, [s_{t-1}, a_{t-1}])          deterministic transition
+    p(s_t | h_t)        = N(prior_mean, prior_std)    prior      p_θ(s_t | s_{t-1}, a_{t-1})
+    q(s_t | h_t, e_t)   = N(post_mean, post_std)      posterior  q_φ(s_t | s_{t-1}, a_{t-1}, o_t)
+
+with e_t = f_φ(o_t) the encoder's embedding (the encoders live in the scripts). One cell serves
+every path: `obs_step` (one posterior step), `img_step` (one prior step), `observe` (filter a
+sequence with the posterior) and `imagine` (roll the prior forward under given actions or a policy).
+
+Two layouts, both from the AIME authors' code (`RSSMConfig`):
+- `AIME_RSSM` (paper default, Appendix B): GRU 512 on [s, a], s of 128 dims, separate mean and std
+  MLPs of 2x128 ELU for prior and posterior, std = softplus(.) + 1e-6.
+- `DREAMER_RSSM` (the original-Dreamer layout the authors used for cheetah): [s, a] -> Linear 512,
+  LayerNorm, SiLU before the GRU; prior and posterior one MLP of 512 (LayerNorm + SiLU) giving mean
+  and std together, s of 30 dims, std = 2 sigmoid(x / 2) + 0.1.
+
+The sequence loop is the hot path: it runs on plain tensors (no dicts or distribution objects per
+step, no host synchronisation); the embedding half of the posterior's first layer and the sampling
+noise are computed for the whole sequence before the loop; everything traces under torch.compile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class RSSMConfig:
+    """Sizes and layout of the RSSM cell."""
+
+    deter: int = 512
+    """size of the deterministic state h (GRU)"""
+    stoch: int = 128
+    """size of the Gaussian stochastic state s"""
+    hidden: int = 128
+    """width of the prior, posterior (and pre-GRU) MLPs"""
+    layers: int = 2
+    """hidden layers of the prior and posterior MLPs"""
+    act: Literal["elu", "silu"] = "elu"
+    """activation of the hidden layers"""
+    layer_norm: bool = False
+    """LayerNorm after every hidden linear layer"""
+    pre_gru: bool = False
+    """an MLP layer on [s, a] before the GRU (original Dreamer) instead of [s, a] directly"""
+    separate_std: bool = True
+    """separate MLPs for the mean and the std (AIME) instead of one MLP with 2 * stoch outputs"""
+    std_act: Literal["softplus", "sigmoid2"] = "softplus"
+    """std = softplus(x) + min_std, or 2 * sigmoid(x / 2) + min_std"""
+    min_std: float = 1e-6
+    """lower bound added to every std"""
+
+
+AIME_RSSM = RSSMConfig()
+DREAMER_RSSM = RSSMConfig(
+    stoch=30,
+    hidden=512,
+    layers=1,
+    act="silu",
+    layer_norm=True,
+    pre_gru=True,
+    separate_std=False,
+    std_act="sigmoid2",
+    min_std=0.1,
+)
+
+
+def _activation(name: str) -> nn.Module:
+    return nn.ELU() if name == "elu" else nn.SiLU()
+
+
+class GaussianNet(nn.Module):
+    """x -> (mean, std) of a diagonal Gaussian over s, with x = h (prior) or [h, e] (posterior).
+
+    The first linear layer is split by input, W [h, e] = W_h h + W_e e, so that `project_embed`
+    can compute W_e e for a whole sequence outside the recurrence. With `separate_std` the mean
+    and std MLPs' first layers are stacked into one linear layer, which is exactly two first
+    layers side by side; the remaining layers of the two MLPs are separate.
+    """
+
+    def __init__(self, in_h: int, in_e: int, cfg: RSSMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        nets = 2 if cfg.separate_std else 1
+        width = nets * cfg.hidden
+        self.first_h = nn.Linear(in_h, width)
+        self.first_e = nn.Linear(in_e, width, bias=False) if in_e > 0 else None
+        out = cfg.stoch if cfg.separate_std else 2 * cfg.stoch
+        self.rest = nn.ModuleList([self._rest(cfg, out) for _ in range(nets)])
+
+    @staticmethod
+    def _rest(cfg: RSSMConfig, out: int) -> nn.Sequential:
+        """Everything after an MLP's first linear layer."""
+        layers: list[nn.Module] = []
+        for i in range(cfg.layers):
+            if i > 0:
+                layers.append(nn.Linear(cfg.hidden, cfg.hidden))
+            if cfg.layer_norm:
+                layers.append(nn.LayerNorm(cfg.hidden))
+            layers.append(_activation(cfg.act))
+        layers.append(nn.Linear(cfg.hidden, out))
+        return nn.Sequential(*layers)
+
+    def project_embed(self, e: Tensor) -> Tensor:
+        """W_e e, the embedding half of the first layer: [..., embed] -> [..., width]."""
+        assert self.first_e is not None, "the prior takes no embedding"
+        return self.first_e(e)
+
+    def forward(self, h: Tensor, e_proj: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        x = self.first_h(h) if e_proj is None else self.first_h(h) + e_proj
+        if self.cfg.separate_std:
+            x_mean, x_std = x.chunk(2, dim=-1)
+            mean, raw_std = self.rest[0](x_mean), self.rest[1](x_std)
+        else:
+            mean, raw_std = self.rest[0](x).chunk(2, dim=-1)
+        if self.cfg.std_act == "softplus":
+            std = F.softplus(raw_std)
+        else:
+            std = 2 * torch.sigmoid(raw_std / 2)
+        return mean, std + self.cfg.min_std
+
+
+class Filtered(NamedTuple):
+    """States filtered by `RSSM.observe`, each [T, B, ...]."""
+
+    deter: Tensor  # h_t         [T, B, deter]
+    stoch: Tensor  # s_t ~ q     [T, B, stoch]
+    prior_mean: Tensor  # p(s_t | h_t)  [T, B, stoch]
+    prior_std: Tensor
+    post_mean: Tensor  # q(s_t | h_t, e_t)  [T, B, stoch]
+    post_std: Tensor
+
+    def features(self) -> Tensor:
+        """[h_t, s_t], the input of decoders and policies: [T, B, deter + stoch]."""
+        return torch.cat([self.deter, self.stoch], dim=-1)
+
+
+class Imagined(NamedTuple):
+    """States rolled out by `RSSM.imagine`, each [H, B, ...]; state t follows action t."""
+
+    deter: Tensor  # [H, B, deter]
+    stoch: Tensor  # [H, B, stoch]
+    mean: Tensor  # prior mean  [H, B, stoch]
+    std: Tensor  # prior std   [H, B, stoch]
+    actions: Tensor  # a_{t-1} that led to state t  [H, B, action]
+
+    def features(self) -> Tensor:
+        """[h_t, s_t]: [H, B, deter + stoch]."""
+        return torch.cat([self.deter, self.stoch], dim=-1)
+
+
+class RSSM(nn.Module):
+    """The RSSM cell; see the module docstring for the equations and the two layouts."""
+
+    def __init__(self, action_dim: int, embed_dim: int, cfg: RSSMConfig = AIME_RSSM) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.action_dim, self.embed_dim = action_dim, embed_dim
+        self.pre_gru: nn.Module
+        if cfg.pre_gru:
+            layers: list[nn.Module] = [nn.Linear(cfg.stoch + action_dim, cfg.hidden)]
+            if cfg.layer_norm:
+                layers.append(nn.LayerNorm(cfg.hidden))
+            self.pre_gru = nn.Sequential(*layers, _activation(cfg.act))
+            gru_in = cfg.hidden
+        else:
+            self.pre_gru = nn.Identity()
+            gru_in = cfg.stoch + action_dim
+        self.gru = nn.GRUCell(gru_in, cfg.deter)
+        self.prior = GaussianNet(cfg.deter, 0, cfg)
+        self.posterior = GaussianNet(cfg.deter, embed_dim, cfg)
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the features [h, s] that decoders and policies read."""
+        return self.cfg.deter + self.cfg.stoch
+
+    def initial(
+        self, batch_size: int, device: Optional[torch.device] = None
+    ) -> tuple[Tensor, Tensor]:
+        """The zero state (h_0, s_0) that starts every window: ([B, deter], [B, stoch])."""
+        device = device or self.gru.weight_hh.device
+        return (
+            torch.zeros(batch_size, self.cfg.deter, device=device),
+            torch.zeros(batch_size, self.cfg.stoch, device=device),
+        )
+
+    def project_embed(self, embed: Tensor) -> Tensor:
+        """The posterior's embedding half of its first layer: [..., embed] -> [..., width]."""
+        return self.posterior.project_embed(embed)
+
+    def img_step(
+        self, h: Tensor, s: Tensor, action: Tensor, noise: Optional[Tensor] = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One prior step: (h, s) [B, .] and a_{t-1} [B, A] -> (h_t, s_t ~ p, mean, std).
+
+        `noise` [B, stoch] is the standard normal sample (zeros give the mean); drawn if None.
+        """
+        h = self.gru(self.pre_gru(torch.cat([s, action], dim=-1)), h)
+        mean, std = self.prior(h)
+        noise = torch.randn_like(mean) if noise is None else noise
+        return h, mean + std * noise, mean, std
+
+    def obs_step(
+        self,
+        h: Tensor,
+        s: Tensor,
+        action: Tensor,
+        embed_proj: Tensor,
+        noise: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """One posterior step, given `embed_proj = project_embed(e_t)` [B, width].
+
+        Returns (h_t, s_t ~ q, prior_mean, prior_std, post_mean, post_std).
+        """
+        h = self.gru(self.pre_gru(torch.cat([s, action], dim=-1)), h)
+        prior_mean, prior_std = self.prior(h)
+        post_mean, post_std = self.posterior(h, embed_proj)
+        noise = torch.randn_like(post_mean) if noise is None else noise
+        return h, post_mean + post_std * noise, prior_mean, prior_std, post_mean, post_std
+
+    def observe(
+        self,
+        embed: Tensor,
+        actions: Tensor,
+        state: Optional[tuple[Tensor, Tensor]] = None,
+        sample: bool = True,
+    ) -> Filtered:
+        """Filter a sequence with the posterior: s_t ~ q(s_t | s_{t-1}, a_{t-1}, o_t), t = 0..T-1.
+
+        embed [T, B, embed] are the encoded observations o_t, actions [T, B, A] the actions
+        a_{t-1} that led to them (a dataset's `pre_action`); the state starts at `state` or zero.
+        `sample=False` follows the posterior means.
+        """
+        T, B = actions.shape[:2]
+        h, s = self.initial(B, actions.device) if state is None else state
+        embed_proj = self.project_embed(embed)  # [T, B, width], batched outside the loop
+        if sample:
+            noise = torch.randn(T, B, self.cfg.stoch, device=actions.device, dtype=h.dtype)
+        else:
+            noise = torch.zeros(T, B, self.cfg.stoch, device=actions.device, dtype=h.dtype)
+        outputs: list[tuple[Tensor, ...]] = []
+        for t in range(T):
+            step = self.obs_step(h, s, actions[t], embed_proj[t], noise[t])
+            h, s = step[0], step[1]
+            outputs.append(step)
+        return Filtered(*(torch.stack(x) for x in zip(*outputs, strict=True)))
+
+    def imagine(
+        self,
+        state: tuple[Tensor, Tensor],
+        horizon: int,
+        policy: Optional[Callable[[Tensor], Tensor]] = None,
+        actions: Optional[Tensor] = None,
+        sample: bool = True,
+    ) -> Imagined:
+        """Roll the prior `horizon` steps from `state` ([B, deter], [B, stoch]).
+
+        Actions come either from `actions` [horizon, B, A] (open loop) or from
+        `policy(features [B, deter + stoch]) -> [B, A]` applied to each current state.
+        """
+        if (policy is None) == (actions is None):
+            raise ValueError("imagine takes exactly one of `policy` and `actions`")
+        h, s = state
+        outputs: list[tuple[Tensor, ...]] = []
+        for t in range(horizon):
+            if actions is None:
+                assert policy is not None
+                action = policy(torch.cat([h, s], -1))
+            else:
+                action = actions[t]
+            noise = None if sample else torch.zeros_like(s)
+            h, s, mean, std = self.img_step(h, s, action, noise)
+            outputs.append((h, s, mean, std, action))
+        return Imagined(*(torch.stack(x) for x in zip(*outputs, strict=True)))
+
+
+# --------------------------------------------------------------------------------------------
+# KL divergence
+# --------------------------------------------------------------------------------------------
+def kl_normal(q_mean: Tensor, q_std: Tensor, p_mean: Tensor, p_std: Tensor) -> Tensor:
+    """KL[N(q_mean, q_std) || N(p_mean, p_std)] per dimension, in closed form."""
+    var_ratio = (q_std / p_std) ** 2
+    return 0.5 * (var_ratio + ((q_mean - p_mean) / p_std) ** 2 - 1) - torch.log(q_std / p_std)
+
+
+def kl_loss(
+    q_mean: Tensor,
+    q_std: Tensor,
+    p_mean: Tensor,
+    p_std: Tensor,
+    free_nats: float = 0.0,
+    balance: Optional[float] = None,
+) -> Tensor:
+    """The KL term of the ELBO for the loss, summed over the state dims: [...].
+
+    balance=α (KL balancing, DreamerV2): α KL[sg(q) || p] + (1 - α) KL[q || sg(p)], which has the
+    same value as the KL but moves the prior α and the posterior 1 - α of the way.
+    free_nats: max(KL, free_nats) per step and sequence: no gradient below `free_nats`.
+    With the defaults (0, None) this is the true KL of the ELBO.
+    """
+    if balance is None:
+        kl = kl_normal(q_mean, q_std, p_mean, p_std).sum(-1)
+    else:
+        to_prior = kl_normal(q_mean.detach(), q_std.detach(), p_mean, p_std).sum(-1)
+        to_post = kl_normal(q_mean, q_std, p_mean.detach(), p_std.detach()).sum(-1)
+        kl = balance * to_prior + (1 - balance) * to_post
+    return kl.clamp(min=free_nats) if free_nats > 0 else kl
+
+
+# --------------------------------------------------------------------------------------------
+# Tanh-Gaussian distribution of the policies
+# --------------------------------------------------------------------------------------------
+class TanhNormal:
+    """a = tanh(u), u ~ N(mean, std) per dimension: actions in (-1, 1).
+
+    log p(a) = sum_i [log N(u_i; mean_i, std_i) - log(1 - tanh(u_i)^2)], u = atanh(a); the log
+    Jacobian is computed as 2 (log 2 - u - softplus(-2u)), which is exact and stable for large |u|.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        self.mean, self.std = mean, std
+
+    @staticmethod
+    def _log_prob_u(u: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        log_normal = -0.5 * ((u - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
+        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
+        return (log_normal - log_det).sum(-1)
+
+    def rsample(self) -> Tensor:
+        """A reparameterised sample a [..., A]."""
+        return torch.tanh(self.mean + self.std * torch.randn_like(self.mean))
+
+    def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
+        """A reparameterised sample and its log-probability ([..., A], [...]), without atanh."""
+        u = self.mean + self.std * torch.randn_like(self.mean)
+        return torch.tanh(u), self._log_prob_u(u, self.mean, self.std)
+
+    def log_prob(self, action: Tensor, eps: float = 1e-6) -> Tensor:
+        """log p(a) summed over action dims: [...]; a is clipped to +-(1 - eps) first."""
+        u = torch.atanh(action.clamp(-1 + eps, 1 - eps))
+        return self._log_prob_u(u, self.mean, self.std)
+
+    @property
+    def mode(self) -> Tensor:
+        """tanh(mean), the deterministic action used for evaluation."""
+        return torch.tanh(self.mean)

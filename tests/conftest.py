@@ -1,0 +1,5 @@
+"""Test setup: headless rendering must be chosen before anything imports mujoco."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")

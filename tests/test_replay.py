@@ -1,0 +1,350 @@
+"""Trajectory files, datasets and the replay buffer: round trips, windows, bad input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import torch
+
+from common.replay import (
+    DatasetError,
+    ReplayBuffer,
+    TrajectoryDataset,
+    atomic_write,
+    load_trajectory,
+    save_trajectory,
+    to_torch_batch,
+)
+
+WALKER_SHAPES = {
+    "orientations": (14,), "height": (1,), "velocity": (9,), "pre_action": (6,),
+    "reward": (), "is_first": (), "is_last": (), "is_terminal": (), "image": (8, 8, 3),
+}  # fmt: skip
+
+
+def fake_trajectory(length: int, tag: int = 0, image: bool = True) -> dict[str, np.ndarray]:
+    """A walker-like trajectory whose `velocity[:, 0]` is the trajectory tag and
+    `velocity[:, 1]` the time index, so windows can be traced back to their origin."""
+    rng = np.random.default_rng(tag)
+    t = np.arange(length)
+    velocity = rng.normal(size=(length, 9)).astype(np.float32)
+    velocity[:, 0], velocity[:, 1] = tag, t
+    traj = {
+        "orientations": rng.normal(size=(length, 14)).astype(np.float32),
+        "height": rng.normal(size=(length, 1)).astype(np.float32),
+        "velocity": velocity,
+        "reward": rng.uniform(size=length).astype(np.float32),
+        "is_first": t == 0,
+        "is_last": t == length - 1,
+        "is_terminal": np.zeros(length, bool),
+        "pre_action": np.where(t[:, None] == 0, 0, rng.uniform(-1, 1, (length, 6))).astype(
+            np.float32
+        ),
+    }
+    if image:
+        traj["image"] = rng.integers(0, 256, (length, 8, 8, 3), dtype=np.uint8)
+    return traj
+
+
+def write_folder(
+    folder: Path, lengths: list[int], start_tag: int = 0, image: bool = True
+) -> list[dict[str, np.ndarray]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    trajs = [fake_trajectory(n, start_tag + i, image) for i, n in enumerate(lengths)]
+    for i, traj in enumerate(trajs):
+        save_trajectory(folder / f"{i}.npz", traj)
+    return trajs
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+def test_written_trajectory_reads_back_identical(tmp_path: Path) -> None:
+    traj = fake_trajectory(501)
+    save_trajectory(tmp_path / "0.npz", traj)
+    back = load_trajectory(tmp_path / "0.npz")
+    assert set(back) == set(traj)
+    for k in traj:
+        assert back[k].dtype == traj[k].dtype, k
+        np.testing.assert_array_equal(back[k], traj[k], err_msg=k)
+    # On disk: the authors' layout, every non-image key with a feature axis.
+    with np.load(tmp_path / "0.npz") as raw:
+        assert raw["reward"].shape == (501, 1) and raw["is_first"].shape == (501, 1)
+        assert raw["image"].shape == (501, 8, 8, 3)
+
+
+def test_authors_file_layout_loads(tmp_path: Path) -> None:
+    """Their writer stores python floats as float64 [T, 1] and the reset action as float64 zeros."""
+    T = 11
+    np.savez_compressed(
+        tmp_path / "0.npz",
+        reward=np.zeros((T, 1)), is_first=(np.arange(T) == 0)[:, None],
+        is_last=(np.arange(T) == T - 1)[:, None], is_terminal=np.zeros((T, 1), bool),
+        position=np.ones((T, 8)), velocity=np.ones((T, 9)), pre_action=np.zeros((T, 6)),
+        image=np.zeros((T, 64, 64, 3), np.uint8),
+    )  # fmt: skip
+    traj = load_trajectory(tmp_path / "0.npz", ["position", "reward", "is_first", "pre_action"])
+    assert traj["reward"].shape == (T,) and traj["reward"].dtype == np.float32
+    assert traj["is_first"].dtype == bool and traj["is_first"][0] and not traj["is_first"][1:].any()
+    assert traj["position"].shape == (T, 8) and traj["pre_action"].dtype == np.float32
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path) -> None:
+    path = tmp_path / "0.npz"
+    save_trajectory(path, fake_trajectory(5, tag=1))
+
+    def dies(tmp: Path) -> None:
+        tmp.write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, dies)
+    assert load_trajectory(path)["velocity"][0, 0] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.npz"], "a temporary file was left"
+
+
+def test_vd4rl_episodes_map_onto_our_keys(tmp_path: Path) -> None:
+    T = 501
+    image = np.random.default_rng(0).integers(0, 256, (T, 64, 64, 3), dtype=np.uint8)
+    action = np.random.default_rng(1).uniform(-1, 1, (T, 6)).astype(np.float32)
+    action[0] = 0
+    discount = np.ones(T, np.float32)
+    name = "20220101T000000-0123456789abcdef-501.npz"
+    np.savez_compressed(
+        tmp_path / name, image=image, action=action, reward=np.ones(T), discount=discount
+    )
+    # The 84px conversion's channel-first `observation` key is read too.
+    np.savez_compressed(
+        tmp_path / ("20220101T000001-ff-501.npz"),
+        observation=image.transpose(0, 3, 1, 2), action=action, reward=np.ones(T),
+        discount=discount,
+    )  # fmt: skip
+    for path in sorted(tmp_path.glob("*.npz")):
+        traj = load_trajectory(
+            path, ["image", "pre_action", "reward", "is_first", "is_last", "is_terminal"]
+        )
+        np.testing.assert_array_equal(traj["image"], image)
+        np.testing.assert_array_equal(traj["pre_action"], action)
+        assert (
+            traj["is_first"][0]
+            and traj["is_last"][-1]
+            and traj["is_first"].sum() == traj["is_last"].sum() == 1
+        )
+        assert not traj["is_terminal"].any()
+    data = TrajectoryDataset(
+        tmp_path, ["image", "pre_action"], expected_shapes={"image": (64, 64, 3)}, progress=False
+    )
+    assert len(data) == 2
+    with pytest.raises(DatasetError, match="missing key"):
+        load_trajectory(tmp_path / name, ["orientations"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------------------------
+def test_windows_cover_every_valid_start_and_never_cross_ends(tmp_path: Path) -> None:
+    lengths, H = [7, 3, 10, 4], 4
+    write_folder(tmp_path / "d", lengths)
+    data = TrajectoryDataset(tmp_path / "d", ["velocity", "is_first"], seed=0, progress=False)
+    expected = {(i, j) for i, n in enumerate(lengths) for j in range(n - H + 1)}
+    traj, start = data.windows(H)
+    assert set(zip(traj.tolist(), start.tolist(), strict=True)) == expected and len(traj) == len(
+        expected
+    )
+
+    traj, start = data.sample_windows(20_000, H)
+    counts: dict[tuple[int, int], int] = {}
+    for i, j in zip(traj.tolist(), start.tolist(), strict=True):
+        counts[(i, j)] = counts.get((i, j), 0) + 1
+    assert set(counts) == expected, "some valid window is never drawn, or an invalid one is"
+    share = np.array(list(counts.values())) / 20_000
+    assert np.allclose(share, 1 / len(expected), atol=0.01), "windows are not drawn uniformly"
+
+    batch = data.sample(64, H)
+    v = batch["velocity"]  # [T, B, 9]
+    assert v.shape == (H, 64, 9)
+    assert torch.all(v[:, :, 0] == v[:1, :, 0]), "a window mixes two trajectories"
+    assert torch.all(v[1:, :, 1] - v[:-1, :, 1] == 1), "a window is not consecutive"
+    assert batch["is_first"].dtype == torch.bool
+    assert torch.equal(batch["is_first"], v[:, :, 1] == 0)
+
+
+def test_batches_are_time_major_and_images_are_floats_in_unit_range(tmp_path: Path) -> None:
+    trajs = write_folder(tmp_path / "d", [20, 30])
+    data = TrajectoryDataset(
+        tmp_path / "d", ["image", "velocity", "pre_action"], seed=1, progress=False
+    )
+    batch = data.sample(5, 6)
+    assert batch["image"].shape == (6, 5, 3, 8, 8) and batch["image"].dtype == torch.float32
+    assert batch["pre_action"].shape == (6, 5, 6) and batch["velocity"].shape == (6, 5, 9)
+    # The same windows, traced back to the files through their (trajectory, start).
+    traj, start = data.sample_windows(5, 6)
+    image = to_torch_batch(data.gather(traj, start, 6, ["image"]), "cpu")["image"]
+    for b, (i, j) in enumerate(zip(traj, start, strict=True)):
+        want = torch.from_numpy(trajs[i]["image"][j : j + 6]).permute(0, 3, 1, 2).float() / 255
+        torch.testing.assert_close(image[:, b], want)
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+
+
+def test_only_requested_keys_are_read_and_cached(tmp_path: Path) -> None:
+    write_folder(tmp_path / "d", [10, 10])
+    data = TrajectoryDataset(tmp_path / "d", ["orientations", "height"], progress=False)
+    assert set(data.trajectories[0]) == {"orientations", "height"}
+    cached = {p.name for p in (tmp_path / "d" / ".cache").glob("*.bin")}
+    assert cached == {"orientations.bin", "height.bin"}
+    assert isinstance(data.trajectories[0]["orientations"], np.memmap)
+
+
+def test_cache_is_built_once_and_rebuilt_when_files_change(tmp_path: Path) -> None:
+    write_folder(tmp_path / "d", [10, 12])
+    TrajectoryDataset(tmp_path / "d", ["velocity"], progress=False)
+    bin_file = tmp_path / "d" / ".cache" / "velocity.bin"
+    first = bin_file.stat().st_mtime_ns
+    os.utime(bin_file, ns=(first - 10**9, first - 10**9))
+    TrajectoryDataset(tmp_path / "d", ["velocity"], progress=False)
+    assert bin_file.stat().st_mtime_ns == first - 10**9, "the cache was rebuilt without a change"
+    save_trajectory(tmp_path / "d" / "2.npz", fake_trajectory(5, tag=2))
+    data = TrajectoryDataset(tmp_path / "d", ["velocity"], progress=False)
+    assert len(data) == 3 and data.trajectories[2]["velocity"][0, 0] == 2
+
+
+def test_mixed_folders_and_trajectory_limit(tmp_path: Path) -> None:
+    write_folder(tmp_path / "a", [8, 8, 8], start_tag=0)
+    write_folder(tmp_path / "b", [8, 8], start_tag=100)
+    mix = TrajectoryDataset([tmp_path / "a", tmp_path / "b"], ["velocity"], seed=0, progress=False)
+    assert [int(t["velocity"][0, 0]) for t in mix.trajectories] == [0, 1, 2, 100, 101]
+    tags = set(mix.sample(200, 5)["velocity"][0, :, 0].int().tolist())
+    assert tags == {0, 1, 2, 100, 101}
+    first4 = TrajectoryDataset(
+        [tmp_path / "a", tmp_path / "b"], ["velocity"], num_trajectories=4, progress=False
+    )
+    assert [int(t["velocity"][0, 0]) for t in first4.trajectories] == [0, 1, 2, 100]
+    with pytest.raises(DatasetError, match="hold only 5"):
+        TrajectoryDataset(
+            [tmp_path / "a", tmp_path / "b"], ["velocity"], num_trajectories=6, progress=False
+        )
+
+
+def test_numbered_files_are_ordered_numerically(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for i in [0, 1, 2, 10, 11]:
+        save_trajectory(folder / f"{i}.npz", fake_trajectory(4, tag=i, image=False))
+    data = TrajectoryDataset(folder, ["velocity"], num_trajectories=4, progress=False)
+    assert [int(t["velocity"][0, 0]) for t in data.trajectories] == [0, 1, 2, 10]
+
+
+def test_horizon_longer_than_every_trajectory_fails_clearly(tmp_path: Path) -> None:
+    write_folder(tmp_path / "d", [5, 6], image=False)
+    data = TrajectoryDataset(tmp_path / "d", ["velocity"], progress=False)
+    with pytest.raises(DatasetError, match="no trajectory has 50 records"):
+        data.sample(4, 50)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+def test_missing_folder_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    with pytest.raises(
+        DatasetError,
+        match=r"does not exist; create it with: python dreamer_collect.py --agent random "
+        r"--env walker",
+    ):
+        TrajectoryDataset(tmp_path / "walker-random", ["velocity"])
+    with pytest.raises(DatasetError, match=r"--agent dreamer --env cheetah --task flip"):
+        TrajectoryDataset(tmp_path / "cheetah-flip-expert", ["velocity"])
+
+
+def test_empty_folder_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DatasetError, match=r"contains no \.npz"):
+        TrajectoryDataset(tmp_path / "d", ["velocity"])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_file_is_named(tmp_path: Path, damage: str) -> None:
+    write_folder(tmp_path / "d", [6, 6])
+    bad = tmp_path / "d" / "1.npz"
+    if damage == "garbage":
+        bad.write_bytes(b"not a zip file at all")
+    else:
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    with pytest.raises(DatasetError, match=r"1\.npz: cannot read"):
+        TrajectoryDataset(tmp_path / "d", ["velocity"], progress=False)
+
+
+def test_missing_key_is_named(tmp_path: Path) -> None:
+    write_folder(tmp_path / "d", [6], image=False)
+    with pytest.raises(DatasetError, match=r"0\.npz: missing key\(s\) \['image'\].*--no-render"):
+        TrajectoryDataset(tmp_path / "d", ["image"], progress=False)
+
+
+def test_inconsistent_lengths_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    traj = fake_trajectory(6)
+    traj["pre_action"] = traj["pre_action"][:5]
+    np.savez_compressed(folder / "0.npz", **cast(dict[str, Any], traj))
+    with pytest.raises(DatasetError, match=r"0\.npz: keys have inconsistent lengths"):
+        TrajectoryDataset(folder, ["velocity", "pre_action"], progress=False)
+
+
+@pytest.mark.parametrize(("key", "shape"), [("pre_action", (3,)), ("velocity", (4,))])
+def test_dimension_mismatch_with_the_environment_is_named(
+    tmp_path: Path, key: str, shape: tuple[int, ...]
+) -> None:
+    write_folder(tmp_path / "d", [6, 6], image=False)
+    with pytest.raises(
+        DatasetError, match=rf"0\.npz: '{key}' has shape .* but the environment has"
+    ):
+        TrajectoryDataset(tmp_path / "d", [key], expected_shapes={key: shape}, progress=False)
+    # A cache built without the check still refuses the mismatch.
+    TrajectoryDataset(tmp_path / "d", [key], progress=False)
+    with pytest.raises(DatasetError, match="another embodiment"):
+        TrajectoryDataset(tmp_path / "d", [key], expected_shapes={key: shape}, progress=False)
+
+
+def test_files_that_disagree_with_each_other_are_named(tmp_path: Path) -> None:
+    write_folder(tmp_path / "d", [6], image=False)
+    other = fake_trajectory(6, image=False)
+    other["velocity"] = other["velocity"][:, :4]
+    save_trajectory(tmp_path / "d" / "1.npz", other)
+    with pytest.raises(
+        DatasetError, match=r"1\.npz: 'velocity' has shape \(4,\) per record but earlier files"
+    ):
+        TrajectoryDataset(tmp_path / "d", ["velocity"], progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay buffer
+# ---------------------------------------------------------------------------------------------
+def test_replay_buffer_saves_episodes_and_resumes(tmp_path: Path) -> None:
+    buffer = ReplayBuffer(tmp_path / "buffer", seed=0)
+    episodes = [fake_trajectory(n, tag=i) for i, n in enumerate([9, 12, 7])]
+    for episode in episodes:
+        buffer.add(episode)
+    assert sorted(p.name for p in (tmp_path / "buffer").iterdir()) == ["0.npz", "1.npz", "2.npz"]
+    batch = buffer.sample(16, 5, keys=["velocity", "image"])
+    assert batch["velocity"].shape == (5, 16, 9) and batch["image"].shape == (5, 16, 3, 8, 8)
+    assert torch.all(batch["velocity"][1:, :, 1] - batch["velocity"][:-1, :, 1] == 1)
+
+    resumed = ReplayBuffer(tmp_path / "buffer")
+    assert len(resumed) == 3 and resumed.num_records == 28
+    for a, b in zip(resumed.trajectories, episodes, strict=True):
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k])
+    resumed.add(fake_trajectory(5, tag=3))
+    assert (tmp_path / "buffer" / "3.npz").exists()
+    # The buffer's files form a dataset.
+    assert len(TrajectoryDataset(tmp_path / "buffer", ["image"], progress=False)) == 4
+
+
+def test_replay_buffer_refuses_episodes_with_other_keys() -> None:
+    buffer = ReplayBuffer()
+    buffer.add(fake_trajectory(5))
+    with pytest.raises(DatasetError, match="differ"):
+        buffer.add(fake_trajectory(5, image=False))
