@@ -38,7 +38,6 @@ from tqdm import tqdm
 Trajectory = dict[str, np.ndarray]
 PathLike = Union[str, Path]
 
-SCALAR_KEYS: tuple[str, ...] = ("reward", "is_first", "is_last", "is_terminal")
 FLAG_KEYS: tuple[str, ...] = ("is_first", "is_last", "is_terminal")
 IMAGE_KEYS: tuple[str, ...] = ("image",)
 CACHE_VERSION = 1
@@ -48,17 +47,19 @@ class DatasetError(ValueError):
     """A dataset that cannot be used, with the file and the problem named."""
 
 
+# Dataset folder names and the flags of `dreamer_collect.py` that create them.
+_MAKERS = [
+    (r"(\w+)-random", "--agent random --env {0}"),
+    (r"(\w+)-p2e", "--agent p2e --env {0}"),
+    (r"(\w+)-(\w+)-(?:buffer|expert)", "--agent dreamer --env {0} --task {1}"),
+]
+
+
 def make_command(folder: PathLike) -> str:
     """The command that creates a dataset folder, inferred from its name ('' if unknown)."""
-    name = Path(folder).name
-    if m := re.fullmatch(r"(\w+)-random", name):
-        return f"python dreamer_collect.py --agent random --env {m[1]}"
-    if m := re.fullmatch(r"(\w+)-p2e", name):
-        return f"python dreamer_collect.py --agent p2e --env {m[1]}"
-    if m := re.fullmatch(r"(\w+)-(\w+)-buffer", name):
-        return f"python dreamer_collect.py --agent dreamer --env {m[1]} --task {m[2]}"
-    if m := re.fullmatch(r"(\w+)-(\w+)-expert", name):
-        return f"python dreamer_collect.py --agent dreamer --env {m[1]} --task {m[2]}"
+    for pattern, flags in _MAKERS:
+        if m := re.fullmatch(pattern, Path(folder).name):
+            return "python dreamer_collect.py " + flags.format(*m.groups())
     return ""
 
 
@@ -169,6 +170,11 @@ def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Tra
     lengths = {k: len(v) for k, v in out.items()}
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"{path}: keys have inconsistent lengths {lengths}")
+    for k in IMAGE_KEYS:
+        if k in out and (out[k].dtype != np.uint8 or out[k].ndim != 4 or out[k].shape[-1] != 3):
+            raise DatasetError(
+                f"{path}: {k!r} must be uint8 [T, H, W, 3], got {out[k].dtype} {out[k].shape}"
+            )
     return {k: _normalise(k, np.asarray(v)) for k, v in out.items()}
 
 
@@ -196,17 +202,16 @@ def trajectory_files(folder: PathLike) -> list[Path]:
 def to_torch_batch(
     arrays: Mapping[str, np.ndarray], device: Union[str, torch.device]
 ) -> dict[str, torch.Tensor]:
-    """[B, T, ...] numpy windows -> time-major tensors on `device`; images float [T, B, 3, H, W].
+    """Time-major numpy windows [T, B, ...] -> tensors on `device`; images [T, B, 3, H, W] float.
 
-    Images travel as uint8 and become floats in [0, 1] on the device.
+    Images travel and are reordered as uint8, and become floats in [0, 1] on the device only.
     """
     batch = {}
     for k, v in arrays.items():
-        x = torch.from_numpy(np.ascontiguousarray(v)).to(device, non_blocking=True)
-        x = x.transpose(0, 1)  # [T, B, ...]
+        x = torch.from_numpy(v).to(device, non_blocking=True)
         if k in IMAGE_KEYS:
-            x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)  # [T, B, 3, H, W]
-        batch[k] = x.contiguous()
+            x = x.permute(0, 1, 4, 2, 3).contiguous().float().div_(255.0)  # [T, B, 3, H, W]
+        batch[k] = x
     return batch
 
 
@@ -267,12 +272,11 @@ class WindowSampler:
         horizon: int,
         keys: Optional[Sequence[str]] = None,
     ) -> dict[str, np.ndarray]:
-        """The windows as numpy arrays [B, horizon, ...] (images stay uint8)."""
+        """The windows as time-major numpy arrays [horizon, B, ...] (images stay uint8)."""
         keys = list(self.trajectories[0]) if keys is None else keys
+        windows = list(zip(traj, start, strict=True))
         return {
-            k: np.stack(
-                [self.trajectories[i][k][j : j + horizon] for i, j in zip(traj, start, strict=True)]
-            )
+            k: np.stack([self.trajectories[i][k][j : j + horizon] for i, j in windows], axis=1)
             for k in keys
         }
 
@@ -307,13 +311,18 @@ def _signature(files: Sequence[Path]) -> list[list[Union[str, int]]]:
 
 
 def _check_shapes(
-    path: Path, traj: Trajectory, shapes: dict[str, tuple[int, ...]], what: str
+    path: Path,
+    traj: Trajectory,
+    expected: Mapping[str, tuple[int, ...]],
+    seen: Mapping[str, tuple[int, ...]],
 ) -> None:
+    """Per-record shapes must match the environment's and those of the files read before."""
     for k, v in traj.items():
-        if k in shapes and v.shape[1:] != shapes[k]:
-            raise DatasetError(
-                f"{path}: {k!r} has shape {v.shape[1:]} per record but {what} has {shapes[k]}"
-            )
+        for shapes, what in ((expected, "the environment has"), (seen, "earlier files have")):
+            if k in shapes and v.shape[1:] != tuple(shapes[k]):
+                raise DatasetError(
+                    f"{path}: {k!r} has shape {v.shape[1:]} per record but {what} {shapes[k]}"
+                )
 
 
 class FolderCache:
@@ -405,8 +414,7 @@ class FolderCache:
                 stale.unlink()
             manifest["keys"] = {}
         known_lengths: Optional[list[int]] = manifest["lengths"]
-        shapes: dict[str, tuple[int, ...]] = dict(expected)
-        what = "the environment" if expected else "earlier files"
+        shapes: dict[str, tuple[int, ...]] = {}
         dtypes: dict[str, np.dtype[Any]] = {}
         lengths: list[int] = []
         tmp_paths = {k: self.dir / f".{k}.bin.{os.getpid()}.tmp" for k in keys}
@@ -416,7 +424,7 @@ class FolderCache:
                 desc = f"caching {self.folder.name} {list(keys)}"
                 for i, path in enumerate(tqdm(self.files, desc=desc, disable=not progress)):
                     traj = load_trajectory(path, keys)
-                    _check_shapes(path, traj, shapes, what)
+                    _check_shapes(path, traj, expected, shapes)
                     length = len(next(iter(traj.values())))
                     if known_lengths is not None and known_lengths[i] != length:
                         raise DatasetError(

@@ -348,3 +348,12 @@ def test_replay_buffer_refuses_episodes_with_other_keys() -> None:
     buffer.add(fake_trajectory(5))
     with pytest.raises(DatasetError, match="differ"):
         buffer.add(fake_trajectory(5, image=False))
+
+
+def test_float_images_are_refused(tmp_path: Path) -> None:
+    traj = fake_trajectory(4)
+    traj["image"] = traj["image"].astype(np.float32) / 255
+    (tmp_path / "d").mkdir()
+    save_trajectory(tmp_path / "d" / "0.npz", traj)
+    with pytest.raises(DatasetError, match=r"0\.npz: 'image' must be uint8"):
+        TrajectoryDataset(tmp_path / "d", ["image"], progress=False)

@@ -1,0 +1,72 @@
+"""The project's promises about itself: the README's commands, help texts, packaging."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["dreamer_collect.py"]
+
+
+def quick_start_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", section, flags=re.S)
+    return [line for block in blocks for line in block.strip().splitlines() if line.strip()]
+
+
+def test_readme_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
+    commands = quick_start_commands()
+    assert len(commands) == 2, commands
+    install_and_run, install_and_test = commands
+    assert "pip install" in install_and_run and "python " in install_and_run
+    assert (
+        "pytest" in install_and_test and "mypy" in install_and_test and "ruff" in install_and_test
+    )
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install_and_test in ci.splitlines(), ".ci/run does not run the README's test command"
+
+
+def test_every_flag_has_help_text() -> None:
+    for script in SCRIPTS:
+        run = subprocess.run(
+            [sys.executable, script, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        # tyro prints "--flag TYPE  text (default: ...)"; a flag without a docstring shows only
+        # its default.
+        options = re.findall(r"│ (--[\w-]+)[^│]*?│", run.stdout)
+        assert options, run.stdout
+        for line in run.stdout.splitlines():
+            m = re.match(r"│ (--[\w-]+(?:, --[\w-]+)?)(?: [\w{}|,\[\]]+)?\s+(.*?)\s*│$", line)
+            if m and m[1] not in ("-h", "--help"):
+                assert not m[2].startswith("(default"), f"{script} {m[1]} has no help text"
+
+
+def test_no_top_level_common_package_is_installed() -> None:
+    """`common/` is imported from the checkout only; it must not shadow other projects' `common`."""
+    probe = "import importlib.util, sys; print(importlib.util.find_spec('common'))"
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, timeout=60
+    )
+    assert run.stdout.strip() == "None", run.stdout
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert config["tool"]["setuptools"]["packages"] == []
+
+
+def test_mujoco_is_pinned_to_a_version_dm_control_works_with() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "mujoco==3.17.0" in deps and "dm_control==1.0.50" in deps
+    assert sys.version_info >= (3, 10)
