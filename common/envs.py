@@ -72,7 +72,12 @@ EXPERT_RETURNS: dict[str, float] = {
 
 
 class DMCEnv:
-    """A dm_control task with action repeat that returns full records (see module docstring).
+    """The dm_control task `name` ('walker-run', 'cheetah-flip', 'cartpole-swingup', ...) in the
+    observation setting `obs`, with `action_repeat`, returning full records (module docstring).
+
+    `render`: images in every record; by default only in the visual setting (data collection
+    passes True so that the stored dataset serves every setting). `seed` seeds the task's
+    initial states; `reset(seed=...)` reseeds them per episode.
 
     A record's `reward`, `is_first`, `is_last`, `is_terminal` are scalars; `pre_action` is the
     action that led to the record (zeros after reset); every other key is a float32 vector
@@ -197,18 +202,5 @@ class DMCEnv:
         return self._record(time_step, reward, action)
 
 
-def make_env(
-    name: str,
-    obs: ObsSetting = "mdp",
-    seed: int = 0,
-    action_repeat: int = 2,
-    render: Optional[bool] = None,
-    image_size: int = 64,
-    camera_id: int = 0,
-) -> DMCEnv:
-    """Build the DMC environment `name` ('walker-run', 'cheetah-flip', 'cartpole-swingup', ...).
-
-    Images are rendered when `render` is True, or by default only in the visual setting; data
-    collection passes `render=True` so that the stored dataset serves every setting.
-    """
-    return DMCEnv(name, obs, seed, action_repeat, render, image_size, camera_id)
+# The one function that builds every environment of the benchmark: make_env("walker-run", "visual").
+make_env = DMCEnv

@@ -50,7 +50,7 @@ class DatasetError(ValueError):
 # Dataset folder names and the flags of `dreamer_collect.py` that create them.
 _MAKERS = [
     (r"(\w+)-random", "--agent random --env {0}"),
-    (r"(\w+)-p2e", "--agent p2e --env {0}"),
+    (r"(\w+)-(?:p2e|plan2explore-buffer)", "--agent p2e --env {0}"),  # ours, the authors' name
     (r"(\w+)-(\w+)-(?:buffer|expert)", "--agent dreamer --env {0} --task {1}"),
 ]
 

@@ -198,6 +198,10 @@ class RSSM(nn.Module):
         """The posterior's embedding half of its first layer: [..., embed] -> [..., width]."""
         return self.posterior.project_embed(embed)
 
+    def transition(self, h: Tensor, s: Tensor, action: Tensor) -> Tensor:
+        """h_t = GRU(h_{t-1}, [s_{t-1}, a_{t-1}]), the deterministic step: [B, deter]."""
+        return self.gru(self.pre_gru(torch.cat([s, action], dim=-1)), h)
+
     def img_step(
         self, h: Tensor, s: Tensor, action: Tensor, noise: Optional[Tensor] = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -205,7 +209,7 @@ class RSSM(nn.Module):
 
         `noise` [B, stoch] is the standard normal sample (zeros give the mean); drawn if None.
         """
-        h = self.gru(self.pre_gru(torch.cat([s, action], dim=-1)), h)
+        h = self.transition(h, s, action)
         mean, std = self.prior(h)
         noise = torch.randn_like(mean) if noise is None else noise
         return h, mean + std * noise, mean, std
@@ -222,7 +226,7 @@ class RSSM(nn.Module):
 
         Returns (h_t, s_t ~ q, prior_mean, prior_std, post_mean, post_std).
         """
-        h = self.gru(self.pre_gru(torch.cat([s, action], dim=-1)), h)
+        h = self.transition(h, s, action)
         prior_mean, prior_std = self.prior(h)
         post_mean, post_std = self.posterior(h, embed_proj)
         noise = torch.randn_like(post_mean) if noise is None else noise
@@ -244,10 +248,8 @@ class RSSM(nn.Module):
         T, B = actions.shape[:2]
         h, s = self.initial(B, actions.device) if state is None else state
         embed_proj = self.project_embed(embed)  # [T, B, width], batched outside the loop
-        if sample:
-            noise = torch.randn(T, B, self.cfg.stoch, device=actions.device, dtype=h.dtype)
-        else:
-            noise = torch.zeros(T, B, self.cfg.stoch, device=actions.device, dtype=h.dtype)
+        draw = torch.randn if sample else torch.zeros  # all the noise at once, outside the loop
+        noise = draw(T, B, self.cfg.stoch, device=actions.device, dtype=h.dtype)
         outputs: list[tuple[Tensor, ...]] = []
         for t in range(T):
             step = self.obs_step(h, s, actions[t], embed_proj[t], noise[t])

@@ -257,6 +257,8 @@ def test_missing_folder_names_the_command_that_makes_it(tmp_path: Path) -> None:
         TrajectoryDataset(tmp_path / "walker-random", ["velocity"])
     with pytest.raises(DatasetError, match=r"--agent dreamer --env cheetah --task flip"):
         TrajectoryDataset(tmp_path / "cheetah-flip-expert", ["velocity"])
+    with pytest.raises(DatasetError, match=r"--agent p2e --env walker$"):
+        TrajectoryDataset(tmp_path / "walker-plan2explore-buffer", ["velocity"])
 
 
 def test_empty_folder_fails_clearly(tmp_path: Path) -> None:
