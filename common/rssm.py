@@ -18,8 +18,9 @@ Two layouts, both from the AIME authors' code (`RSSMConfig`):
   and std together, s of 30 dims, std = 2 sigmoid(x / 2) + 0.1.
 
 The sequence loop is the hot path: it runs on plain tensors (no dicts or distribution objects per
-step, no host synchronisation); the embedding half of the posterior's first layer and the sampling
-noise are computed for the whole sequence before the loop; everything traces under torch.compile.
+step, no host synchronisation), and holds only the GRU and the posterior; the embedding half of
+the posterior's first layer and the sampling noise are computed for the whole sequence before the
+loop, the prior after it; everything traces under torch.compile.
 """
 
 from __future__ import annotations
@@ -221,16 +222,16 @@ class RSSM(nn.Module):
         action: Tensor,
         embed_proj: Tensor,
         noise: Optional[Tensor] = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One posterior step, given `embed_proj = project_embed(e_t)` [B, width].
 
-        Returns (h_t, s_t ~ q, prior_mean, prior_std, post_mean, post_std).
+        Returns (h_t, s_t ~ q, post_mean, post_std). The prior p(s_t | h_t) does not feed the
+        recurrence, so it is left out here: apply `self.prior` to the h_t of all steps at once.
         """
         h = self.transition(h, s, action)
-        prior_mean, prior_std = self.prior(h)
         post_mean, post_std = self.posterior(h, embed_proj)
         noise = torch.randn_like(post_mean) if noise is None else noise
-        return h, post_mean + post_std * noise, prior_mean, prior_std, post_mean, post_std
+        return h, post_mean + post_std * noise, post_mean, post_std
 
     def observe(
         self,
@@ -243,19 +244,21 @@ class RSSM(nn.Module):
 
         embed [T, B, embed] are the encoded observations o_t, actions [T, B, A] the actions
         a_{t-1} that led to them (a dataset's `pre_action`); the state starts at `state` or zero.
-        `sample=False` follows the posterior means.
+        `sample=False` follows the posterior means. Only what the recurrence needs runs inside
+        the loop; the embedding projection, the noise and the prior run once for all steps.
         """
         T, B = actions.shape[:2]
         h, s = self.initial(B, actions.device) if state is None else state
-        embed_proj = self.project_embed(embed)  # [T, B, width], batched outside the loop
-        draw = torch.randn if sample else torch.zeros  # all the noise at once, outside the loop
+        embed_proj = self.project_embed(embed)  # [T, B, width]
+        draw = torch.randn if sample else torch.zeros
         noise = draw(T, B, self.cfg.stoch, device=actions.device, dtype=h.dtype)
         outputs: list[tuple[Tensor, ...]] = []
         for t in range(T):
-            step = self.obs_step(h, s, actions[t], embed_proj[t], noise[t])
-            h, s = step[0], step[1]
-            outputs.append(step)
-        return Filtered(*(torch.stack(x) for x in zip(*outputs, strict=True)))
+            h, s, post_mean, post_std = self.obs_step(h, s, actions[t], embed_proj[t], noise[t])
+            outputs.append((h, s, post_mean, post_std))
+        deter, stoch, post_mean, post_std = (torch.stack(x) for x in zip(*outputs, strict=True))
+        prior_mean, prior_std = self.prior(deter)  # p(s_t | h_t) for all t at once: [T, B, stoch]
+        return Filtered(deter, stoch, prior_mean, prior_std, post_mean, post_std)
 
     def imagine(
         self,

@@ -46,15 +46,17 @@ def test_observe_equals_stepping_the_cell_by_hand(cfg: RSSMConfig) -> None:
 
     h, s = torch.zeros(B, cfg.deter), torch.zeros(B, cfg.stoch)
     for t in range(T):
-        # The posterior's first layer applied to the concatenation [h, e], as in the paper.
-        h, s, pm, _, qm, qs = rssm.obs_step(
-            h, s, actions[t], rssm.project_embed(embed[t]), noise[t]
-        )
+        # h_t = GRU(h_{t-1}, [s_{t-1}, a_{t-1}]);  s_t ~ q(s_t | h_t, e_t);  p(s_t | h_t)
+        h = rssm.gru(rssm.pre_gru(torch.cat([s, actions[t]], -1)), h)
+        qm, qs = rssm.posterior(h, rssm.project_embed(embed[t]))
+        s = qm + qs * noise[t]
+        pm, ps = rssm.prior(h)
         torch.testing.assert_close(out.deter[t], h)
         torch.testing.assert_close(out.stoch[t], s)
         torch.testing.assert_close(out.prior_mean[t], pm)
+        torch.testing.assert_close(out.prior_std[t], ps)
+        torch.testing.assert_close(out.post_mean[t], qm)
         torch.testing.assert_close(out.post_std[t], qs)
-        torch.testing.assert_close(s, qm + qs * noise[t])
     assert out.features().shape == (T, B, cfg.deter + cfg.stoch)
 
 
