@@ -204,13 +204,14 @@ def to_torch_batch(
 ) -> dict[str, torch.Tensor]:
     """Time-major numpy windows [T, B, ...] -> tensors on `device`; images [T, B, 3, H, W] float.
 
-    Images travel and are reordered as uint8, and become floats in [0, 1] on the device only.
+    Images travel as uint8 and become floats in [0, 1] on the device only; they keep the
+    channels-last memory of the files (the fast layout for convolutions), shaped [T, B, 3, H, W].
     """
     batch = {}
     for k, v in arrays.items():
         x = torch.from_numpy(v).to(device, non_blocking=True)
         if k in IMAGE_KEYS:
-            x = x.permute(0, 1, 4, 2, 3).contiguous().float().div_(255.0)  # [T, B, 3, H, W]
+            x = x.permute(0, 1, 4, 2, 3).float().div_(255.0)  # [T, B, 3, H, W], channels last
         batch[k] = x
     return batch
 

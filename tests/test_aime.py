@@ -1,0 +1,363 @@
+"""aime.py: the ELBO against torch.distributions, learning by behaviour, the command as users run
+it, resume, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import aime
+from common.replay import ReplayBuffer, load_trajectory, save_trajectory
+from common.rssm import RSSMConfig
+from dreamer_collect import Args as CollectArgs
+from dreamer_collect import collect_random
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--phase1-epochs", "2", "--phase2-epochs", "2", "--steps-per-epoch", "3",
+    "--batch-size", "4", "--horizon", "10", "--eval-episodes", "2", "--eval-every", "1",
+    "--eval-episodes-during", "1", "--num-demos", "2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real collected walker data: 3 random trajectories without images, 1 with."""
+    root = tmp_path_factory.mktemp("datasets")
+    collect_random(CollectArgs(env="walker", num_trajectories=3, render=False, data_dir=str(root)))
+    collect_random(CollectArgs(env="walker", num_trajectories=1, data_dir=str(root / "visual")))
+    return root
+
+
+def run(*flags: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "aime.py"), *flags], cwd=cwd, capture_output=True, text=True,
+        timeout=900, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    )  # fmt: skip
+
+
+def call_main(**kwargs: Any) -> dict[str, Any]:
+    return aime.main(aime.Args(**kwargs))
+
+
+# ---------------------------------------------------------------------------------------------
+# The ELBO and the networks
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["aime", "dreamer"])
+def test_elbo_terms_equal_torch_distributions(layout: str) -> None:
+    torch.manual_seed(0)
+    model = aime.WorldModel(5, 2, False, layout, False, RSSMConfig(deter=16, stoch=4, hidden=16))
+    obs, actions = torch.randn(6, 3, 5), torch.rand(6, 3, 2) * 2 - 1
+    states = model.rssm.observe(model.encoder(obs), actions)
+    loss, m = aime.elbo_loss(model, obs, states)
+    mean, std = model.decode(states.features())
+    std_t = torch.ones_like(mean) if std is None else std
+    log_p = torch.distributions.Normal(mean, std_t).log_prob(obs)  # [T, B, D]
+    q = torch.distributions.Normal(states.post_mean, states.post_std)
+    p = torch.distributions.Normal(states.prior_mean, states.prior_std)
+    kl = torch.distributions.kl_divergence(q, p).sum(-1)
+    torch.testing.assert_close(m["rec_term"], log_p.sum(-1).sum(0).mean())  # eq. (2)
+    torch.testing.assert_close(m["kl_term"], -kl.sum(0).mean())  # eq. (3)
+    torch.testing.assert_close(m["elbo"], m["rec_term"] + m["kl_term"])  # eq. (1)
+    # beta-NLL: the loss weights each log-likelihood by its detached std, the KL by their mean.
+    w = std_t.detach()
+    want = -(log_p * w).sum(-1).sum(0).mean() + (kl * w.mean(-1)).sum(0).mean()
+    torch.testing.assert_close(loss, want)
+    _, only_kl = aime.elbo_loss(model, obs, states, kl_only=True)
+    torch.testing.assert_close(only_kl["loss"], (kl * w.mean(-1)).sum(0).mean())
+
+
+def test_point_deconv_equals_the_transposed_convolution() -> None:
+    torch.manual_seed(0)
+    fast, slow = aime.PointDeconv(12, 5, 5, 2), nn.ConvTranspose2d(12, 5, 5, 2)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(7, 12, 1, 1)
+    torch.testing.assert_close(fast(x), slow(x))
+    fast(x).square().sum().backward()
+    slow(x).square().sum().backward()
+    assert fast.weight.grad is not None and slow.weight.grad is not None
+    torch.testing.assert_close(fast.weight.grad, slow.weight.grad)
+
+
+def test_visual_model_shapes() -> None:
+    model = aime.WorldModel(0, 6, True, "aime", False)
+    image = torch.rand(3, 2, 64, 64, 3).permute(0, 1, 4, 2, 3)  # channels last, as batches come
+    embed = model.encoder(image)
+    assert embed.shape == (3, 2, 1024)
+    states = model.rssm.observe(embed, torch.zeros(3, 2, 6))
+    mean, std = model.decode(states.features())
+    assert mean.shape == (3, 2, 3, 64, 64) and std is None
+    assert float(mean.detach().min()) >= 0 and float(mean.detach().max()) <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning, checked by behaviour
+# ---------------------------------------------------------------------------------------------
+def point_mass(
+    rng: np.random.Generator, act: Callable[..., np.ndarray], T: int = 60
+) -> dict[str, np.ndarray]:
+    """A 2-D point mass: v' = 0.8 v + 0.5 a, x' = x + 0.1 v'; the action is visible in o_t+1."""
+    x, v = rng.uniform(-1, 1, 2), np.zeros(2)
+    pos, vel, pre = [x.copy()], [v.copy()], [np.zeros(2)]
+    for _ in range(T):
+        a = act(x, v, rng)
+        v = 0.8 * v + 0.5 * a
+        x = x + 0.1 * v
+        pos.append(x.copy())
+        vel.append(v.copy())
+        pre.append(a)
+    f32 = np.float32
+    return {
+        "position": np.array(pos, f32),
+        "velocity": np.array(vel, f32),
+        "pre_action": np.array(pre, f32),
+    }
+
+
+def test_phase2_infers_the_actions_of_a_known_policy() -> None:
+    """Random-action embodiment data, demonstrations of a = tanh(-2x - v): after phase 2 the
+    inferred actions are far closer to the true ones than a random policy's or the initial ones."""
+    rng = np.random.default_rng(0)
+    body, demo = ReplayBuffer(seed=0), ReplayBuffer(seed=1)
+    for _ in range(60):
+        body.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+    for _ in range(20):
+        demo.add(point_mass(rng, lambda x, v, r: np.tanh(-2 * x - v)))
+    torch.manual_seed(0)
+    keys = ("position", "velocity")
+    args = aime.resolve(aime.Args(env="walker", obs="mdp"))
+    model = aime.WorldModel(4, 2, False, "aime", False, RSSMConfig(deter=64, stoch=8, hidden=64))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    elbo = []
+    for _ in range(300):
+        loss, m = aime.phase1_step(model, body.sample(16, 20), keys, args)
+        opt.zero_grad(), loss.backward(), opt.step()
+        elbo.append(float(m["elbo"]))
+    assert np.mean(elbo[-20:]) > np.mean(elbo[:20]) + 50, "phase 1 did not learn the dynamics"
+
+    model.requires_grad_(False)
+    policy = aime.Policy(model.rssm.feature_dim, 2)
+    popt = torch.optim.Adam(policy.parameters(), 1e-3)
+    mse = []
+    for _ in range(300):
+        loss, m = aime.phase2_step(model, policy, demo.sample(16, 20), keys, args)
+        popt.zero_grad(), loss.backward(), popt.step()
+        mse.append(float(m["action_mse"]))
+    batch = demo.sample(256, 20)
+    random_mse = float(
+        ((torch.rand_like(batch["pre_action"]) * 2 - 1 - batch["pre_action"]) ** 2).mean()
+    )
+    final = float(np.mean(mse[-20:]))
+    assert final < 0.1 * random_mse, (final, random_mse)
+    assert final < 0.3 * np.mean(mse[:10]), "the inferred actions did not improve"
+
+
+def test_phase1_elbo_rises_on_collected_walker_data(data_dir: Path) -> None:
+    from common.replay import TrajectoryDataset
+
+    keys = ("orientations", "height", "velocity")
+    body = TrajectoryDataset(
+        data_dir / "walker-random", [*keys, "pre_action"], seed=0, progress=False
+    )
+    torch.manual_seed(0)
+    model = aime.WorldModel(24, 6, False, "aime", False)  # the paper's sizes
+    args = aime.resolve(aime.Args(env="walker", obs="mdp"))
+    opt = torch.optim.Adam(model.parameters(), args.lr)
+    elbo = []
+    for _ in range(200):
+        loss, m = aime.phase1_step(model, body.sample(8, 20), keys, args)
+        opt.zero_grad(), loss.backward(), opt.step()
+        elbo.append(float(m["elbo"]))
+    first, last = np.mean(elbo[:20]), np.mean(elbo[-20:])
+    assert last > first + 0.5 * abs(first), (first, last)
+
+
+def test_demonstration_actions_never_reach_training() -> None:
+    torch.manual_seed(0)
+    model = aime.WorldModel(4, 2, False, "aime", True, RSSMConfig(deter=16, stoch=4, hidden=16))
+    model.requires_grad_(False)
+    policy = aime.Policy(model.rssm.feature_dim, 2)
+    args = aime.resolve(aime.Args(env="walker", obs="mdp"))
+    batch = {"position": torch.randn(8, 3, 2), "velocity": torch.randn(8, 3, 2)}
+    grads = []
+    for actions in (torch.zeros(8, 3, 2), torch.ones(8, 3, 2), None):
+        b = batch if actions is None else {**batch, "pre_action": actions}
+        torch.manual_seed(1)
+        for flags in ({}, {"use_idm": True}, {"kl_only": True}, {"rec_only": True}):
+            loss, _ = aime.phase2_step(
+                model, policy, b, ("position", "velocity"), aime.Args(**{**vars(args), **flags})
+            )
+            grads.append(torch.autograd.grad(loss, list(policy.parameters())))
+    for other in (grads[4:8], grads[8:12]):
+        for g, h in zip(grads[0:4], other, strict=True):
+            for x, y in zip(g, h, strict=True):
+                torch.testing.assert_close(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command as users run it
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("obs", ["mdp", "visual"])
+def test_user_command_runs_both_phases_and_writes_results(
+    data_dir: Path, tmp_path: Path, obs: str
+) -> None:
+    data = data_dir / "visual" if obs == "visual" else data_dir
+    demo = str(data / "walker-random")
+    # Visual evaluation renders every step (about 14 s an episode on 2 cores): one episode.
+    evals = ["--eval-episodes", "1", "--eval-every", "0"] if obs == "visual" else []
+    flags = [*TINY, "--num-demos", "1", *evals] if obs == "visual" else TINY
+    common = ["--env", "walker", "--task", "walk", "--body-data", "random", "--demo", demo,
+              "--obs", obs, "--data-dir", str(data), "--runs-dir", str(tmp_path),
+              *flags]  # fmt: skip
+    r = run(*common)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1].startswith("normalised score: ")
+    (run_dir,) = tmp_path.iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["algorithm"] == "aime" and results["obs"] == obs
+    assert len(results["returns"]) == (1 if obs == "visual" else 2)
+    assert results["expert_return"] == 943.79
+    assert results["normalised_score"] == pytest.approx(100 * results["mean_return"] / 943.79)
+    assert set(results["wall_time_s"]) == {"phase1", "phase2", "evaluation"}
+    assert (run_dir / "world_model.pt").exists() and (run_dir / "checkpoint.pt").exists()
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    # The model is reused for another demonstration task without running phase 1 again.
+    r = run(*common, "--world-model", str(run_dir / "world_model.pt"), "--exp-name", "reuse")
+    assert r.returncode == 0, r.stderr[-3000:]
+    reuse = json.loads(next(tmp_path.glob("*reuse*/results.json")).read_text())
+    assert reuse["wall_time_s"]["phase1"] == 0
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    flags = ["--env", "walker", "--task", "walk", "--body-data", "random", "--demo",
+             str(data_dir / "walker-random"), "--obs", "mdp", "--data-dir", str(data_dir),
+             "--phase1-epochs", "4", "--phase2-epochs", "4", "--steps-per-epoch", "4",
+             "--batch-size", "4", "--horizon", "10", "--eval-episodes", "2", "--eval-every", "2",
+             "--eval-episodes-during", "1", "--num-demos", "2"]  # fmt: skip
+    assert run(*flags, "--runs-dir", str(tmp_path / "a")).returncode == 0
+
+    cmd = [sys.executable, str(ROOT / "aime.py"), *flags, "--runs-dir", str(tmp_path / "b")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "b" / "walker-walk__mdp__random__walker-random__aime__1" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(ckpt, weights_only=False)["state"]
+    assert (state["phase"], state["epoch"]) < (3, 0), "the run ended before it was killed"
+    assert not (ckpt.parent / "results.json").exists()
+
+    r = run(*flags, "--runs-dir", str(tmp_path / "b"), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming" in r.stdout
+    a, b = (json.loads(next((tmp_path / x).glob("*/results.json")).read_text()) for x in "ab")
+    assert a["returns"] == b["returns"]
+    pa, pb = (
+        torch.load(next((tmp_path / x).glob("*/checkpoint.pt")), weights_only=False) for x in "ab"
+    )
+    for k, v in pa["policy"].items():
+        torch.testing.assert_close(pb["policy"][k], v, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------
+def base(data_dir: Path, tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(
+        env="walker", task="walk", body_data="random", demo=str(data_dir / "walker-random"),
+        obs="mdp", data_dir=str(data_dir), runs_dir=str(tmp_path), phase1_epochs=1,
+        phase2_epochs=1, steps_per_epoch=2, batch_size=2, horizon=5, eval_episodes=1,
+        eval_every=0, num_demos=2,
+    )  # fmt: skip
+    return {**args, **kw}
+
+
+def test_missing_dataset_names_the_command_that_makes_it(data_dir: Path, tmp_path: Path) -> None:
+    r = run("--env", "walker", "--body-data", "mix", "--demo", "run", "--obs", "mdp",
+            "--data-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path))  # fmt: skip
+    assert r.returncode != 0
+    assert "create it with: python dreamer_collect.py --agent random --env walker" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_mix_and_names_resolve_to_the_papers_folders(tmp_path: Path) -> None:
+    folders = aime.dataset_folders("d", "walker", "mix", "body")
+    assert [f.name for f in folders] == [
+        "walker-random",
+        "walker-p2e",
+        "walker-stand-buffer",
+        "walker-walk-buffer",
+    ]
+    assert [f.name for f in aime.dataset_folders("d", "cheetah", "run+random", "body")] == [
+        "cheetah-run-buffer",
+        "cheetah-random",
+    ]
+    assert aime.dataset_folders("d", "walker", "run", "demo") == [Path("d/walker-run-expert")]
+    (tmp_path / "walker-plan2explore-buffer").mkdir()  # the authors' published name
+    assert (
+        aime.dataset_folders(str(tmp_path), "walker", "p2e", "body")[0].name
+        == "walker-plan2explore-buffer"
+    )
+    with pytest.raises(Exception, match="walker mix"):
+        aime.dataset_folders("d", "cheetah", "mix", "body")
+
+
+def test_dataset_of_another_embodiment_fails_clearly(data_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "cheetah-like"
+    other.mkdir()
+    traj = load_trajectory(data_dir / "walker-random" / "0.npz")
+    traj["pre_action"] = traj["pre_action"][:, :4]
+    save_trajectory(other / "0.npz", traj)
+    with pytest.raises(Exception, match=r"another embodiment|but the environment has"):
+        call_main(**base(data_dir, tmp_path, body_data=str(other)))
+
+
+def test_too_few_demonstrations_fail_before_training(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(Exception, match=r"--num-demos 50, but .* holds 3"):
+        call_main(**base(data_dir, tmp_path, num_demos=50))
+    assert not list(tmp_path.glob("*/checkpoint.pt"))
+
+
+def test_world_model_of_another_setting_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    call_main(**base(data_dir, tmp_path / "a"))
+    model = next((tmp_path / "a").glob("*/world_model.pt"))
+    with pytest.raises(SystemExit, match=r"other settings .*'obs': \('mdp', 'lpomdp'\)"):
+        call_main(**base(data_dir, tmp_path / "b", obs="lpomdp", world_model=str(model)))
+    with pytest.raises(SystemExit, match="does not exist"):
+        call_main(**base(data_dir, tmp_path / "c", world_model=str(tmp_path / "nope.pt")))
+
+
+def test_existing_run_is_not_overwritten_without_resume(data_dir: Path, tmp_path: Path) -> None:
+    call_main(**base(data_dir, tmp_path))
+    with pytest.raises(SystemExit, match="pass --resume"):
+        call_main(**base(data_dir, tmp_path))
+
+
+def test_non_finite_loss_stops_naming_the_step(data_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "walker-nan"
+    bad.mkdir()
+    for i in range(2):
+        traj = load_trajectory(data_dir / "walker-random" / f"{i}.npz")
+        traj["velocity"][:] = np.nan
+        save_trajectory(bad / f"{i}.npz", traj)
+    with pytest.raises(
+        SystemExit, match=r"non-finite loss at phase-1 gradient step 0 .*no checkpoint"
+    ):
+        call_main(**base(data_dir, tmp_path, body_data=str(bad)))
