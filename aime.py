@@ -340,10 +340,10 @@ def elbo_loss(
         "elbo": rec_term + kl_term,  # eq. (1)
         "rec_term": rec_term,
         "kl_term": kl_term,
-        "obs_mse": sq_err.detach().mean(),
+        "obs_mse": sq_err.mean(),
         "loss": loss,
     }
-    return loss, metrics
+    return loss, {k: v.detach() for k, v in metrics.items()}
 
 
 def phase1_step(
@@ -361,7 +361,7 @@ def phase1_step(
         idm = model.idm(torch.cat([feat[:-1], embed[1:]], -1).detach())
         idm_loss = -idm.log_prob(actions[1:]).sum(0).mean()
         loss = loss + idm_loss
-        metrics["idm_loss"] = idm_loss
+        metrics["idm_loss"] = idm_loss.detach()
     return loss, metrics
 
 
@@ -406,12 +406,26 @@ def phase2_step(
     states, actions, action_kl = infer_actions(model, policy, embed)
     kl_scale = 0.0 if args.rec_only else 1.0
     loss, metrics = elbo_loss(model, obs, states, kl_scale, kl_only=args.kl_only)
-    if model.idm is not None:
-        metrics["action_kl"] = action_kl.sum(0).mean()
-        loss = loss + metrics["action_kl"]
+    if model.idm is not None:  # KL(IDM || pi), summed over time like the ELBO's terms
+        loss = loss + action_kl.sum(0).mean()
+        metrics["action_kl"] = action_kl.sum(0).mean().detach()
     if "pre_action" in batch:  # analysis only (paper Figure 8): never part of the loss
         metrics["action_mse"] = ((actions.detach() - batch["pre_action"]) ** 2).mean()
     return loss, metrics
+
+
+@torch.no_grad()
+def open_loop_images(model: WorldModel, batch: dict[str, Tensor], context: int = 5) -> Tensor:
+    """Truth above prediction for 4 sequences: the model filters `context` frames, then imagines
+    the rest under the true actions. An image [3, 4 * 2 * 64, T * 64] for TensorBoard."""
+    obs, actions = batch["image"][:20, :4], batch["pre_action"][:20, :4]  # [T, 4, 3, 64, 64]
+    post = model.rssm.observe(model.encoder(obs[:context]), actions[:context], sample=False)
+    start = (post.deter[-1], post.stoch[-1])
+    prior = model.rssm.imagine(start, len(obs) - context, actions=actions[context:], sample=False)
+    pred = model.decode(torch.cat([post.features(), prior.features()]))[0]
+    grid = torch.stack([obs, pred], 2)  # [T, 4, 2, 3, 64, 64]
+    T, n = grid.shape[:2]
+    return grid.permute(3, 1, 2, 4, 0, 5).reshape(3, n * 2 * 64, T * 64).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,9 +673,12 @@ def main(args: Args) -> dict[str, Any]:
                 model_opt.step()
                 losses.append(loss.detach())
                 for k, v in metrics.items():
-                    sums[k] = v.detach() + sums[k] if k in sums else v.detach()
+                    sums[k] = v + sums[k] if k in sums else v
             check_finite(losses, 1, epoch, args, ckpt_path)
             values = log("world_model", sums, (epoch + 1) * args.steps_per_epoch)
+            if model.visual and (epoch % 10 == 9 or epoch + 1 == args.phase1_epochs):
+                image = open_loop_images(model, batch)
+                writer.add_image("world_model/open_loop", image, (epoch + 1) * args.steps_per_epoch)
             bar.set_postfix(elbo=f"{values['elbo']:.1f}")
             state["wall"]["phase1"] += time.time() - start
             state["epoch"] = epoch + 1
@@ -716,7 +733,7 @@ def main(args: Args) -> dict[str, Any]:
                 policy_opt.step()
                 losses.append(loss.detach())
                 for k, v in metrics.items():
-                    sums[k] = v.detach() + sums[k] if k in sums else v.detach()
+                    sums[k] = v + sums[k] if k in sums else v
             check_finite(losses, 2, epoch, args, ckpt_path)
             values = log("policy", sums, (epoch + 1) * args.steps_per_epoch)
             bar.set_postfix(

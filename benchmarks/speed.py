@@ -1,13 +1,15 @@
-"""Speed of the foundation's hot paths; prints figures, asserts nothing.
+"""Speed of the hot paths; prints one `case: value unit` line per case and asserts nothing.
 
-    python benchmarks/speed.py                 # CPU
-    python benchmarks/speed.py --device cuda --compile   # GPU, with torch.compile
+    python benchmarks/speed.py                                  # every case, CPU
+    python benchmarks/speed.py --cases phase1-mdp phase2-mdp --steps 5
+    python benchmarks/speed.py --device cuda --compile           # GPU, with torch.compile
 
-- RSSM: `observe` over a batch of 50 windows of 50 steps (the training shape of AIME and Dreamer),
-  forward and backward, for the AIME and the original-Dreamer layouts; eager, and with the step
-  compiled when `--compile`.
-- Environment: agent steps per second of walker-walk with and without rendering (action repeat 2).
-- Dataset: batches of 50 x 50 windows per second from a memory-mapped image dataset.
+Cases:
+- phase1-mdp, phase1-visual, phase2-mdp, phase2-visual: AIME gradient steps per second at the
+  paper's sizes (walker, batch 50 x horizon 50, the default RSSM), including the optimiser step.
+- rssm-aime, rssm-dreamer: `RSSM.observe` forward and backward over 50 x 50, both layouts.
+- env, env-render: walker-walk agent steps per second without and with 64x64 rendering.
+- dataset: batches of 50 x 50 64x64 images per second from a memory-mapped dataset.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,126 +29,153 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import aime
 from common.envs import make_env
 from common.replay import TrajectoryDataset, save_trajectory
-from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, RSSMConfig, kl_loss
+from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, kl_loss
+
+CASES = (
+    "phase1-mdp", "phase1-visual", "phase2-mdp", "phase2-visual",
+    "rssm-aime", "rssm-dreamer", "env", "env-render", "dataset",
+)  # fmt: skip
 
 
 @dataclass
 class Args:
-    device: str = "cpu"
-    """torch device for the RSSM and the batches"""
+    cases: list[str] = field(default_factory=lambda: list(CASES))
+    """cases to run, from: phase1-mdp phase1-visual phase2-mdp phase2-visual rssm-aime
+    rssm-dreamer env env-render dataset"""
+    steps: int = 5
+    """timed repetitions of each case (after one warm-up)"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
     compile: bool = False
-    """also time the RSSM with its step compiled by torch.compile"""
+    """compile the RSSM's posterior step with torch.compile"""
     batch_size: int = 50
     """sequences per batch"""
     horizon: int = 50
-    """steps per sequence"""
-    repeats: int = 5
-    """timed repetitions (after one warm-up)"""
+    """records per sequence"""
 
 
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median seconds per call, after a warm-up call."""
+def per_second(fn: Callable[[], object], steps: int, device: torch.device) -> float:
+    """Calls per second over `steps` calls, after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
 
 
-def bench_rssm(args: Args, device: torch.device) -> None:
-    B, T, A = args.batch_size, args.horizon, 6
-    layouts: list[tuple[str, RSSMConfig, int]] = [
-        ("AIME (GRU 512, s 128, MLP 2x128)", AIME_RSSM, 24),
-        ("Dreamer (pre-GRU, 512 LN SiLU, s 30)", DREAMER_RSSM, 1024),
-    ]
-    for name, cfg, embed_dim in layouts:
-        rssm = RSSM(A, embed_dim, cfg).to(device)
-        embed = torch.randn(T, B, embed_dim, device=device)
-        actions = torch.rand(T, B, A, device=device) * 2 - 1
+def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
+    """One AIME gradient step on a synthetic walker batch with the script's own functions."""
+    phase, obs = case.split("-")
+    T, B = args.horizon, args.batch_size
+    aime_args = aime.resolve(aime.Args(env="walker", obs=obs))  # type: ignore[arg-type]
+    model = aime.WorldModel(24, 6, obs == "visual", "aime", False).to(device)
+    if args.compile:
+        model.rssm.obs_step = torch.compile(model.rssm.obs_step)  # type: ignore[method-assign]
+    batch = {"pre_action": torch.rand(T, B, 6, device=device) * 2 - 1}
+    if obs == "visual":  # uint8 frames become channels-last floats, as the dataset delivers them
+        frames = torch.randint(0, 256, (T, B, 64, 64, 3), dtype=torch.uint8, device=device)
+        batch["image"] = frames.permute(0, 1, 4, 2, 3).float() / 255
+        keys: tuple[str, ...] = ("image",)
+    else:
+        keys = ("orientations", "height", "velocity")
+        for k, d in zip(keys, (14, 1, 9), strict=True):
+            batch[k] = torch.randn(T, B, d, device=device)
+    if phase == "phase1":
+        opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
-        def train_step(
-            model: RSSM = rssm, embed: torch.Tensor = embed, actions: torch.Tensor = actions
-        ) -> None:
-            out = model.observe(embed, actions)
-            kl_loss(out.post_mean, out.post_std, out.prior_mean, out.prior_std).mean().backward()
+        def step() -> None:
+            loss, _ = aime.phase1_step(model, batch, keys, aime_args)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+            opt.step()
 
-        def forward(
-            model: RSSM = rssm, embed: torch.Tensor = embed, actions: torch.Tensor = actions
-        ) -> None:
-            with torch.no_grad():
-                model.observe(embed, actions)
+        return step
+    model.requires_grad_(False)
+    policy = aime.Policy(model.rssm.feature_dim, 6).to(device)
+    popt = torch.optim.Adam(policy.parameters(), lr=3e-4)
 
-        fwd = timed(forward, args.repeats, device)
-        step = timed(train_step, args.repeats, device)
-        print(
-            f"rssm {name} on {device}: observe {B}x{T} forward {1e3 * fwd:.1f} ms, "
-            f"forward+backward {1e3 * step:.1f} ms ({B * T / step:,.0f} steps/s)"
-        )
-        if args.compile:
-            compiled = torch.compile(rssm.obs_step, fullgraph=True)
-            rssm.obs_step = compiled  # type: ignore[method-assign]
-            step_c = timed(train_step, args.repeats, device)
-            print(f"    with torch.compile(obs_step): forward+backward {1e3 * step_c:.1f} ms")
+    def step2() -> None:
+        loss, _ = aime.phase2_step(model, policy, batch, keys, aime_args)
+        popt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 100.0)
+        popt.step()
 
-
-def bench_env(repeats: int) -> None:
-    for render in (False, True):
-        env = make_env("walker-walk", "mdp", render=render)
-        env.reset()
-        action = np.zeros(6, np.float32)
-        n = 200 if render else 1000
-        t0 = time.perf_counter()
-        for _ in range(n):
-            rec = env.step(action)
-            if rec["is_last"]:
-                env.reset()
-        rate = n / (time.perf_counter() - t0)
-        what = "with 64x64 rendering" if render else "without rendering"
-        print(
-            f"env walker-walk {what}: {rate:,.0f} agent steps/s ({2 * rate:,.0f} physics steps/s)"
-        )
+    return step2
 
 
-def bench_dataset(args: Args, device: torch.device) -> None:
-    rng = np.random.default_rng(0)
+def rssm_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
+    cfg, embed_dim = (AIME_RSSM, 24) if case == "rssm-aime" else (DREAMER_RSSM, 1024)
+    rssm = RSSM(6, embed_dim, cfg).to(device)
+    if args.compile:
+        rssm.obs_step = torch.compile(rssm.obs_step)  # type: ignore[method-assign]
+    embed = torch.randn(args.horizon, args.batch_size, embed_dim, device=device)
+    actions = torch.rand(args.horizon, args.batch_size, 6, device=device) * 2 - 1
+
+    def step() -> None:
+        out = rssm.observe(embed, actions)
+        kl_loss(out.post_mean, out.post_std, out.prior_mean, out.prior_std).mean().backward()
+
+    return step
+
+
+def env_step(case: str) -> Callable[[], object]:
+    env = make_env("walker-walk", "mdp", render=case == "env-render")
+    env.reset()
+    action = np.zeros(6, np.float32)
+
+    def step() -> None:
+        if env.step(action)["is_last"]:
+            env.reset()
+
+    return step
+
+
+def dataset_rate(args: Args, device: torch.device) -> float:
+    """Batches of image windows per second from a memory-mapped dataset (page cache warm)."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "d"
-        folder.mkdir()
-        for i in range(20):
-            T = 501
-            save_trajectory(
-                folder / f"{i}.npz",
-                {
-                    "image": rng.integers(0, 256, (T, 64, 64, 3), dtype=np.uint8),
-                    "pre_action": rng.uniform(-1, 1, (T, 6)).astype(np.float32),
-                },
-            )
-        data = TrajectoryDataset(folder, ["image", "pre_action"], seed=0, progress=False)
-        per_batch = timed(
-            lambda: data.sample(args.batch_size, args.horizon, device), args.repeats, device
-        )
-        print(
-            f"dataset: {1 / per_batch:.1f} batches/s of {args.batch_size}x{args.horizon} "
-            f"64x64 images to {device} (page cache warm)"
+        rng = np.random.default_rng(0)
+        for i in range(10):
+            trajectory: dict[str, np.ndarray] = {
+                "image": rng.integers(0, 256, (501, 64, 64, 3), dtype=np.uint8),
+                "pre_action": rng.uniform(-1, 1, (501, 6)).astype(np.float32),
+            }
+            save_trajectory(Path(tmp) / f"{i}.npz", trajectory)
+        data = TrajectoryDataset(tmp, ["image", "pre_action"], seed=0, progress=False)
+        return per_second(
+            lambda: data.sample(args.batch_size, args.horizon, device), args.steps, device
         )
 
 
 def main(args: Args) -> None:
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    if device.type == "cuda":
-        print(torch.cuda.get_device_name(device))
-    bench_rssm(args, device)
-    bench_env(args.repeats)
-    bench_dataset(args, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    for case in args.cases:
+        if case not in CASES:
+            raise SystemExit(f"unknown case {case!r}; choose from {' '.join(CASES)}")
+        if case.startswith("phase"):
+            rate = per_second(aime_step(case, args, device), args.steps, device)
+            print(f"{case}: {rate:.2f} steps/s", flush=True)
+        elif case.startswith("rssm"):
+            rate = per_second(rssm_step(case, args, device), args.steps, device)
+            print(f"{case}: {rate:.2f} steps/s ({1e3 / rate:.0f} ms forward+backward)", flush=True)
+        elif case.startswith("env"):
+            rate = per_second(env_step(case), 100 * args.steps, device)
+            print(f"{case}: {rate:.0f} agent steps/s", flush=True)
+        else:
+            rate = dataset_rate(args, device)
+            print(f"{case}: {rate:.1f} batches/s", flush=True)
 
 
 if __name__ == "__main__":

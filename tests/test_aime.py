@@ -99,6 +99,11 @@ def test_visual_model_shapes() -> None:
     states = model.rssm.observe(embed, torch.zeros(3, 2, 6))
     mean, std = model.decode(states.features())
     assert mean.shape == (3, 2, 3, 64, 64) and std is None
+    actions = torch.rand(8, 4, 6) * 2 - 1
+    grid = aime.open_loop_images(
+        model, {"image": torch.rand(8, 4, 3, 64, 64), "pre_action": actions}
+    )
+    assert grid.shape == (3, 4 * 2 * 64, 8 * 64)
     assert float(mean.detach().min()) >= 0 and float(mean.detach().max()) <= 1
 
 
@@ -162,6 +167,37 @@ def test_phase2_infers_the_actions_of_a_known_policy() -> None:
     final = float(np.mean(mse[-20:]))
     assert final < 0.1 * random_mse, (final, random_mse)
     assert final < 0.3 * np.mean(mse[:10]), "the inferred actions did not improve"
+
+
+def test_idm_learns_the_actions_on_detached_inputs() -> None:
+    """Appendix C: the IDM head learns q(a_t-1 | s_t-1, f(o_t)) in phase 1 without moving the
+    world model (its inputs are detached)."""
+    rng = np.random.default_rng(0)
+    body = ReplayBuffer(seed=0)
+    for _ in range(30):
+        body.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+    torch.manual_seed(0)
+    keys = ("position", "velocity")
+    args = aime.resolve(aime.Args(env="walker", obs="mdp"))
+    model = aime.WorldModel(4, 2, False, "aime", True, RSSMConfig(deter=32, stoch=8, hidden=32))
+    batch = body.sample(8, 10)
+    torch.manual_seed(3)
+    with_idm, _ = aime.phase1_step(model, batch, keys, args)
+    idm, model.idm = model.idm, None
+    torch.manual_seed(3)
+    without_idm, _ = aime.phase1_step(model, batch, keys, args)
+    model.idm = idm
+    # The IDM's term moves no parameter of the world model: its inputs are detached.
+    others = [p for n, p in model.named_parameters() if not n.startswith("idm.")]
+    grads = torch.autograd.grad(with_idm - without_idm, others, allow_unused=True)
+    assert all(g is None or float(g.abs().max()) < 1e-6 for g in grads)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    idm_loss = []
+    for _ in range(200):
+        loss, m = aime.phase1_step(model, body.sample(16, 10), keys, args)
+        opt.zero_grad(), loss.backward(), opt.step()
+        idm_loss.append(float(m["idm_loss"]))
+    assert np.mean(idm_loss[-20:]) < np.mean(idm_loss[:20]) - 5, (idm_loss[:3], idm_loss[-3:])
 
 
 def test_phase1_elbo_rises_on_collected_walker_data(data_dir: Path) -> None:
