@@ -42,6 +42,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -527,32 +528,49 @@ def load_world_model(path: Path, model: WorldModel, args: Args) -> None:
     model.load_state_dict(state)
 
 
-def rng_state(
-    body: Optional[TrajectoryDataset], demo: Optional[TrajectoryDataset]
-) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "body": body.rng.bit_generator.state if body else None,
-        "demo": demo.rng.bit_generator.state if demo else None,
-    }
+def rng_state(data: TrajectoryDataset) -> dict[str, Any]:
+    """Every random stream training draws from: torch's and the dataset's window sampler."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda, "data": data.rng.bit_generator.state}
 
 
-def set_rng_state(
-    state: dict[str, Any], body: Optional[TrajectoryDataset], demo: Optional[TrajectoryDataset]
-) -> None:
+def set_rng_state(state: dict[str, Any], data: TrajectoryDataset) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if body is not None and state["body"] is not None:
-        body.rng.bit_generator.state = state["body"]
-    if demo is not None and state["demo"] is not None:
-        demo.rng.bit_generator.state = state["demo"]
+    data.rng.bit_generator.state = state["data"]
 
 
-def check_finite(losses: list[Tensor], phase: int, epoch: int, args: Args, ckpt: Path) -> None:
+def train_epoch(
+    step: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]],
+    data: TrajectoryDataset,
+    params: list[nn.Parameter],
+    opt: torch.optim.Optimizer,
+    args: Args,
+    device: torch.device,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """One epoch: `steps_per_epoch` Adam steps on sampled windows, gradient norm clipped.
+
+    Returns the metrics summed over the epoch and the loss of every step, both on the device
+    (no host synchronisation inside the epoch).
+    """
+    sums: dict[str, Tensor] = {}
+    losses = []
+    for _ in range(args.steps_per_epoch):
+        loss, metrics = step(data.sample(args.batch_size, args.horizon, device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm"] = nn.utils.clip_grad_norm_(params, args.grad_clip)
+        opt.step()
+        losses.append(loss.detach())
+        for k, v in metrics.items():
+            sums[k] = v + sums[k] if k in sums else v
+    return sums, torch.stack(losses)
+
+
+def check_finite(losses: Tensor, phase: int, epoch: int, args: Args, ckpt: Path) -> None:
     """Stop at the first non-finite loss of the epoch (one host sync per epoch)."""
-    finite = torch.isfinite(torch.stack(losses))
+    finite = torch.isfinite(losses)
     if not bool(finite.all()):
         step = epoch * args.steps_per_epoch + int((~finite).nonzero()[0, 0])
         kept = f"the last good checkpoint {ckpt} is kept" if ckpt.exists() else "no checkpoint yet"
@@ -633,9 +651,9 @@ def main(args: Args) -> dict[str, Any]:
         "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()),
     )
 
-    def checkpoint(body: Optional[TrajectoryDataset], demo: Optional[TrajectoryDataset]) -> None:
+    def checkpoint(data: TrajectoryDataset) -> None:
         save(ckpt_path, {
-            "args": asdict(args), "state": state, "rng": rng_state(body, demo),
+            "args": asdict(args), "state": state, "rng": rng_state(data),
             "model": model.state_dict(), "model_opt": model_opt.state_dict(),
             "policy": policy.state_dict() if policy else None,
             "policy_opt": policy_opt.state_dict() if policy_opt else None,
@@ -653,7 +671,7 @@ def main(args: Args) -> dict[str, Any]:
             body_folders, [*keys, "pre_action"], expected_shapes=shapes, seed=args.seed
         )
         if resumed:
-            set_rng_state(resumed["rng"], body, None)
+            set_rng_state(resumed["rng"], body)
         bar = tqdm(
             range(state["epoch"], args.phase1_epochs),
             desc="phase 1 (world model)",
@@ -662,35 +680,22 @@ def main(args: Args) -> dict[str, Any]:
         )
         for epoch in bar:
             start = time.time()
-            sums: dict[str, Tensor] = {}
-            losses = []
-            for _ in range(args.steps_per_epoch):
-                batch = body.sample(args.batch_size, args.horizon, device)
-                loss, metrics = phase1_step(model, batch, keys, args)
-                model_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                metrics["grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-                model_opt.step()
-                losses.append(loss.detach())
-                for k, v in metrics.items():
-                    sums[k] = v + sums[k] if k in sums else v
+            sums, losses = train_epoch(
+                lambda b: phase1_step(model, b, keys, args),
+                body, list(model.parameters()), model_opt, args, device,
+            )  # fmt: skip
             check_finite(losses, 1, epoch, args, ckpt_path)
             values = log("world_model", sums, (epoch + 1) * args.steps_per_epoch)
             if model.visual and (epoch % 10 == 9 or epoch + 1 == args.phase1_epochs):
-                image = open_loop_images(model, batch)
+                image = open_loop_images(model, body.sample(4, 20, device))
                 writer.add_image("world_model/open_loop", image, (epoch + 1) * args.steps_per_epoch)
             bar.set_postfix(elbo=f"{values['elbo']:.1f}")
             state["wall"]["phase1"] += time.time() - start
             state["epoch"] = epoch + 1
-            checkpoint(body, None)
+            checkpoint(body)
         settings = {k: getattr(args, k) for k in MODEL_SETTINGS}
-        save(
-            model_path,
-            {
-                "settings": {**settings, "body_data": args.body_data, "args": asdict(args)},
-                "model": model.state_dict(),
-            },
-        )
+        settings.update(body_data=args.body_data, args=asdict(args))
+        save(model_path, {"settings": settings, "model": model.state_dict()})
         print(f"world model saved to {model_path}")
         state.update(phase=2, epoch=0)
         resumed = None
@@ -703,17 +708,11 @@ def main(args: Args) -> dict[str, Any]:
     with np.load(trajectory_files(demo_folders[0])[0]) as first:
         has_actions = "pre_action" in first.files or "action" in first.files
     demo_keys = [*keys, "pre_action"] if has_actions else list(keys)
-    demo = TrajectoryDataset(
-        demo_folders,
-        demo_keys,
-        num_trajectories=args.num_demos,
-        expected_shapes=shapes,
-        seed=args.seed + 1,
-    )
+    demo = TrajectoryDataset(demo_folders, demo_keys, args.num_demos, shapes, seed=args.seed + 1)
     if resumed and resumed["policy"] is not None:
         policy.load_state_dict(resumed["policy"])
         policy_opt.load_state_dict(resumed["policy_opt"])
-        set_rng_state(resumed["rng"], None, demo)
+        set_rng_state(resumed["rng"], demo)
     if state["phase"] == 2:
         bar = tqdm(
             range(state["epoch"], args.phase2_epochs),
@@ -723,17 +722,10 @@ def main(args: Args) -> dict[str, Any]:
         )
         for epoch in bar:
             start = time.time()
-            sums, losses = {}, []
-            for _ in range(args.steps_per_epoch):
-                batch = demo.sample(args.batch_size, args.horizon, device)
-                loss, metrics = phase2_step(model, policy, batch, keys, args)
-                policy_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                metrics["grad_norm"] = nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip)
-                policy_opt.step()
-                losses.append(loss.detach())
-                for k, v in metrics.items():
-                    sums[k] = v + sums[k] if k in sums else v
+            sums, losses = train_epoch(
+                lambda b: phase2_step(model, policy, b, keys, args),
+                demo, list(policy.parameters()), policy_opt, args, device,
+            )  # fmt: skip
             check_finite(losses, 2, epoch, args, ckpt_path)
             values = log("policy", sums, (epoch + 1) * args.steps_per_epoch)
             bar.set_postfix(
@@ -753,9 +745,9 @@ def main(args: Args) -> dict[str, Any]:
                     "eval/normalised_score", 100 * np.mean(returns) / expert, epoch + 1
                 )
             state["epoch"] = epoch + 1
-            checkpoint(None, demo)
+            checkpoint(demo)
         state.update(phase=3, epoch=0)
-        checkpoint(None, demo)
+        checkpoint(demo)
 
     # -- final evaluation ------------------------------------------------------------------------
     start = time.time()
