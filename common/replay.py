@@ -244,6 +244,12 @@ class WindowSampler:
     def num_records(self) -> int:
         return int(self.lengths.sum())
 
+    def subset(self, indices: Sequence[int], seed: Optional[int] = None) -> WindowSampler:
+        """A sampler over the trajectories `indices` only (views, no copy): splits by trajectory."""
+        part = WindowSampler(seed)
+        part.trajectories = [self.trajectories[i] for i in indices]
+        return part
+
     def windows(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
         """Every valid window as (trajectory index, start) arrays, in order."""
         counts = np.maximum(self.lengths - horizon + 1, 0)

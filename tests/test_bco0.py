@@ -1,0 +1,169 @@
+"""bco0.py: the split, the IDM by behaviour, labels that never see the true actions, the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import bco0
+from common.replay import ReplayBuffer, TrajectoryDataset
+from dreamer_collect import Args as CollectArgs
+from dreamer_collect import collect_random
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def point_mass(
+    rng: np.random.Generator, act: Callable[..., np.ndarray], T: int = 40
+) -> dict[str, np.ndarray]:
+    """A 2-D point mass: v' = 0.8 v + 0.5 a, x' = x + 0.1 v'; a_t-1 is visible in (o_t-1, o_t)."""
+    x, v = rng.uniform(-1, 1, 2), np.zeros(2)
+    pos, vel, pre = [x.copy()], [v.copy()], [np.zeros(2)]
+    for _ in range(T):
+        a = act(x, v, rng)
+        v = 0.8 * v + 0.5 * a
+        x = x + 0.1 * v
+        pos.append(x.copy())
+        vel.append(v.copy())
+        pre.append(a)
+    f32 = np.float32
+    return {
+        "position": np.array(pos, f32),
+        "velocity": np.array(vel, f32),
+        "pre_action": np.array(pre, f32),
+    }
+
+
+def test_split_is_by_trajectory() -> None:
+    rng = np.random.default_rng(0)
+    data = ReplayBuffer()
+    for _ in range(20):
+        data.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+    train, val = bco0.split(data, seed=3)
+    ids = {id(t["position"]): i for i, t in enumerate(data.trajectories)}
+    train_ids = {ids[id(t["position"])] for t in train.trajectories}
+    val_ids = {ids[id(t["position"])] for t in val.trajectories}
+    assert not train_ids & val_ids, "a trajectory is on both sides of the split"
+    assert train_ids | val_ids == set(range(20)) and len(train_ids) == 14
+    assert bco0.split(data, seed=3)[0].trajectories[0] is train.trajectories[0]  # reproducible
+
+
+def test_idm_validation_error_falls_far_below_the_mean_action() -> None:
+    """On a system whose action is visible in consecutive observations, the IDM's validation
+    error ends far below that of predicting the mean action."""
+    rng = np.random.default_rng(0)
+    data = ReplayBuffer(seed=0)
+    for _ in range(40):
+        data.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+    train, val = bco0.split(data, seed=0)
+    keys = ("position", "velocity")
+    torch.manual_seed(0)
+    idm = bco0.StackNet(4, False, frames=2, action_dim=2)
+    opt = torch.optim.Adam(idm.parameters(), lr=1e-3)
+    windows = bco0.fixed_windows(val, 2, 1000, seed=0)
+    data_keys = [*keys, "pre_action"]
+
+    def val_loss() -> float:
+        return bco0.validation_loss(
+            lambda b: bco0.idm_loss(idm, b, keys), val, windows, 2, data_keys, torch.device("cpu")
+        )
+
+    before = val_loss()
+    for _ in range(600):
+        loss = bco0.idm_loss(idm, train.sample(64, 2, keys=data_keys), keys)
+        opt.zero_grad(), loss.backward(), opt.step()
+    after = val_loss()
+    mean_action = np.concatenate([t["pre_action"][1:] for t in train.trajectories]).mean(0)
+    truth = np.concatenate([t["pre_action"][1:] for t in val.trajectories])
+    baseline = float(((truth - mean_action) ** 2).mean())
+    assert after < 0.1 * baseline, (after, baseline)
+    assert after < 0.1 * before
+
+
+def test_labels_never_see_the_demonstration_actions() -> None:
+    torch.manual_seed(0)
+    idm, policy = bco0.StackNet(4, False, 3, 2), bco0.StackNet(4, False, 2, 2)
+    obs = {"position": torch.randn(3, 5, 2), "velocity": torch.randn(3, 5, 2)}
+    grads = []
+    for actions in (torch.zeros(3, 5, 2), torch.ones(3, 5, 2)):
+        loss, metrics = bco0.bc_loss(
+            policy, idm, {**obs, "pre_action": actions}, ("position", "velocity")
+        )
+        grads.append(torch.autograd.grad(loss, list(policy.parameters())))
+        assert "policy_action_mse" in metrics
+    for g, h in zip(*grads, strict=True):
+        torch.testing.assert_close(g, h)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("datasets")
+    collect_random(CollectArgs(env="walker", num_trajectories=4, render=False, data_dir=str(root)))
+    collect_random(CollectArgs(env="walker", num_trajectories=2, data_dir=str(root / "visual")))
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("obs", ["mdp", "visual"])
+def test_user_command_trains_both_phases_and_writes_results(
+    data_dir: Path, tmp_path: Path, obs: str
+) -> None:
+    data = data_dir / "visual" if obs == "visual" else data_dir
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bco0.py"), "--env", "walker", "--task", "walk",
+         "--body-data", "random", "--demo", str(data / "walker-random"), "--obs", obs,
+         "--data-dir", str(data), "--runs-dir", str(tmp_path), "--num-demos", "2",
+         "--phase1-epochs", "3", "--phase2-epochs", "2", "--steps-per-epoch", "3",
+         "--batch-size", "4", "--min-steps", "0", "--val-windows", "40", "--eval-episodes", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1].startswith("normalised score: ")
+    (run_dir,) = tmp_path.iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["algorithm"] == "bco0" and results["obs"] == obs and len(results["returns"]) == 1
+    assert results["normalised_score"] == pytest.approx(100 * results["mean_return"] / 943.79)
+    assert results["args"]["stack"] == (1 if obs == "mdp" else 5)
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["phase"] == 3
+    # Real optimiser steps in both phases.
+    assert results["wall_time_s"]["phase1"] > 0 and results["wall_time_s"]["phase2"] > 0
+    assert ckpt["policy_opt"]["state"], "the policy's optimiser took no step"
+
+
+def test_missing_dataset_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    with pytest.raises(
+        Exception, match=r"create it with: python dreamer_collect.py --agent random"
+    ):
+        bco0.main(
+            bco0.Args(
+                env="walker", body_data="random", demo="run", obs="mdp", data_dir=str(tmp_path)
+            )
+        )
+
+
+def test_dataset_folders_match_aime() -> None:
+    import aime
+
+    for name in ["mix", "random+p2e", "stand", "run"]:
+        for kind in ("body", "demo"):
+            assert bco0.dataset_folders("d", "walker", name, kind) == aime.dataset_folders(
+                "d", "walker", name, kind
+            )
+
+
+def test_dataset_keys_are_loaded_for_the_setting(data_dir: Path) -> None:
+    data = TrajectoryDataset(
+        data_dir / "walker-random", ["orientations", "height", "pre_action"], progress=False
+    )
+    train, val = bco0.split(data, 0)
+    assert len(train) + len(val) == 4 and len(val) >= 1
