@@ -344,7 +344,7 @@ def main(args: Args) -> dict[str, Any]:
     policy_opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
     fresh = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "best_weights": None}
     state: dict[str, Any] = {"phase": 1, **fresh, "wall": {"phase1": 0.0, "phase2": 0.0}}
-    resumed = None
+    resumed, resume_phase = None, 0
     if args.resume and ckpt_path.exists():
         resumed = torch.load(ckpt_path, map_location=device, weights_only=False)
         if {k: v for k, v in resumed["args"].items() if k != "resume"} != {
@@ -353,7 +353,7 @@ def main(args: Args) -> dict[str, Any]:
             raise SystemExit(
                 f"error: {ckpt_path} was written with other flags; resume with the same flags"
             )
-        state = resumed["state"]
+        state, resume_phase = resumed["state"], resumed["state"]["phase"]
         for net, key in (
             (idm, "idm"),
             (policy, "policy"),
@@ -383,7 +383,7 @@ def main(args: Args) -> dict[str, Any]:
         """Adam on `loss` until the validation loss stops improving; keep the best weights."""
         frames = stack + 1
         val = fixed_windows(val_data, frames, args.val_windows, args.seed)
-        if resumed is not None and resumed["state"]["phase"] == phase:
+        if resumed is not None and resume_phase == phase:  # the sampler where the run stopped
             train_data.rng.bit_generator.state = resumed["data_rng"]
         bar = tqdm(
             range(state["epoch"], max_epochs),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,3 +169,40 @@ def test_dataset_keys_are_loaded_for_the_setting(data_dir: Path) -> None:
     )
     train, val = bco0.split(data, 0)
     assert len(train) + len(val) == 4 and len(val) >= 1
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    flags = ["--env", "walker", "--task", "walk", "--body-data", "random", "--demo",
+             str(data_dir / "walker-random"), "--obs", "mdp", "--data-dir", str(data_dir),
+             "--num-demos", "3", "--phase1-epochs", "15", "--phase2-epochs", "5",
+             "--steps-per-epoch", "10", "--batch-size", "8", "--min-steps", "0",
+             "--patience", "100", "--val-windows", "50", "--eval-episodes", "1"]  # fmt: skip
+    script = [sys.executable, str(ROOT / "bco0.py"), *flags]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    assert (
+        subprocess.run([*script, "--runs-dir", str(tmp_path / "a")], cwd=ROOT, env=env).returncode
+        == 0
+    )
+    # Killed in phase 1: the resumed process restores phase 1's sampler, then runs phase 2 afresh.
+    proc = subprocess.Popen([*script, "--runs-dir", str(tmp_path / "b")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    ckpt = tmp_path / "b" / "walker-walk__mdp__random__walker-random__bco0__1" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=False)["state"]["phase"] == 1, "not killed in phase 1"
+    r = subprocess.run([*script, "--runs-dir", str(tmp_path / "b"), "--resume"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0 and "resuming" in r.stdout, r.stderr[-2000:]
+    a, b = (json.loads(next((tmp_path / x).glob("*/results.json")).read_text()) for x in "ab")
+    assert a["returns"] == b["returns"]
+    pa, pb = (
+        torch.load(next((tmp_path / x).glob("*/checkpoint.pt")), weights_only=False) for x in "ab"
+    )
+    for k, v in pa["policy"].items():
+        torch.testing.assert_close(pb["policy"][k], v, rtol=0, atol=0)
