@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -56,7 +55,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.envs import EXPERT_RETURNS, DMCEnv, make_env
-from common.replay import DatasetError, TrajectoryDataset, atomic_write, trajectory_files
+from common.replay import (
+    DatasetError,
+    TrajectoryDataset,
+    atomic_write,
+    dataset_folders,
+    trajectory_files,
+)
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, RSSMConfig, TanhNormal, kl_loss, kl_normal
 
 
@@ -144,39 +149,6 @@ def resolve(args: Args) -> Args:
             else (2e-4 if cheetah and args.obs == "lpomdp" else 1.0),
         }
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset names
-# ---------------------------------------------------------------------------------------------
-WALKER_MIX = ("random", "p2e", "stand", "walk")  # AIME section 4: all walker data except run
-
-
-def dataset_folders(
-    data_dir: str, env: str, name: str, kind: Literal["body", "demo"]
-) -> list[Path]:
-    """Dataset names -> folders: random, p2e, a task name, mix, a+b, or a path."""
-    if Path(name).is_dir() or os.sep in name:
-        return [Path(name)]
-    folders: list[Path] = []
-    for part in name.split("+"):
-        if part == "mix":
-            if env != "walker":
-                raise DatasetError("mix is the paper's walker mix; name the parts, e.g. random+p2e")
-            folders += dataset_folders(data_dir, env, "+".join(WALKER_MIX), kind)
-        elif part == "random":
-            folders.append(Path(data_dir) / f"{env}-random")
-        elif part == "p2e":  # ours, or the name of the authors' published dataset
-            ours, theirs = (
-                Path(data_dir) / f"{env}-p2e",
-                Path(data_dir) / f"{env}-plan2explore-buffer",
-            )
-            folders.append(theirs if theirs.is_dir() and not ours.is_dir() else ours)
-        else:
-            folders.append(
-                Path(data_dir) / f"{env}-{part}-{'buffer' if kind == 'body' else 'expert'}"
-            )
-    return folders
 
 
 # ---------------------------------------------------------------------------------------------

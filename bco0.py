@@ -46,6 +46,7 @@ from common.replay import (
     TrajectoryDataset,
     WindowSampler,
     atomic_write,
+    dataset_folders,
     load_trajectory,
     to_torch_batch,
     trajectory_files,
@@ -100,36 +101,6 @@ class Args:
     """gradient steps before training may stop (the authors' minimum)"""
     val_windows: int = 5000
     """validation windows the validation loss is measured on"""
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset names (as aime.py)
-# ---------------------------------------------------------------------------------------------
-WALKER_MIX = ("random", "p2e", "stand", "walk")  # AIME section 4: all walker data except run
-
-
-def dataset_folders(
-    data_dir: str, env: str, name: str, kind: Literal["body", "demo"]
-) -> list[Path]:
-    """Dataset names -> folders: random, p2e, a task name, mix, a+b, or a path."""
-    if Path(name).is_dir() or "/" in name:
-        return [Path(name)]
-    folders: list[Path] = []
-    for part in name.split("+"):
-        if part == "mix":
-            if env != "walker":
-                raise DatasetError("mix is the paper's walker mix; name the parts, e.g. random+p2e")
-            folders += dataset_folders(data_dir, env, "+".join(WALKER_MIX), kind)
-        elif part == "random":
-            folders.append(Path(data_dir) / f"{env}-random")
-        elif part == "p2e":  # ours, or the name of the authors' published dataset
-            ours = Path(data_dir) / f"{env}-p2e"
-            theirs = Path(data_dir) / f"{env}-plan2explore-buffer"
-            folders.append(theirs if theirs.is_dir() and not ours.is_dir() else ours)
-        else:
-            suffix = "buffer" if kind == "body" else "expert"
-            folders.append(Path(data_dir) / f"{env}-{part}-{suffix}")
-    return folders
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,6 +63,38 @@ def make_command(folder: PathLike) -> str:
     return ""
 
 
+# The paper's walker mix: every walker embodiment dataset except run (AIME section 4).
+WALKER_MIX = ("random", "p2e", "stand", "walk")
+
+
+def dataset_folders(data_dir: PathLike, env: str, name: str, kind: str) -> list[Path]:
+    """Dataset names of the scripts' `--body-data` (kind "body") and `--demo` (kind "demo"):
+    `random` -> {env}-random, `p2e` -> {env}-p2e (or the authors' {env}-plan2explore-buffer),
+    a task such as `run` -> {env}-run-buffer (body) or {env}-run-expert (demo), `mix` -> the
+    walker mix, `a+b` -> both, read in place; anything with a `/` is a path."""
+    if "/" in name:
+        return [Path(name)]
+    folders: list[Path] = []
+    for part in name.split("+"):
+        if part == "mix":
+            if env != "walker":
+                raise DatasetError("mix is the paper's walker mix; name the parts, e.g. random+p2e")
+            folders += dataset_folders(data_dir, env, "+".join(WALKER_MIX), kind)
+        elif part == "random":
+            folders.append(Path(data_dir) / f"{env}-random")
+        elif part == "p2e":
+            ours, theirs = (
+                Path(data_dir) / f"{env}-p2e",
+                Path(data_dir) / f"{env}-plan2explore-buffer",
+            )
+            folders.append(theirs if theirs.is_dir() and not ours.is_dir() else ours)
+        else:
+            folders.append(
+                Path(data_dir) / f"{env}-{part}-{'buffer' if kind == 'body' else 'expert'}"
+            )
+    return folders
+
+
 # --------------------------------------------------------------------------------------------
 # One trajectory on disk
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from common.replay import ReplayBuffer, load_trajectory, save_trajectory
 from common.rssm import RSSMConfig
 from dreamer_collect import Args as CollectArgs
 from dreamer_collect import collect_random
+from tests.systems import point_mass, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -110,34 +110,13 @@ def test_visual_model_shapes() -> None:
 # ---------------------------------------------------------------------------------------------
 # Learning, checked by behaviour
 # ---------------------------------------------------------------------------------------------
-def point_mass(
-    rng: np.random.Generator, act: Callable[..., np.ndarray], T: int = 60
-) -> dict[str, np.ndarray]:
-    """A 2-D point mass: v' = 0.8 v + 0.5 a, x' = x + 0.1 v'; the action is visible in o_t+1."""
-    x, v = rng.uniform(-1, 1, 2), np.zeros(2)
-    pos, vel, pre = [x.copy()], [v.copy()], [np.zeros(2)]
-    for _ in range(T):
-        a = act(x, v, rng)
-        v = 0.8 * v + 0.5 * a
-        x = x + 0.1 * v
-        pos.append(x.copy())
-        vel.append(v.copy())
-        pre.append(a)
-    f32 = np.float32
-    return {
-        "position": np.array(pos, f32),
-        "velocity": np.array(vel, f32),
-        "pre_action": np.array(pre, f32),
-    }
-
-
 def test_phase2_infers_the_actions_of_a_known_policy() -> None:
     """Random-action embodiment data, demonstrations of a = tanh(-2x - v): after phase 2 the
     inferred actions are far closer to the true ones than a random policy's or the initial ones."""
     rng = np.random.default_rng(0)
     body, demo = ReplayBuffer(seed=0), ReplayBuffer(seed=1)
     for _ in range(60):
-        body.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+        body.add(point_mass(rng, random_actions))
     for _ in range(20):
         demo.add(point_mass(rng, lambda x, v, r: np.tanh(-2 * x - v)))
     torch.manual_seed(0)
@@ -175,7 +154,7 @@ def test_idm_learns_the_actions_on_detached_inputs() -> None:
     rng = np.random.default_rng(0)
     body = ReplayBuffer(seed=0)
     for _ in range(30):
-        body.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+        body.add(point_mass(rng, random_actions))
     torch.manual_seed(0)
     keys = ("position", "velocity")
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))
@@ -331,28 +310,6 @@ def test_missing_dataset_names_the_command_that_makes_it(data_dir: Path, tmp_pat
     assert r.returncode != 0
     assert "create it with: python dreamer_collect.py --agent random --env walker" in r.stderr
     assert "Traceback" not in r.stderr
-
-
-def test_mix_and_names_resolve_to_the_papers_folders(tmp_path: Path) -> None:
-    folders = aime.dataset_folders("d", "walker", "mix", "body")
-    assert [f.name for f in folders] == [
-        "walker-random",
-        "walker-p2e",
-        "walker-stand-buffer",
-        "walker-walk-buffer",
-    ]
-    assert [f.name for f in aime.dataset_folders("d", "cheetah", "run+random", "body")] == [
-        "cheetah-run-buffer",
-        "cheetah-random",
-    ]
-    assert aime.dataset_folders("d", "walker", "run", "demo") == [Path("d/walker-run-expert")]
-    (tmp_path / "walker-plan2explore-buffer").mkdir()  # the authors' published name
-    assert (
-        aime.dataset_folders(str(tmp_path), "walker", "p2e", "body")[0].name
-        == "walker-plan2explore-buffer"
-    )
-    with pytest.raises(Exception, match="walker mix"):
-        aime.dataset_folders("d", "cheetah", "mix", "body")
 
 
 def test_dataset_of_another_embodiment_fails_clearly(data_dir: Path, tmp_path: Path) -> None:

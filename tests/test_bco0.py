@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,36 +18,16 @@ import bco0
 from common.replay import ReplayBuffer, TrajectoryDataset
 from dreamer_collect import Args as CollectArgs
 from dreamer_collect import collect_random
+from tests.systems import point_mass, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def point_mass(
-    rng: np.random.Generator, act: Callable[..., np.ndarray], T: int = 40
-) -> dict[str, np.ndarray]:
-    """A 2-D point mass: v' = 0.8 v + 0.5 a, x' = x + 0.1 v'; a_t-1 is visible in (o_t-1, o_t)."""
-    x, v = rng.uniform(-1, 1, 2), np.zeros(2)
-    pos, vel, pre = [x.copy()], [v.copy()], [np.zeros(2)]
-    for _ in range(T):
-        a = act(x, v, rng)
-        v = 0.8 * v + 0.5 * a
-        x = x + 0.1 * v
-        pos.append(x.copy())
-        vel.append(v.copy())
-        pre.append(a)
-    f32 = np.float32
-    return {
-        "position": np.array(pos, f32),
-        "velocity": np.array(vel, f32),
-        "pre_action": np.array(pre, f32),
-    }
 
 
 def test_split_is_by_trajectory() -> None:
     rng = np.random.default_rng(0)
     data = ReplayBuffer()
     for _ in range(20):
-        data.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+        data.add(point_mass(rng, random_actions, T=40))
     train, val = bco0.split(data, seed=3)
     ids = {id(t["position"]): i for i, t in enumerate(data.trajectories)}
     train_ids = {ids[id(t["position"])] for t in train.trajectories}
@@ -64,7 +43,7 @@ def test_idm_validation_error_falls_far_below_the_mean_action() -> None:
     rng = np.random.default_rng(0)
     data = ReplayBuffer(seed=0)
     for _ in range(40):
-        data.add(point_mass(rng, lambda x, v, r: r.uniform(-1, 1, 2)))
+        data.add(point_mass(rng, random_actions, T=40))
     train, val = bco0.split(data, seed=0)
     keys = ("position", "velocity")
     torch.manual_seed(0)
@@ -151,16 +130,6 @@ def test_missing_dataset_names_the_command_that_makes_it(tmp_path: Path) -> None
                 env="walker", body_data="random", demo="run", obs="mdp", data_dir=str(tmp_path)
             )
         )
-
-
-def test_dataset_folders_match_aime() -> None:
-    import aime
-
-    for name in ["mix", "random+p2e", "stand", "run"]:
-        for kind in ("body", "demo"):
-            assert bco0.dataset_folders("d", "walker", name, kind) == aime.dataset_folders(
-                "d", "walker", name, kind
-            )
 
 
 def test_dataset_keys_are_loaded_for_the_setting(data_dir: Path) -> None:

@@ -15,6 +15,7 @@ from common.replay import (
     ReplayBuffer,
     TrajectoryDataset,
     atomic_write,
+    dataset_folders,
     load_trajectory,
     save_trajectory,
     to_torch_batch,
@@ -359,3 +360,20 @@ def test_float_images_are_refused(tmp_path: Path) -> None:
     save_trajectory(tmp_path / "d" / "0.npz", traj)
     with pytest.raises(DatasetError, match=r"0\.npz: 'image' must be uint8"):
         TrajectoryDataset(tmp_path / "d", ["image"], progress=False)
+
+
+def test_dataset_names_resolve_to_the_papers_folders(tmp_path: Path) -> None:
+    folders = dataset_folders("d", "walker", "mix", "body")
+    assert [f.name for f in folders] == [
+        "walker-random", "walker-p2e", "walker-stand-buffer", "walker-walk-buffer",
+    ]  # fmt: skip
+    pair = dataset_folders("d", "cheetah", "run+random", "body")
+    assert [f.name for f in pair] == ["cheetah-run-buffer", "cheetah-random"]
+    assert dataset_folders("d", "walker", "run", "demo") == [Path("d/walker-run-expert")]
+    assert dataset_folders("d", "walker", "some/where", "demo") == [Path("some/where")]
+    (tmp_path / "walker-plan2explore-buffer").mkdir()  # the authors' published name
+    assert (
+        dataset_folders(tmp_path, "walker", "p2e", "body")[0].name == "walker-plan2explore-buffer"
+    )
+    with pytest.raises(DatasetError, match="walker mix"):
+        dataset_folders("d", "cheetah", "mix", "body")
