@@ -1,0 +1,159 @@
+"""Gather every `results.json` under a runs folder into the AIME paper's table, beside the
+published scores.
+
+    python results_table.py --runs-dir runs
+
+Cells are embodiment dataset -> demonstration task (`mix->run`), columns method and setting
+(`AIME-Visual`, `BCO(0)-MDP`, ...), as in the paper's Figures 2 and 3. A cell's mean and standard
+deviation pool the per-episode normalised scores of all its seeds, as the published ones pool
+100 evaluation episodes. A cell is flagged `*` when its mean falls outside the published mean +-
+one standard deviation. Writes `{runs-dir}/results.md` and `{runs-dir}/results.png`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import tyro
+
+ALGORITHMS = {"aime": "AIME", "bco0": "BCO(0)", "vmail": "V-MAIL"}
+SETTINGS = {"mdp": "MDP", "lpomdp": "LPOMDP", "visual": "Visual"}
+SHORT_TASKS = {"runbackward": "runb", "flipbackward": "flipb"}  # the paper's abbreviations
+
+
+@dataclass
+class Args:
+    runs_dir: str = "runs"
+    """folder searched (recursively) for results.json files"""
+    reference: str = str(Path(__file__).parent / "reference" / "aime-paper-scores.json")
+    """the published scores"""
+    markdown: Optional[str] = None
+    """where the markdown table goes (default: {runs-dir}/results.md)"""
+    figure: Optional[str] = None
+    """where the figure goes (default: {runs-dir}/results.png); 'none' for no figure"""
+
+
+@dataclass
+class Cell:
+    """Our score of one embodiment dataset -> task cell for one method and setting."""
+
+    mean: float
+    std: float
+    seeds: int
+    episodes: int
+
+
+def dataset_name(env: str, name: str) -> str:
+    """A --body-data or --demo value -> the paper's short name (walker-stand-buffer -> stand)."""
+    name = Path(name).name if "/" in name else name
+    name = name.removeprefix(f"{env}-").removesuffix("-buffer").removesuffix("-expert")
+    name = {"plan2explore": "p2e"}.get(name, name)
+    return SHORT_TASKS.get(name, name)
+
+
+def gather(runs_dir: Path) -> dict[tuple[str, str, str], Cell]:
+    """(env, 'body->task', 'AIME-Visual') -> our pooled score, from every results.json."""
+    pooled: dict[tuple[str, str, str], list[list[float]]] = defaultdict(list)
+    for path in sorted(runs_dir.rglob("results.json")):
+        r: dict[str, Any] = json.loads(path.read_text())
+        expert = r["expert_return"]
+        # The paper's D_body -> D_demo: a run on other demonstrations gets a cell of its own.
+        cell = f"{dataset_name(r['env'], r['body_data'])}->{dataset_name(r['env'], r['demo'])}"
+        method = f"{ALGORITHMS.get(r['algorithm'], r['algorithm'])}-{SETTINGS[r['obs']]}"
+        pooled[(r["env"], cell, method)].append([100 * x / expert for x in r["returns"]])
+    return {
+        key: Cell(float(np.mean(np.concatenate(runs))), float(np.std(np.concatenate(runs))),
+                  len(runs), sum(len(x) for x in runs))
+        for key, runs in pooled.items()
+    }  # fmt: skip
+
+
+def table(
+    ours: dict[tuple[str, str, str], Cell], published: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per cell we have: ours, the paper's, and whether ours is outside its mean +- std."""
+    rows = []
+    for (env, cell, method), c in sorted(ours.items()):
+        paper = published["cells"].get(env, {}).get(cell, {}).get(method)
+        outside = paper is not None and abs(c.mean - paper["mean"]) > paper["std"]
+        rows.append(
+            {"env": env, "cell": cell, "method": method, "ours": c, "paper": paper, "flag": outside}
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| embodiment | dataset -> task | method | ours (mean +- std) | seeds | paper | outside |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        c, p = row["ours"], row["paper"]
+        paper = f"{p['mean']:.1f} +- {p['std']:.1f}" if p else "-"
+        lines.append(
+            f"| {row['env']} | {row['cell']} | {row['method']} | {c.mean:.1f} +- {c.std:.1f} | "
+            f"{c.seeds} | {paper} | {'*' if row['flag'] else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """A grid of bar charts, one per embodiment dataset -> task, ours beside the paper's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = sorted({(r["env"], r["cell"]) for r in rows})
+    cols = min(3, len(cells))
+    nrows = (len(cells) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3 * nrows), squeeze=False)
+    for ax, (env, cell) in zip(axes.flat, cells, strict=False):
+        here = [r for r in rows if (r["env"], r["cell"]) == (env, cell)]
+        x = np.arange(len(here))
+        ax.bar(
+            x - 0.2,
+            [r["ours"].mean for r in here],
+            0.4,
+            yerr=[r["ours"].std for r in here],
+            label="ours",
+        )
+        paper = [r["paper"] or {"mean": np.nan, "std": 0} for r in here]
+        ax.bar(
+            x + 0.2, [p["mean"] for p in paper], 0.4, yerr=[p["std"] for p in paper], label="paper"
+        )
+        ax.set_xticks(x, [r["method"] for r in here], rotation=30, fontsize=7)
+        ax.set_title(f"{env}: {cell}", fontsize=9)
+        ax.set_ylabel("normalised score")
+    for ax in axes.flat[len(cells) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(args: Args) -> list[dict[str, Any]]:
+    runs_dir = Path(args.runs_dir)
+    published = json.loads(Path(args.reference).read_text())
+    rows = table(gather(runs_dir), published)
+    if not rows:
+        raise SystemExit(f"error: no results.json under {runs_dir}")
+    text = markdown(rows)
+    print(text, end="")
+    print(
+        f"{sum(r['flag'] for r in rows)} of {len(rows)} cells outside the paper's mean +- std (*)"
+    )
+    (Path(args.markdown) if args.markdown else runs_dir / "results.md").write_text(text)
+    if args.figure != "none":
+        figure(rows, Path(args.figure) if args.figure else runs_dir / "results.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,102 @@
+"""results_table.py on synthetic results.json files: pooled means, standard deviations, flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import results_table
+
+
+def write(
+    path: Path,
+    algorithm: str,
+    env: str,
+    task: str,
+    obs: str,
+    body: str,
+    returns: list[float],
+    expert: float,
+) -> None:
+    path.mkdir(parents=True)
+    result = {"algorithm": algorithm, "env": env, "task": task, "obs": obs, "body_data": body,
+              "demo": task, "returns": returns, "expert_return": expert}  # fmt: skip
+    (path / "results.json").write_text(json.dumps(result))
+
+
+def test_cells_pool_seeds_and_flag_against_the_paper(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    # walker mix -> run, AIME Visual, two seeds; the paper: 61.11 +- 12.9 (see the reference).
+    write(runs / "a1", "aime", "walker", "run", "visual", "mix", [302.05, 290.0], 604.10)
+    write(runs / "a2", "aime", "walker", "run", "visual", "mix", [270.0], 604.10)
+    # cheetah runbackward from the authors' flip buffer given as a path, BCO(0) MDP.
+    write(
+        runs / "b",
+        "bco0",
+        "cheetah",
+        "runbackward",
+        "mdp",
+        "datasets/cheetah-flip-buffer",
+        [10.0, 30.0],
+        218.5,
+    )
+    # Random trajectories standing in for demonstrations: a cell of their own, not the paper's.
+    write(runs / "c", "aime", "walker", "walk", "mdp", "random", [40.0], 943.79)
+    result = json.loads((runs / "c" / "results.json").read_text())
+    (runs / "c" / "results.json").write_text(
+        json.dumps({**result, "demo": "datasets/walker-random"})
+    )
+    rows = results_table.main(
+        results_table.Args(runs_dir=str(runs), figure=str(tmp_path / "f.png"))
+    )
+    by = {(r["env"], r["cell"], r["method"]): r for r in rows}
+    aime = by[("walker", "mix->run", "AIME-Visual")]
+    scores = 100 * np.array([302.05, 290.0, 270.0]) / 604.10
+    assert aime["ours"].mean == pytest.approx(scores.mean()) and aime["ours"].std == pytest.approx(
+        scores.std()
+    )
+    assert aime["ours"].seeds == 2 and aime["ours"].episodes == 3
+    published = json.loads(
+        (Path(results_table.__file__).parent / "reference" / "aime-paper-scores.json").read_text()
+    )
+    paper = published["cells"]["walker"]["mix->run"]["AIME-Visual"]
+    assert aime["paper"] == paper
+    assert aime["flag"] == (abs(scores.mean() - paper["mean"]) > paper["std"])
+    bco = by[("cheetah", "flip->runb", "BCO(0)-MDP")]
+    assert bco["ours"].mean == pytest.approx(100 * 20 / 218.5)
+    assert bco["paper"] == published["cells"]["cheetah"]["flip->runb"]["BCO(0)-MDP"]
+    assert by[("walker", "random->random", "AIME-MDP")]["paper"] is None
+    assert (runs / "results.md").read_text().count("\n") == 2 + 3
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_flags_follow_the_published_interval() -> None:
+    published = json.loads(results_table.Path(results_table.Args.reference).read_text())
+    cell = published["cells"]["walker"]["random->stand"]
+    mdp, lpomdp = cell["AIME-MDP"], cell["AIME-LPOMDP"]
+    ours = {
+        ("walker", "random->stand", "AIME-MDP"): results_table.Cell(
+            mdp["mean"] + 0.9 * mdp["std"], 1, 1, 100
+        ),
+        ("walker", "random->stand", "AIME-LPOMDP"): results_table.Cell(
+            lpomdp["mean"] - 1.1 * lpomdp["std"], 1, 1, 100
+        ),
+        ("walker", "random->jump", "AIME-MDP"): results_table.Cell(
+            50.0, 1, 1, 100
+        ),  # not in the paper
+    }
+    flags = {
+        (r["cell"], r["method"]): (r["flag"], r["paper"])
+        for r in results_table.table(ours, published)
+    }
+    assert flags[("random->stand", "AIME-MDP")] == (False, mdp)
+    assert flags[("random->stand", "AIME-LPOMDP")] == (True, lpomdp)
+    assert flags[("random->jump", "AIME-MDP")] == (False, None)
+
+
+def test_no_results_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"no results\.json"):
+        results_table.main(results_table.Args(runs_dir=str(tmp_path)))
