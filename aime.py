@@ -60,6 +60,7 @@ from common.replay import (
     TrajectoryDataset,
     atomic_write,
     dataset_folders,
+    load_trajectory,
     trajectory_files,
 )
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, RSSMConfig, TanhNormal, kl_loss, kl_normal
@@ -460,8 +461,6 @@ def expert_return(args: Args, demo_folders: list[Path]) -> tuple[float, str]:
     name = f"{args.env}-{args.task}"
     if name in EXPERT_RETURNS:
         return EXPERT_RETURNS[name], "published expert return (AIME Appendix D)"
-    from common.replay import load_trajectory
-
     files = [f for folder in demo_folders for f in trajectory_files(folder)][: args.num_demos]
     mean = float(np.mean([load_trajectory(f, ["reward"])["reward"].sum() for f in files]))
     return mean, "mean return of the demonstrations"

@@ -20,8 +20,6 @@ from torch import nn
 import aime
 from common.replay import ReplayBuffer, load_trajectory, save_trajectory
 from common.rssm import RSSMConfig
-from dreamer_collect import Args as CollectArgs
-from dreamer_collect import collect_random
 from tests.systems import point_mass, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,15 +28,6 @@ TINY = [
     "--batch-size", "4", "--horizon", "10", "--eval-episodes", "2", "--eval-every", "1",
     "--eval-episodes-during", "1", "--num-demos", "2",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real collected walker data: 3 random trajectories without images, 1 with."""
-    root = tmp_path_factory.mktemp("datasets")
-    collect_random(CollectArgs(env="walker", num_trajectories=3, render=False, data_dir=str(root)))
-    collect_random(CollectArgs(env="walker", num_trajectories=1, data_dir=str(root / "visual")))
-    return root
 
 
 def run(*flags: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -323,7 +312,7 @@ def test_dataset_of_another_embodiment_fails_clearly(data_dir: Path, tmp_path: P
 
 
 def test_too_few_demonstrations_fail_before_training(data_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(Exception, match=r"--num-demos 50, but .* holds 3"):
+    with pytest.raises(Exception, match=r"--num-demos 50, but .* holds 4"):
         call_main(**base(data_dir, tmp_path, num_demos=50))
     assert not list(tmp_path.glob("*/checkpoint.pt"))
 

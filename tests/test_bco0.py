@@ -16,8 +16,6 @@ import torch
 
 import bco0
 from common.replay import ReplayBuffer, TrajectoryDataset
-from dreamer_collect import Args as CollectArgs
-from dreamer_collect import collect_random
 from tests.systems import point_mass, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,14 +80,6 @@ def test_labels_never_see_the_demonstration_actions() -> None:
         assert "policy_action_mse" in metrics
     for g, h in zip(*grads, strict=True):
         torch.testing.assert_close(g, h)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("datasets")
-    collect_random(CollectArgs(env="walker", num_trajectories=4, render=False, data_dir=str(root)))
-    collect_random(CollectArgs(env="walker", num_trajectories=2, data_dir=str(root / "visual")))
-    return root
 
 
 @pytest.mark.slow
