@@ -1,81 +1,567 @@
-"""Collect the embodiment datasets of the AIME benchmark.
+"""The agents that make the AIME benchmark's datasets (random, Dreamer, Plan2Explore) in one file.
 
+    python dreamer_collect.py --agent dreamer --env walker --task walk --obs visual
+    python dreamer_collect.py --agent p2e --env walker --obs visual
     python dreamer_collect.py --agent random --env walker --num-trajectories 1000
 
-`--agent random` acts uniformly at random and writes `{data-dir}/{env}-random/` (AIME section 4:
-the *random* embodiment dataset). Every record stores every modality (all proprioceptive keys and,
-unless `--no-render`, the 64x64 image), so the dataset serves the MDP, LPOMDP and Visual settings.
-Re-running adds only the trajectories that are missing, so a killed collection resumes; each
-trajectory i depends only on (seed, i), so a resumed dataset equals an uninterrupted one.
+What each agent writes under `--data-dir` (AIME section 4 and Appendix D):
+    random    {env}-random/           uniform random actions, `--num-trajectories` of them
+    dreamer   {env}-{task}-buffer/    the whole replay buffer of a Dreamer agent on the task
+              {env}-{task}-expert/    `--num-demos` trajectories of the converged policy
+    p2e       {env}-p2e/              the replay buffer of Plan2Explore (no task reward is used)
+Every record stores every modality (all proprioceptive keys and, unless `--no-render`, the 64x64
+image), so one dataset serves the MDP, LPOMDP and Visual settings; `--obs` only chooses what the
+agent itself observes. Each folder's `info.json` tells how it was made and its mean return.
+
+Dreamer (Hafner et al., ICLR 2020, "Dream to Control", Algorithm 1) and where each line lives:
+    initialise the buffer with S random episodes          `train`: first `--prefill-episodes`
+    while not converged, per collected episode:
+      C update steps, each:                               `train_step`
+        draw B sequences {(o_t, a_t, r_t)} ~ D            buffer.sample(...)
+        dynamics learning: s_t ~ q(s_t | s_t-1, a_t-1, o_t),
+          loss = reconstruction + reward + KL             `world_model_loss`
+        behaviour learning: imagine {(s_tau, a_tau)}
+          from every s_t with a_tau ~ q(a_tau | s_tau)    `imagine`
+        lambda-returns V_lambda(s_tau), eq. (6)           `lambda_return`
+        actor: maximise sum V_lambda (through the model)  `actor_critic_loss`
+        value: regress v(s_tau) to V_lambda               `actor_critic_loss`
+      environment interaction: act on the filtered state  `run_episodes`
+Plan2Explore (Sekar et al., ICML 2020) replaces the task reward in imagination by the
+disagreement (variance) of an ensemble of one-step predictors of the next embedding
+(`intrinsic_reward`); the ensemble is trained with the world model (`world_model_loss`).
+
+Implementation details (the AIME authors' data-collection configuration, SPEC.md):
+ 1. RSSM `DREAMER_RSSM` (GRU 512, s of 30 dims, LayerNorm SiLU layers of 512, std = 2 sigmoid
+    (x/2) + 0.1), free nats 1 and KL balancing 0.8; images: the 4-layer convolutional encoder and
+    transposed decoder; low-dimensional observations: MLP encoder and decoder 2x512 LayerNorm SiLU;
+    unit-variance Gaussian decoders for observations and reward. Losses are averaged over time
+    and batch (summed over a record's dimensions).
+ 2. Actor: tanh-Gaussian, mean and std from MLPs 2x128 ELU, std = softplus + 1e-6. Value: MLP
+    2x128 ELU predicting (1 - gamma) v, i.e. the value in units of a per-step reward.
+ 3. Imagination starts from every posterior state of the batch (50 x 50 = 2500), 15 steps; the
+    reward of step tau + 1 is the reward head at s_tau+1; actor loss -sum_tau gamma^tau V_lambda
+    - entropy_scale * H (entropy estimated by -log pi of the sampled action); gradients reach
+    the actor through the learned dynamics, and only the actor's parameters take them.
+ 4. Training episodes sample the policy (its own noise explores; `--expl-noise` adds Gaussian
+    noise on top, 0 by default as in the authors' runs); expert episodes act with the mode.
+ 5. One environment episode is 1000 simulator steps (500 agent steps at action repeat 2, 501
+    records); after each collected episode from the last prefill episode on, C = 100 updates.
+ 6. Plan2Explore: 5 predictors, MLPs 2x1024 ELU from [s_t, a_t] to the next embedding (trained
+    on detached inputs and targets); intrinsic reward = mean over dimensions of the log variance
+    across the ensemble.
+ 7. The image decoder's first layer maps the features straight to 128 x 5 x 5: the same function
+    class as a linear layer to 1024 x 1 x 1 followed by a 5x5 transposed convolution (two linear
+    maps with nothing between them), with fewer operations.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 import tyro
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.envs import make_env
+from common.envs import DMCEnv, make_env
 from common.replay import (
     DatasetError,
+    ReplayBuffer,
     atomic_write,
     load_trajectory,
     save_trajectory,
     stack_records,
     trajectory_files,
 )
+from common.rssm import DREAMER_RSSM, RSSM, TanhNormal, kl_loss
 
 # The task whose reward a task-free dataset (random, p2e) records, per embodiment.
 DEFAULT_TASK = {"walker": "walk", "cheetah": "run"}
+# Streams of environment seeds: episode i of a stream starts from SeedSequence(seed, (stream, i)).
+BUFFER, EXPERT, EVAL = 0, 1, 2
 
 
 @dataclass
 class Args:
-    agent: Literal["random"] = "random"
-    """the agent that acts: `random` samples actions uniformly from the action space"""
+    agent: Literal["random", "dreamer", "p2e"] = "random"
+    """the agent: `random` (uniform actions), `dreamer` (task reward) or `p2e` (Plan2Explore)"""
     env: str = "walker"
     """the embodiment (dm_control domain): walker, cheetah, or another suite domain"""
     task: Optional[str] = None
-    """the task whose reward is recorded (default: walk for walker, run for cheetah)"""
+    """the task whose reward is learned and recorded (default: walk for walker, run for cheetah)"""
+    obs: Literal["visual", "mdp", "lpomdp"] = "visual"
+    """what the agent observes (datasets store every modality whatever this is)"""
     num_trajectories: int = 1000
-    """how many trajectories the dataset should hold (existing ones count)"""
+    """random agent: how many trajectories the dataset should hold (existing ones count)"""
+    total_steps: int = 1_000_000
+    """environment (simulator) steps of training; 1000 per episode, prefill included"""
+    prefill_episodes: int = 5
+    """random-action episodes that start the replay buffer"""
+    train_steps_per_episode: int = 100
+    """gradient steps after each collected episode"""
+    num_demos: int = 1000
+    """dreamer: expert trajectories the trained policy collects (0: none)"""
+    batch_size: int = 50
+    """sequences per batch"""
+    horizon: int = 50
+    """records per training sequence"""
+    imag_horizon: int = 15
+    """imagination steps of behaviour learning"""
+    gamma: float = 0.99
+    """discount of the imagined returns"""
+    return_lambda: float = 0.95
+    """lambda of the lambda-returns"""
+    entropy_scale: float = 1e-4
+    """weight of the actor's entropy bonus"""
+    expl_noise: float = 0.0
+    """std of Gaussian noise added to training actions (the sampled policy already explores)"""
+    model_lr: float = 3e-4
+    """Adam learning rate of the world model (and the Plan2Explore ensemble)"""
+    actor_lr: float = 8e-5
+    """Adam learning rate of the actor"""
+    value_lr: float = 8e-5
+    """Adam learning rate of the value net"""
+    grad_clip: float = 100.0
+    """gradient-norm clip of every optimiser"""
+    free_nats: float = 1.0
+    """free nats of the KL term"""
+    kl_balance: float = 0.8
+    """KL balancing: weight of the prior's side of the KL"""
+    deter: int = 512
+    """size of the RSSM's deterministic state"""
+    stoch: int = 30
+    """size of the RSSM's stochastic state"""
+    hidden: int = 512
+    """width of the RSSM's layers and the low-dimensional encoder, decoder and reward MLPs"""
+    ensemble: int = 5
+    """p2e: predictors in the disagreement ensemble"""
+    ensemble_hidden: int = 1024
+    """p2e: width of each predictor's two hidden layers"""
+    eval_every: int = 10
+    """evaluate the policy's mode for one episode every this many episodes (0: never)"""
+    load_agent: Optional[str] = None
+    """expert-only mode: load this saved agent (agent.pt) and collect --num-demos again"""
     seed: int = 0
-    """seed of the environment and the actions (trajectory i uses (seed, i))"""
+    """seed of torch, numpy and the environments (episode i uses (seed, i))"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
     data_dir: str = "datasets"
     """folder that holds the datasets"""
+    runs_dir: str = "runs"
+    """TensorBoard logs, videos and the agent's checkpoint go to {runs_dir}/{run_name}/"""
+    resume: bool = False
+    """continue the run and its buffer from the last checkpoint"""
+    capture_video: bool = False
+    """save a GIF of each evaluation episode and of the first expert demonstration"""
     render: bool = True
-    """store the 64x64 image of every record (--no-render for low-dimensional settings only)"""
+    """store the 64x64 image of every record (--no-render: low-dimensional settings only)"""
     action_repeat: int = 2
     """simulator steps per agent step"""
 
 
-def dataset_info(folder: Path) -> dict[str, object]:
+# ---------------------------------------------------------------------------------------------
+# Networks
+# ---------------------------------------------------------------------------------------------
+def mlp(
+    inp: int, out: int, hidden: int, layers: int, act: type[nn.Module] = nn.ELU, norm: bool = False
+) -> nn.Sequential:
+    """`layers` hidden layers of `hidden` units (optionally LayerNorm), then a linear head."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [nn.Linear(inp if i == 0 else hidden, hidden)]
+        mods += [nn.LayerNorm(hidden)] if norm else []
+        mods += [act()]
+    mods.append(nn.Linear(hidden if layers else inp, out))
+    return nn.Sequential(*mods)
+
+
+class ConvEncoder(nn.Module):
+    """64x64 image -> 1024: convolutions of kernel 4, stride 2, 32-64-128-256 channels."""
+
+    def __init__(self, depth: int = 32) -> None:
+        super().__init__()
+        d = depth
+        self.net = nn.Sequential(
+            nn.Conv2d(3, d, 4, 2), nn.ReLU(inplace=True),
+            nn.Conv2d(d, 2 * d, 4, 2), nn.ReLU(inplace=True),
+            nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ReLU(inplace=True),
+            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.Flatten(),
+        )  # fmt: skip
+        self.out_dim = 32 * d
+
+    def forward(self, image: Tensor) -> Tensor:  # [..., 3, 64, 64] -> [..., 1024]
+        return self.net(image.flatten(0, -4)).unflatten(0, image.shape[:-3])
+
+
+class ConvDecoder(nn.Module):
+    """features -> 64x64 image mean: a linear layer to 128 x 5 x 5 (implementation detail 7),
+    then transposed convolutions of kernels 5-6-6, stride 2."""
+
+    def __init__(self, feature_dim: int, depth: int = 32) -> None:
+        super().__init__()
+        d = depth
+        self.first = nn.Linear(feature_dim, 4 * d * 5 * 5)
+        self.rest = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(d, 3, 6, 2), nn.Sigmoid(),
+        )  # fmt: skip
+        self.depth = d
+
+    def forward(self, features: Tensor) -> Tensor:  # [..., feature] -> [..., 3, 64, 64]
+        x = self.first(features.flatten(0, -2)).unflatten(1, (4 * self.depth, 5, 5))
+        x = self.rest(x.contiguous(memory_format=torch.channels_last))
+        return x.unflatten(0, features.shape[:-1])
+
+
+class WorldModel(nn.Module):
+    """Encoder f(o_t), RSSM, observation decoder p(o_t | s_t), reward head p(r_t | s_t) and, for
+    Plan2Explore, the ensemble of one-step embedding predictors."""
+
+    def __init__(self, obs_dim: int, action_dim: int, visual: bool, args: Args) -> None:
+        super().__init__()
+        self.visual = visual
+        self.cfg = replace(DREAMER_RSSM, deter=args.deter, stoch=args.stoch, hidden=args.hidden)
+        self.encoder: nn.Module
+        self.decoder: nn.Module
+        if visual:
+            self.encoder = ConvEncoder()
+            embed_dim = self.encoder.out_dim
+        else:  # 2 x hidden, LayerNorm, SiLU; no linear head
+            self.encoder = mlp(obs_dim, args.hidden, args.hidden, 1, nn.SiLU, norm=True)
+            self.encoder.append(nn.LayerNorm(args.hidden)).append(nn.SiLU())
+            embed_dim = args.hidden
+        self.rssm = RSSM(action_dim, embed_dim, self.cfg)
+        feat = self.rssm.feature_dim
+        if visual:
+            self.decoder = ConvDecoder(feat)
+            cl = {"memory_format": torch.channels_last}  # accepted by Module.to, not in its stubs
+            self.to(**cl)  # type: ignore[call-overload]
+        else:
+            self.decoder = mlp(feat, obs_dim, args.hidden, 2, nn.SiLU, norm=True)
+        self.reward = mlp(feat, 1, args.hidden, 2, nn.SiLU, norm=True)
+        self.ensemble = nn.ModuleList(
+            [
+                mlp(feat + action_dim, embed_dim, args.ensemble_hidden, 2)
+                for _ in range(args.ensemble)
+            ]
+            if args.agent == "p2e"
+            else []
+        )
+
+
+class Actor(nn.Module):
+    """pi(a_t | s_t): a tanh-Gaussian whose mean and std come from MLPs of 2 x 128 ELU units."""
+
+    def __init__(self, feature_dim: int, action_dim: int) -> None:
+        super().__init__()
+        self.mean = mlp(feature_dim, action_dim, 128, 2)
+        self.std = mlp(feature_dim, action_dim, 128, 2)
+
+    def forward(self, features: Tensor) -> TanhNormal:
+        return TanhNormal(self.mean(features), F.softplus(self.std(features)) + 1e-6)
+
+
+def observation(batch: dict[str, Tensor], keys: tuple[str, ...]) -> Tensor:
+    """The setting's observation o_t: the image, or the low-dimensional keys concatenated."""
+    return batch["image"] if keys == ("image",) else torch.cat([batch[k] for k in keys], -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamics learning
+# ---------------------------------------------------------------------------------------------
+def world_model_loss(
+    model: WorldModel, batch: dict[str, Tensor], keys: tuple[str, ...], args: Args
+) -> tuple[Tensor, tuple[Tensor, Tensor], dict[str, Tensor]]:
+    """The negative ELBO with the reward (and for Plan2Explore the ensemble's) loss.
+
+    Returns the loss, the posterior states (h, s) [T, B, ...] to imagine from, and metrics.
+    """
+    obs, actions = observation(batch, keys), batch["pre_action"]  # [T, B, ...], [T, B, A]
+    embed = model.encoder(obs)  # [T, B, embed]
+    post = model.rssm.observe(embed, actions)
+    feat = post.features()  # [T, B, deter + stoch]
+    dims = tuple(range(2, obs.ndim))
+    rec_loss = 0.5 * (model.decoder(feat) - obs).square().sum(dims).mean()  # -log N(o; mean, 1)
+    reward_loss = 0.5 * (model.reward(feat).squeeze(-1) - batch["reward"]).square().mean()
+    kl = kl_loss(
+        post.post_mean, post.post_std, post.prior_mean, post.prior_std,
+        args.free_nats, args.kl_balance,
+    ).mean()  # fmt: skip
+    loss = rec_loss + reward_loss + kl
+    metrics = {"rec_loss": rec_loss, "reward_loss": reward_loss, "kl": kl}
+    if len(model.ensemble):  # predict f(o_t+1) from (s_t, a_t); a_t is the record t+1's pre_action
+        inputs = torch.cat([feat[:-1], actions[1:]], -1).detach()
+        target = embed[1:].detach()
+        ens_loss = torch.stack([(head(inputs) - target).square().mean() for head in model.ensemble])
+        ens_loss = ens_loss.sum()
+        loss = loss + ens_loss
+        metrics["ensemble_loss"] = ens_loss
+    metrics["loss"] = loss
+    return loss, (post.deter.detach(), post.stoch.detach()), metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Behaviour learning
+# ---------------------------------------------------------------------------------------------
+class Imagination(NamedTuple):
+    features: Tensor  # [H + 1, N, deter + stoch], s_0 (the start) .. s_H
+    actions: Tensor  # [H, N, A], a_tau taken in s_tau
+    log_probs: Tensor  # [H, N], log pi(a_tau | s_tau)
+
+
+def imagine(model: WorldModel, actor: Actor, h: Tensor, s: Tensor, horizon: int) -> Imagination:
+    """Roll the prior `horizon` steps from the states (h, s) [N, ...] with actions sampled from
+    the actor (reparameterised, so the imagined returns are differentiable in the actor)."""
+    features, actions, log_probs = [torch.cat([h, s], -1)], [], []
+    for _ in range(horizon):
+        action, log_prob = actor(features[-1]).rsample_with_log_prob()
+        h, s, _, _ = model.rssm.img_step(h, s, action)
+        features.append(torch.cat([h, s], -1))
+        actions.append(action)
+        log_probs.append(log_prob)
+    return Imagination(torch.stack(features), torch.stack(actions), torch.stack(log_probs))
+
+
+def lambda_return(reward: Tensor, value: Tensor, gamma: float, lam: float) -> Tensor:
+    """V_lambda(s_tau) for tau = 0..H-1 (Dreamer eq. 6), computed backwards:
+
+        V_lambda(s_tau) = r_tau+1 + gamma ((1 - lambda) v(s_tau+1) + lambda V_lambda(s_tau+1)),
+        V_lambda(s_H) = v(s_H).
+
+    reward [H, N] holds r_tau+1 (the reward of reaching s_tau+1), value [H + 1, N] holds v(s_tau).
+    """
+    returns, last = [], value[-1]
+    for t in reversed(range(reward.shape[0])):
+        last = reward[t] + gamma * ((1 - lam) * value[t + 1] + lam * last)
+        returns.append(last)
+    return torch.stack(returns[::-1])
+
+
+def intrinsic_reward(model: WorldModel, features: Tensor, actions: Tensor) -> Tensor:
+    """Plan2Explore: the ensemble's disagreement about f(o_tau+1) given (s_tau, a_tau) [H, N]."""
+    inputs = torch.cat([features, actions], -1)
+    predictions = torch.stack([head(inputs) for head in model.ensemble])  # [K, H, N, embed]
+    return predictions.var(0).log().mean(-1)
+
+
+def actor_critic_loss(
+    model: WorldModel,
+    actor: Actor,
+    value: nn.Module,
+    start: tuple[Tensor, Tensor],
+    args: Args,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Actor and value losses from imagined trajectories starting at every posterior state."""
+    h, s = (x.flatten(0, 1) for x in start)  # [T * B, ...]
+    imag = imagine(model, actor, h, s, args.imag_horizon)
+    if len(model.ensemble):
+        reward = intrinsic_reward(model, imag.features[:-1], imag.actions)  # [H, N]
+    else:
+        reward = model.reward(imag.features[1:]).squeeze(-1)  # r_tau+1  [H, N]
+    v = value(imag.features).squeeze(-1) / (1 - args.gamma)  # [H + 1, N]
+    returns = lambda_return(reward, v, args.gamma, args.return_lambda)  # [H, N]
+    weight = args.gamma ** torch.arange(args.imag_horizon, device=h.device)[:, None]  # [H, 1]
+    entropy = -imag.log_probs  # one-sample estimate  [H, N]
+    actor_loss = -(weight * returns).mean() - args.entropy_scale * (weight * entropy).mean()
+    # The value net regresses the (detached) returns from the (detached) imagined states.
+    v_pred = value(imag.features[:-1].detach()).squeeze(-1)  # (1 - gamma) v  [H, N]
+    target = (1 - args.gamma) * returns.detach()
+    value_loss = 0.5 * (weight * (v_pred - target).square()).mean()
+    metrics = {
+        "actor_loss": actor_loss,
+        "value_loss": value_loss,
+        "entropy": entropy.mean(),
+        "imagined_return": returns[0].mean(),
+        "imagined_reward": reward.mean(),
+    }
+    return actor_loss, value_loss, {k: v.detach() for k, v in metrics.items()}
+
+
+class Agent(NamedTuple):
+    model: WorldModel
+    actor: Actor
+    value: nn.Module
+    model_opt: torch.optim.Adam
+    actor_opt: torch.optim.Adam
+    value_opt: torch.optim.Adam
+
+
+def make_agent(env: DMCEnv, args: Args, device: torch.device) -> Agent:
+    model = WorldModel(env.obs_dim, env.action_dim, args.obs == "visual", args).to(device)
+    actor = Actor(model.rssm.feature_dim, env.action_dim).to(device)
+    value = mlp(model.rssm.feature_dim, 1, 128, 2).to(device)
+    return Agent(
+        model, actor, value,
+        torch.optim.Adam(model.parameters(), lr=args.model_lr),
+        torch.optim.Adam(actor.parameters(), lr=args.actor_lr),
+        torch.optim.Adam(value.parameters(), lr=args.value_lr),
+    )  # fmt: skip
+
+
+def train_step(
+    agent: Agent, batch: dict[str, Tensor], keys: tuple[str, ...], args: Args
+) -> dict[str, Tensor]:
+    """One update of the world model, then of the actor and the value net (Dreamer Algorithm 1)."""
+    model_loss, start, metrics = world_model_loss(agent.model, batch, keys, args)
+    agent.model_opt.zero_grad(set_to_none=True)
+    model_loss.backward()
+    metrics["model_grad_norm"] = nn.utils.clip_grad_norm_(agent.model.parameters(), args.grad_clip)
+    agent.model_opt.step()
+
+    actor_loss, value_loss, ac_metrics = actor_critic_loss(
+        agent.model, agent.actor, agent.value, start, args
+    )
+    actor_params = list(agent.actor.parameters())
+    agent.actor_opt.zero_grad(set_to_none=True)
+    actor_loss.backward(inputs=actor_params)  # the model and value net take no gradient from it
+    ac_metrics["actor_grad_norm"] = nn.utils.clip_grad_norm_(actor_params, args.grad_clip)
+    agent.actor_opt.step()
+    agent.value_opt.zero_grad(set_to_none=True)
+    value_loss.backward()
+    ac_metrics["value_grad_norm"] = nn.utils.clip_grad_norm_(
+        agent.value.parameters(), args.grad_clip
+    )
+    agent.value_opt.step()
+    return {**{k: v.detach() for k, v in metrics.items()}, **ac_metrics}
+
+
+# ---------------------------------------------------------------------------------------------
+# Acting in the environment
+# ---------------------------------------------------------------------------------------------
+def episode_seed(seed: int, stream: int, index: int) -> int:
+    """The seed of episode `index` of a stream (its initial state and random actions)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1)[0])
+
+
+@torch.no_grad()
+def run_episodes(
+    envs: list[DMCEnv],
+    seeds: list[int],
+    agent: Optional[Agent],
+    mode: Literal["random", "sample", "mode"],
+    args: Args,
+    device: torch.device,
+) -> list[dict[str, np.ndarray]]:
+    """One episode in each environment, in lockstep; returns each episode's stacked records.
+
+    The agent filters the posterior state from the real observations and the actions taken
+    (`obs_step`) and acts on it: a sample of the policy (plus `expl_noise`) or its mode.
+    `random` draws uniform actions from the action seeds of `seeds`.
+    """
+    n = len(envs)
+    keys = envs[0].obs_keys
+    rngs = [np.random.default_rng([s, 1]) for s in seeds]  # random actions, apart from the env
+    records = [[env.reset(seed=s)] for env, s in zip(envs, seeds, strict=True)]
+    if agent is not None:
+        h, s = agent.model.rssm.initial(n, device)
+    while not records[0][-1]["is_last"]:
+        last = [r[-1] for r in records]
+        if mode == "random" or agent is None:
+            actions = np.stack(
+                [rng.uniform(envs[0].action_low, envs[0].action_high) for rng in rngs]
+            )
+        else:
+            batch = {
+                k: torch.as_tensor(np.stack([r[k] for r in last]), device=device) for k in keys
+            }
+            if "image" in batch:
+                batch["image"] = batch["image"].permute(0, 3, 1, 2).float() / 255
+            pre_action = torch.as_tensor(np.stack([r["pre_action"] for r in last]), device=device)
+            embed = agent.model.encoder(observation(batch, keys))  # [n, embed]
+            h, s, _, _ = agent.model.rssm.obs_step(
+                h, s, pre_action, agent.model.rssm.project_embed(embed)
+            )
+            pi = agent.actor(torch.cat([h, s], -1))
+            action = pi.mode if mode == "mode" else pi.rsample()
+            if mode == "sample" and args.expl_noise > 0:
+                action = (action + args.expl_noise * torch.randn_like(action)).clamp(-1, 1)
+            actions = action.cpu().numpy()
+        for env, rec, a in zip(envs, records, actions, strict=True):
+            rec.append(env.step(a.astype(np.float32)))
+    return [stack_records(r) for r in records]
+
+
+def save_gif(path: Path, frames: np.ndarray) -> None:
+    """frames [T, H, W, 3] uint8 -> an animated GIF (25 frames/s)."""
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        path,
+        lambda tmp: images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+def dataset_info(folder: Path) -> dict[str, Any]:
     """The settings a dataset was collected with (`info.json`), or {} for a new folder."""
     path = folder / "info.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def episode_return(path: Path) -> float:
-    return float(load_trajectory(path, ["reward"])["reward"].sum())
+def write_info(
+    folder: Path, settings: dict[str, Any], extra: Optional[dict[str, Any]] = None
+) -> None:
+    """Record the dataset's settings and its trajectories' mean return in `info.json`."""
+    files = trajectory_files(folder) if any(folder.glob("*.npz")) else []
+    returns = [float(load_trajectory(p, ["reward"])["reward"].sum()) for p in files]
+    info = {
+        **settings,
+        **(extra or {}),
+        "num_trajectories": len(files),
+        "mean_return": float(np.mean(returns)) if returns else None,
+        "std_return": float(np.std(returns)) if returns else None,
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write(folder / "info.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+
+
+def check_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """A dataset is extended only with the settings it was started with."""
+    previous = dataset_info(folder)
+    clashes = {
+        k: (previous[k], v) for k, v in settings.items() if k in previous and previous[k] != v
+    }
+    if clashes:
+        raise SystemExit(
+            f"error: {folder} was collected with other settings (existing, asked): {clashes}; "
+            f"use the same flags or another --data-dir"
+        )
+
+
+def task_of(args: Args) -> str:
+    task = args.task or DEFAULT_TASK.get(args.env)
+    if task is None:
+        raise SystemExit(f"error: --task is needed for the embodiment {args.env!r}")
+    return task
 
 
 def collect_random(args: Args) -> Path:
-    """Fill `{data_dir}/{env}-random/` up to `num_trajectories` random-action trajectories."""
-    task = args.task or DEFAULT_TASK.get(args.env)
-    if task is None:
-        raise SystemExit(f"--task is needed for the embodiment {args.env!r}")
+    """Fill `{data_dir}/{env}-random/` up to `num_trajectories` random-action trajectories.
+
+    Trajectory i depends only on (seed, i), so re-running adds only the missing ones and a
+    resumed dataset equals an uninterrupted one."""
+    task = task_of(args)
     folder = Path(args.data_dir) / f"{args.env}-random"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.tmp"):  # left by a collection that was killed mid-write
         stale.unlink()
-
-    # A dataset is extended only with the settings it was started with.
     settings = {
         "agent": "random",
         "env": f"{args.env}-{task}",
@@ -83,16 +569,7 @@ def collect_random(args: Args) -> Path:
         "action_repeat": args.action_repeat,
         "seed": args.seed,
     }
-    previous = dataset_info(folder)
-    clashes = {
-        k: (previous[k], v) for k, v in settings.items() if k in previous and previous[k] != v
-    }
-    if clashes:
-        raise SystemExit(
-            f"{folder} was collected with other settings (existing, asked): {clashes}; "
-            f"use the same flags or another --data-dir"
-        )
-
+    check_settings(folder, settings)
     done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
     todo = [i for i in range(args.num_trajectories) if i not in done]
     print(f"{folder}: {len(done)} trajectories present, collecting {len(todo)}")
@@ -103,8 +580,7 @@ def collect_random(args: Args) -> Path:
         )  # fmt: skip
         bar = tqdm(todo, desc=f"random {args.env}-{task}", unit="traj")
         for i in bar:
-            seed_i = np.random.SeedSequence([args.seed, i])
-            env_seed, action_seed = seed_i.generate_state(2)
+            env_seed, action_seed = np.random.SeedSequence([args.seed, i]).generate_state(2)
             rng = np.random.default_rng(action_seed)
             records = [env.reset(seed=int(env_seed))]
             while not records[-1]["is_last"]:
@@ -113,29 +589,274 @@ def collect_random(args: Args) -> Path:
             trajectory = stack_records(records)
             save_trajectory(folder / f"{i}.npz", trajectory)
             bar.set_postfix(ret=f"{trajectory['reward'].sum():.1f}")
-
-    files = trajectory_files(folder)
-    returns = [episode_return(p) for p in files]
-    info = {
-        **settings,
-        "num_trajectories": len(files),
-        "records_per_trajectory": len(load_trajectory(files[0], ["reward"])["reward"]),
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    atomic_write(folder / "info.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    write_info(folder, settings)
+    info = dataset_info(folder)
     print(
-        f"{folder}: {len(files)} trajectories, return {info['mean_return']:.1f} "
+        f"{folder}: {info['num_trajectories']} trajectories, return {info['mean_return']:.1f} "
         f"+- {info['std_return']:.1f}"
     )
     return folder
 
 
+def collect_expert(agent: Agent, args: Args, agent_path: Path, device: torch.device) -> Path:
+    """Fill `{data_dir}/{env}-{task}-expert/` up to `num_demos` trajectories of the policy's
+    mode (no exploration noise). Demonstration i depends only on (seed, i) and the agent."""
+    task = task_of(args)
+    folder = Path(args.data_dir) / f"{args.env}-{task}-expert"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink()
+    settings = {
+        "agent": "dreamer-expert",
+        "env": f"{args.env}-{task}",
+        "obs": args.obs,
+        "render": args.render,
+        "action_repeat": args.action_repeat,
+        "seed": args.seed,
+        "source": str(agent_path),
+    }
+    check_settings(folder, settings)
+    done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
+    todo = [i for i in range(args.num_demos) if i not in done]
+    print(f"{folder}: {len(done)} demonstrations present, collecting {len(todo)}")
+    chunk = 10  # episodes in lockstep: one batched policy call per step
+    render = args.render or args.obs == "visual"
+    envs = [
+        make_env(f"{args.env}-{task}", args.obs, render=render, action_repeat=args.action_repeat)
+        for _ in range(min(chunk, len(todo)))
+    ]
+    bar = tqdm(total=len(todo), desc=f"expert {args.env}-{task}", unit="traj")
+    for first in range(0, len(todo), chunk):
+        index = todo[first : first + chunk]
+        seeds = [episode_seed(args.seed, EXPERT, i) for i in index]
+        episodes = run_episodes(envs[: len(index)], seeds, agent, "mode", args, device)
+        for i, episode in zip(index, episodes, strict=True):
+            save_trajectory(folder / f"{i}.npz", episode)
+            if i == 0 and args.capture_video and "image" in episode:
+                save_gif(Path(args.runs_dir) / "videos" / f"{folder.name}-0.gif", episode["image"])
+        bar.update(len(index))
+        bar.set_postfix(ret=f"{np.mean([e['reward'].sum() for e in episodes]):.1f}")
+    bar.close()
+    write_info(folder, settings)
+    info = dataset_info(folder)
+    print(
+        f"{folder}: {info['num_trajectories']} expert trajectories, return "
+        f"{info['mean_return']:.1f} +- {info['std_return']:.1f}"
+    )
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def save_agent(
+    path: Path, agent: Agent, args: Args, state: dict[str, Any], buffer: ReplayBuffer
+) -> None:
+    payload = {
+        "args": asdict(args),
+        "state": state,
+        **{name: getattr(agent, name).state_dict() for name in Agent._fields},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "buffer": buffer.rng.bit_generator.state,
+        },
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_agent(path: Path, agent: Agent) -> dict[str, Any]:
+    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    for name in Agent._fields:
+        getattr(agent, name).load_state_dict(ckpt[name])
+    return ckpt
+
+
+# Flags a resumed run must share with the run it continues (budgets and logging may change).
+RUN_SETTINGS = (
+    "agent", "env", "task", "obs", "seed", "render", "action_repeat", "deter", "stoch", "hidden",
+    "ensemble", "ensemble_hidden", "prefill_episodes", "train_steps_per_episode",
+)  # fmt: skip
+
+
+def train(args: Args) -> Path:
+    """Train Dreamer or Plan2Explore; every episode goes to the buffer folder as it is collected.
+
+    Returns the saved agent's path. After each episode's updates the agent is checkpointed; a
+    resumed run trains on any episode saved after the last checkpoint, then collects the next."""
+    task = task_of(args)
+    name = f"{args.env}-{task}-buffer" if args.agent == "dreamer" else f"{args.env}-p2e"
+    folder = Path(args.data_dir) / name
+    run_dir = Path(args.runs_dir) / f"{args.env}-{task}__{args.agent}__{args.obs}__{args.seed}"
+    ckpt_path = run_dir / "agent.pt"
+    if folder.exists() and any(folder.glob("*.npz")) and not args.resume:
+        raise SystemExit(
+            f"error: {folder} holds episodes already; pass --resume to continue that run, "
+            f"or choose another --data-dir"
+        )
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    render = args.render or args.obs == "visual"
+    settings = {
+        "agent": args.agent,
+        "env": f"{args.env}-{task}",
+        "obs": args.obs,
+        "render": render,
+        "action_repeat": args.action_repeat,
+        "seed": args.seed,
+    }
+    check_settings(folder, settings)
+
+    def new_env() -> DMCEnv:
+        return make_env(
+            f"{args.env}-{task}", args.obs, seed=args.seed,
+            action_repeat=args.action_repeat, render=render,
+        )  # fmt: skip
+
+    env = new_env()
+    keys = env.obs_keys
+    agent = make_agent(env, args, device)
+    buffer = ReplayBuffer(folder, seed=args.seed, keys=[*keys, "pre_action", "reward"])
+    state: dict[str, Any] = {"episodes_trained": 0, "env_steps": 0, "updates": 0}
+    if ckpt_path.exists():
+        ckpt = load_agent(ckpt_path, agent)
+        clashes = {
+            k: (ckpt["args"][k], getattr(args, k))
+            for k in RUN_SETTINGS
+            if ckpt["args"][k] != getattr(args, k)
+        }
+        if clashes:
+            raise SystemExit(
+                f"error: {ckpt_path} was trained with other flags (its, yours): {clashes}"
+            )
+        state = ckpt["state"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        buffer.rng.bit_generator.state = ckpt["rng"]["buffer"]
+    if len(buffer) < state["episodes_trained"]:
+        raise SystemExit(
+            f"error: {ckpt_path} was trained on {state['episodes_trained']} episodes but {folder} "
+            f"holds {len(buffer)}; the buffer lost files"
+        )
+    state["env_steps"] = int((buffer.lengths - 1).sum()) * args.action_repeat
+    if len(buffer):
+        print(
+            f"resuming: {len(buffer)} episodes in {folder}, {state['episodes_trained']} trained on"
+        )
+    write_info(folder, settings)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+        f"|{k}|{v}|" for k, v in asdict(args).items()
+    ))  # fmt: skip
+    bar = tqdm(total=args.total_steps, initial=state["env_steps"], desc=name, unit="step")
+
+    def update(episode: int) -> None:
+        """The updates that follow collecting `episode` (none during the prefill)."""
+        if episode >= args.prefill_episodes - 1:
+            sums: dict[str, Tensor] = {}
+            for _ in range(args.train_steps_per_episode):
+                batch = buffer.sample(
+                    args.batch_size, args.horizon, device, [*keys, "pre_action", "reward"]
+                )
+                for k, v in train_step(agent, batch, keys, args).items():
+                    sums[k] = v + sums[k] if k in sums else v
+            means = {k: float(v) / args.train_steps_per_episode for k, v in sums.items()}
+            if not all(math.isfinite(v) for v in means.values()):
+                raise SystemExit(
+                    f"error: non-finite losses after episode {episode}: {means}; the last good "
+                    f"checkpoint {ckpt_path} is kept"
+                )
+            state["updates"] += args.train_steps_per_episode
+            for k, mean in means.items():
+                writer.add_scalar(f"train/{k}", mean, state["env_steps"])
+        state["episodes_trained"] = episode + 1
+        save_agent(ckpt_path, agent, args, state, buffer)
+
+    # Episodes saved after the last checkpoint (a kill between saving and updating) are trained
+    # on now, so that none is lost and none is collected twice.
+    for episode in range(state["episodes_trained"], len(buffer)):
+        update(episode)
+    while state["env_steps"] < args.total_steps:
+        episode = len(buffer)
+        env_seed = episode_seed(args.seed, BUFFER, episode)
+        mode: Literal["random", "sample"] = (
+            "random" if episode < args.prefill_episodes else "sample"
+        )
+        agent.model.eval()
+        (trajectory,) = run_episodes([env], [env_seed], agent, mode, args, device)
+        agent.model.train()
+        buffer.add(trajectory)
+        steps = (len(trajectory["reward"]) - 1) * args.action_repeat
+        state["env_steps"] += steps
+        bar.update(steps)
+        ret = float(trajectory["reward"].sum())
+        writer.add_scalar("train/return", ret, state["env_steps"])
+        bar.set_postfix(episode=episode, ret=f"{ret:.1f}")
+        update(episode)
+        if args.eval_every and (episode + 1) % args.eval_every == 0 and args.agent == "dreamer":
+            eval_env = make_env(
+                f"{args.env}-{task}", args.obs, action_repeat=args.action_repeat,
+                render=args.capture_video or args.obs == "visual",
+            )  # fmt: skip
+            (ep,) = run_episodes(
+                [eval_env], [episode_seed(args.seed, EVAL, episode)], agent, "mode", args, device
+            )
+            writer.add_scalar("eval/return", float(ep["reward"].sum()), state["env_steps"])
+            if args.capture_video:
+                save_gif(run_dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
+    bar.close()
+    write_info(folder, settings)
+    info = dataset_info(folder)
+    print(
+        f"{folder}: {info['num_trajectories']} episodes, return {info['mean_return']:.1f} "
+        f"+- {info['std_return']:.1f}; agent saved to {ckpt_path}"
+    )
+    writer.close()
+    return ckpt_path
+
+
+def expert_only(args: Args) -> Path:
+    """Load a saved agent and (re)collect its expert demonstrations."""
+    assert args.load_agent is not None
+    path = Path(args.load_agent)
+    if not path.is_file():
+        raise SystemExit(f"error: --load-agent {path} does not exist")
+    saved = Args(**torch.load(path, map_location="cpu", weights_only=False)["args"])
+    if saved.agent != "dreamer":
+        raise SystemExit(f"error: {path} is a {saved.agent} agent; only Dreamer has a task policy")
+    if (args.env, task_of(args)) != (saved.env, task_of(saved)):
+        raise SystemExit(
+            f"error: {path} was trained on {saved.env}-{task_of(saved)}, "
+            f"not {args.env}-{task_of(args)}"
+        )
+    run = replace(
+        saved, num_demos=args.num_demos, data_dir=args.data_dir, runs_dir=args.runs_dir,
+        capture_video=args.capture_video, device=args.device, render=args.render,
+    )  # fmt: skip
+    device = torch.device(args.device)
+    env = make_env(f"{run.env}-{task_of(run)}", run.obs)
+    agent = make_agent(env, run, device)
+    load_agent(path, agent)
+    agent.model.eval()
+    return collect_expert(agent, run, path, device)
+
+
 def main(args: Args) -> None:
     print(json.dumps(asdict(args)))
     try:
-        collect_random(args)
+        if args.load_agent is not None:
+            expert_only(args)
+        elif args.agent == "random":
+            collect_random(args)
+        else:
+            path = train(args)
+            if args.agent == "dreamer" and args.num_demos > 0:
+                expert_only(replace(args, load_agent=str(path)))
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from e
 

@@ -10,6 +10,10 @@ Cases:
 - rssm-aime, rssm-dreamer: `RSSM.observe` forward and backward over 50 x 50, both layouts.
 - env, env-render: walker-walk agent steps per second without and with 64x64 rendering.
 - dataset: batches of 50 x 50 64x64 images per second from a memory-mapped dataset.
+- collect-mdp, collect-visual: `dreamer_collect.py --agent dreamer` on walker-walk at the default
+  sizes: environment steps per second of the whole collect-and-train loop, from the timed parts
+  (one episode of acting with 64x64 rendering, since the datasets store images, and
+  `--steps` Dreamer updates of 50 x 50): 1000 / (episode time + 100 x update time).
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import aime
+import dreamer_collect
 from common.envs import make_env
 from common.replay import TrajectoryDataset, save_trajectory
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, kl_loss
 
 CASES = (
     "phase1-mdp", "phase1-visual", "phase2-mdp", "phase2-visual",
-    "rssm-aime", "rssm-dreamer", "env", "env-render", "dataset",
+    "rssm-aime", "rssm-dreamer", "env", "env-render", "dataset", "collect-mdp", "collect-visual",
 )  # fmt: skip
 
 
@@ -44,7 +49,7 @@ CASES = (
 class Args:
     cases: list[str] = field(default_factory=lambda: list(CASES))
     """cases to run, from: phase1-mdp phase1-visual phase2-mdp phase2-visual rssm-aime
-    rssm-dreamer env env-render dataset"""
+    rssm-dreamer env env-render dataset collect-mdp collect-visual"""
     steps: int = 5
     """timed repetitions of each case (after one warm-up)"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -155,6 +160,37 @@ def dataset_rate(args: Args, device: torch.device) -> float:
         )
 
 
+def collect_rate(case: str, args: Args, device: torch.device) -> tuple[float, float, float]:
+    """(environment steps/s of collect-and-train, updates/s, seconds per acted episode)."""
+    obs = case.split("-")[1]
+    dargs = dreamer_collect.Args(
+        agent="dreamer", env="walker", task="walk", obs=obs,  # type: ignore[arg-type]
+        batch_size=args.batch_size, horizon=args.horizon, device=str(device),
+    )  # fmt: skip
+    env = make_env("walker-walk", obs, render=True)  # type: ignore[arg-type]
+    agent = dreamer_collect.make_agent(env, dargs, device)
+    keys = env.obs_keys
+    T, B = args.horizon, args.batch_size
+    batch = {
+        "pre_action": torch.rand(T, B, env.action_dim, device=device) * 2 - 1,
+        "reward": torch.rand(T, B, device=device),
+    }
+    if obs == "visual":  # uint8 frames become channels-last floats, as the buffer delivers them
+        frames = torch.randint(0, 256, (T, B, 64, 64, 3), dtype=torch.uint8, device=device)
+        batch["image"] = frames.permute(0, 1, 4, 2, 3).float() / 255
+    else:
+        for k in keys:
+            batch[k] = torch.randn(T, B, *env.record_shapes[k], device=device)
+    updates = per_second(
+        lambda: dreamer_collect.train_step(agent, batch, keys, dargs), args.steps, device
+    )
+    t0 = time.perf_counter()
+    dreamer_collect.run_episodes([env], [0], agent, "sample", dargs, device)
+    episode = time.perf_counter() - t0
+    env_steps = 1000 / (episode + dargs.train_steps_per_episode / updates)
+    return env_steps, updates, episode
+
+
 def main(args: Args) -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -173,6 +209,13 @@ def main(args: Args) -> None:
         elif case.startswith("env"):
             rate = per_second(env_step(case), 100 * args.steps, device)
             print(f"{case}: {rate:.0f} agent steps/s", flush=True)
+        elif case.startswith("collect"):
+            rate, updates, episode = collect_rate(case, args, device)
+            print(
+                f"{case}: {rate:.1f} env steps/s ({updates:.2f} updates/s, {episode:.1f} s per "
+                f"episode of acting), {1e6 / rate / 3600:.1f} h per 1M env steps",
+                flush=True,
+            )
         else:
             rate = dataset_rate(args, device)
             print(f"{case}: {rate:.1f} batches/s", flush=True)

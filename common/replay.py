@@ -539,30 +539,43 @@ class TrajectoryDataset(WindowSampler):
 # --------------------------------------------------------------------------------------------
 class ReplayBuffer(WindowSampler):
     """The online agents' buffer: finished episodes in memory (images uint8), each also saved
-    to `{directory}/{index}.npz`. Episodes already in `directory` are loaded, so a resumed run
-    continues where the files end."""
+    whole to `{directory}/{index}.npz`. Episodes already in `directory` are loaded, so a resumed
+    run continues where the files end. `keys` limits what is held in memory (e.g. no images for
+    an agent that does not see them); the files always hold every key."""
 
-    def __init__(self, directory: Optional[PathLike] = None, seed: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        directory: Optional[PathLike] = None,
+        seed: Optional[int] = None,
+        keys: Optional[Sequence[str]] = None,
+    ) -> None:
         super().__init__(seed)
         self.directory = None if directory is None else Path(directory)
+        self.keys = None if keys is None else list(keys)
+        self._file_keys: Optional[set[str]] = None
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob(".*.tmp"):  # left by a killed write
                 stale.unlink()
             for path in sorted(self.directory.glob("*.npz"), key=_sort_key):
-                self.trajectories.append(load_trajectory(path))
+                self.trajectories.append(load_trajectory(path, self.keys))
+                if self._file_keys is None:
+                    self._file_keys = set(load_trajectory(path))
 
     def add(self, trajectory: Mapping[str, np.ndarray]) -> Optional[Path]:
         """Append a finished episode (and save it); returns the file written, if any."""
         episode = {k: _normalise(k, np.asarray(v)) for k, v in trajectory.items()}
-        if self.trajectories and set(episode) != set(self.trajectories[0]):
+        if self._file_keys is not None and set(episode) != self._file_keys:
             raise DatasetError(
-                f"episode keys {sorted(episode)} differ from the buffer's "
-                f"{sorted(self.trajectories[0])}"
+                f"episode keys {sorted(episode)} differ from the buffer's {sorted(self._file_keys)}"
             )
+        if self.keys is not None and not set(self.keys) <= set(episode):
+            raise DatasetError(f"episode keys {sorted(episode)} lack some of {self.keys}")
+        self._file_keys = set(episode)
         path = None
         if self.directory is not None:
             path = self.directory / f"{len(self.trajectories)}.npz"
             save_trajectory(path, episode)
-        self.trajectories.append(episode)
+        kept = episode if self.keys is None else {k: episode[k] for k in self.keys}
+        self.trajectories.append(kept)
         return path

@@ -1,0 +1,317 @@
+"""Dreamer and Plan2Explore in `dreamer_collect.py`: returns, learning, datasets, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import dreamer_collect as dc
+from common.envs import make_env
+from common.replay import ReplayBuffer, TrajectoryDataset, load_trajectory
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small Dreamer for CPU tests: the script's code at reduced sizes.
+TINY = ["--deter", "32", "--stoch", "8", "--hidden", "32", "--batch-size", "4", "--horizon", "10"]
+
+
+def run_script(*flags: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "dreamer_collect.py", *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    )  # fmt: skip
+
+
+def tiny_args(tmp_path: Path, **kw: object) -> dc.Args:
+    args = dc.Args(
+        agent="dreamer", env="cartpole", task="balance", obs="mdp", render=False,
+        deter=32, stoch=8, hidden=32, batch_size=4, horizon=10, prefill_episodes=1,
+        train_steps_per_episode=2, eval_every=0, num_demos=0, device="cpu",
+        data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
+    )  # fmt: skip
+    return replace(args, **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# lambda-returns
+# ---------------------------------------------------------------------------------------------
+def textbook_lambda_return(
+    reward: np.ndarray, value: np.ndarray, gamma: float, lam: float
+) -> np.ndarray:
+    """Sutton & Barto's truncated lambda-return: a (1 - lambda) lambda^(n-1) weighted sum of the
+    n-step returns G_t^(n) = sum_k<n gamma^k r_t+k+1 + gamma^n v(s_t+n), the last one (which
+    bootstraps from v(s_H)) taking the remaining weight lambda^(H-t-1)."""
+    H = len(reward)
+    out = np.zeros_like(reward)
+    for t in range(H):
+        n_step = []
+        for n in range(1, H - t + 1):
+            g = sum(gamma**k * reward[t + k] for k in range(n)) + gamma**n * value[t + n]
+            n_step.append(g)
+        weights = [(1 - lam) * lam ** (n - 1) for n in range(1, H - t)] + [lam ** (H - t - 1)]
+        out[t] = sum(w * g for w, g in zip(weights, n_step, strict=True))
+    return out
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 0.95, 1.0])
+def test_lambda_return_matches_the_textbook_definition(lam: float) -> None:
+    rng = np.random.default_rng(0)
+    reward, value = rng.normal(size=(7, 3)), rng.normal(size=(8, 3))
+    ours = dc.lambda_return(torch.tensor(reward), torch.tensor(value), 0.9, lam).numpy()
+    np.testing.assert_allclose(ours, textbook_lambda_return(reward, value, 0.9, lam), rtol=1e-10)
+    if lam == 0.0:  # one-step TD targets
+        np.testing.assert_allclose(ours, reward + 0.9 * value[1:], rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning, piece by piece
+# ---------------------------------------------------------------------------------------------
+def collected_buffer(args: dc.Args, episodes: int) -> ReplayBuffer:
+    env = make_env("cartpole-balance", "mdp", render=False)
+    buffer = ReplayBuffer(seed=0)
+    for i in range(episodes):
+        (episode,) = dc.run_episodes([env], [i], None, "random", args, torch.device("cpu"))
+        buffer.add(episode)
+    return buffer
+
+
+def test_train_step_learns_the_model_and_updates_each_network_from_its_own_loss(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    args = tiny_args(tmp_path, batch_size=8, horizon=16, model_lr=1e-3)
+    env = make_env("cartpole-balance", "mdp", render=False)
+    agent = dc.make_agent(env, args, torch.device("cpu"))
+    buffer = collected_buffer(args, 2)
+    keys = env.obs_keys
+    batch = buffer.sample(8, 16, "cpu", [*keys, "pre_action", "reward"])
+    before = {
+        name: [p.detach().clone() for p in getattr(agent, name).parameters()]
+        for name in ("model", "actor", "value")
+    }
+    first = dc.train_step(agent, batch, keys, args)
+    for name, params in before.items():
+        moved = any(
+            not torch.equal(p, q)
+            for p, q in zip(params, getattr(agent, name).parameters(), strict=True)
+        )
+        assert moved, f"{name} took no update"
+    for _ in range(100):
+        last = dc.train_step(agent, batch, keys, args)
+    assert float(last["rec_loss"]) < 0.5 * float(first["rec_loss"])
+    assert float(last["reward_loss"]) < 0.3 * float(first["reward_loss"])
+
+    # The actor's loss gives the model no gradient (only the actor's parameters take it).
+    _, start, _ = dc.world_model_loss(agent.model, batch, keys, args)
+    actor_loss, _, _ = dc.actor_critic_loss(agent.model, agent.actor, agent.value, start, args)
+    agent.model.zero_grad(set_to_none=True)
+    actor_loss.backward(inputs=list(agent.actor.parameters()))
+    assert all(p.grad is None for p in agent.model.parameters())
+    assert all(p.grad is not None for p in agent.actor.parameters())
+
+
+def test_imagined_returns_improve_the_actor_on_a_known_reward(tmp_path: Path) -> None:
+    """With the world model frozen, behaviour learning alone raises the imagined return."""
+    torch.manual_seed(0)
+    args = tiny_args(tmp_path, actor_lr=3e-3, value_lr=1e-3)
+    env = make_env("cartpole-balance", "mdp", render=False)
+    agent = dc.make_agent(env, args, torch.device("cpu"))
+    # A known reward head: the first stochastic dimension of the state reached.
+    head = torch.nn.Linear(agent.model.rssm.feature_dim, 1, bias=False)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[0, args.deter] = 1.0
+    agent.model.reward = torch.nn.Sequential(head)
+    agent.model.requires_grad_(False)
+    h, s = agent.model.rssm.initial(256, torch.device("cpu"))
+    start = (h[None], torch.randn_like(s)[None])
+
+    def imagined_return() -> float:
+        torch.manual_seed(1)  # the same imagination noise before and after
+        with torch.no_grad():
+            imag = dc.imagine(agent.model, agent.actor, h, start[1][0], args.imag_horizon)
+            return float(agent.model.reward(imag.features[1:]).mean())
+
+    before = imagined_return()
+    for _ in range(200):
+        actor_loss, value_loss, _ = dc.actor_critic_loss(
+            agent.model, agent.actor, agent.value, start, args
+        )
+        agent.actor_opt.zero_grad()
+        actor_loss.backward(inputs=list(agent.actor.parameters()))
+        agent.actor_opt.step()
+        agent.value_opt.zero_grad()
+        value_loss.backward()
+        agent.value_opt.step()
+    after = imagined_return()
+    assert after > before + 0.05, (before, after)
+
+
+def test_ensemble_disagreement_is_lower_where_it_was_trained(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    args = tiny_args(tmp_path, agent="p2e", ensemble=5, ensemble_hidden=64)
+    env = make_env("cartpole-balance", "mdp", render=False)
+    model = dc.make_agent(env, args, torch.device("cpu")).model
+    feat_dim, embed_dim = model.rssm.feature_dim, args.hidden
+    seen = torch.randn(256, feat_dim)
+    actions = torch.rand(256, 1) * 2 - 1
+    target = torch.sin(seen[:, :embed_dim]) + actions
+    opt = torch.optim.Adam(model.ensemble.parameters(), lr=1e-3)
+    inputs = torch.cat([seen, actions], -1)
+    for _ in range(300):
+        loss = torch.stack([(head(inputs) - target).square().mean() for head in model.ensemble])
+        opt.zero_grad()
+        loss.sum().backward()
+        opt.step()
+    with torch.no_grad():
+        on_data = dc.intrinsic_reward(model, seen, actions).mean()
+        off_data = dc.intrinsic_reward(model, 4 * torch.randn(256, feat_dim), actions).mean()
+    assert float(off_data) > float(on_data) + 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The script as a user runs it
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_dreamer_writes_its_buffer_and_expert_demonstrations_with_every_modality(
+    tmp_path: Path,
+) -> None:
+    run = run_script(
+        "--agent", "dreamer", "--env", "walker", "--task", "walk", "--obs", "visual", *TINY,
+        "--total-steps", "2000", "--prefill-episodes", "1", "--train-steps-per-episode", "3",
+        "--num-demos", "1", "--eval-every", "0", "--device", "cpu",
+        "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    env = make_env("walker-walk", "visual", render=True)
+    for name, count in (("walker-walk-buffer", 2), ("walker-walk-expert", 1)):
+        folder = tmp_path / "data" / name
+        data = TrajectoryDataset(
+            folder, list(env.record_shapes), expected_shapes=env.record_shapes, progress=False
+        )
+        assert len(data) == count
+        for traj in data.trajectories:
+            assert all(len(v) == 501 for v in traj.values()), name
+            assert traj["image"].std() > 0 and traj["pre_action"][1:].std() > 0
+        info = json.loads((folder / "info.json").read_text())
+        returns = [float(t["reward"].sum()) for t in data.trajectories]
+        assert info["num_trajectories"] == count
+        assert info["mean_return"] == pytest.approx(np.mean(returns), rel=1e-5)
+    assert "expert trajectories, return" in run.stdout
+    ckpt = torch.load(
+        tmp_path / "runs" / "walker-walk__dreamer__visual__0" / "agent.pt", weights_only=False
+    )
+    assert ckpt["state"]["updates"] == 2 * 3  # after the prefill episode and after episode 1
+
+    # Expert-only mode: more demonstrations from the saved agent, the first one kept as it was.
+    first = load_trajectory(tmp_path / "data" / "walker-walk-expert" / "0.npz")
+    again = run_script(
+        "--load-agent", str(tmp_path / "runs" / "walker-walk__dreamer__visual__0" / "agent.pt"),
+        "--env", "walker", "--task", "walk", "--num-demos", "2", "--no-render",
+        "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 demonstrations present, collecting 1" in again.stdout
+    assert len(list((tmp_path / "data" / "walker-walk-expert").glob("*.npz"))) == 2
+    np.testing.assert_array_equal(
+        load_trajectory(tmp_path / "data" / "walker-walk-expert" / "0.npz")["image"], first["image"]
+    )
+    wrong = run_script(
+        "--load-agent", str(tmp_path / "runs" / "walker-walk__dreamer__visual__0" / "agent.pt"),
+        "--env", "cheetah", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+    )  # fmt: skip
+    assert wrong.returncode != 0 and "was trained on walker-walk" in wrong.stderr
+
+
+def test_plan2explore_writes_its_buffer_and_trains_its_ensemble(tmp_path: Path) -> None:
+    args = tiny_args(tmp_path, agent="p2e", env="walker", task=None, ensemble=3, ensemble_hidden=32,
+                     total_steps=3000, train_steps_per_episode=20)  # fmt: skip
+    dc.main(args)
+    folder = tmp_path / "data" / "walker-p2e"
+    files = sorted(p.name for p in folder.glob("*.npz"))
+    assert files == ["0.npz", "1.npz", "2.npz"]
+    assert not (tmp_path / "data" / "walker-walk-expert").exists()
+    assert json.loads((folder / "info.json").read_text())["agent"] == "p2e"
+    ckpt = torch.load(
+        tmp_path / "runs" / "walker-walk__p2e__mdp__0" / "agent.pt", weights_only=False
+    )
+    assert ckpt["state"]["updates"] == 3 * 20
+    assert any(k.startswith("ensemble.2.") for k in ckpt["model"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+# ---------------------------------------------------------------------------------------------
+def episode_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.npz"))}
+
+
+def test_resume_trains_on_episodes_saved_after_the_last_checkpoint(tmp_path: Path) -> None:
+    args = tiny_args(tmp_path, total_steps=3000)
+    dc.main(args)
+    folder = tmp_path / "data" / "cartpole-balance-buffer"
+    ckpt_path = tmp_path / "runs" / "cartpole-balance__dreamer__mdp__0" / "agent.pt"
+    old_ckpt = ckpt_path.read_bytes()
+    dc.main(replace(args, total_steps=5000, resume=True))
+    kept = episode_files(folder)
+    assert list(kept) == [f"{i}.npz" for i in range(5)]
+    # A kill after saving episodes 3 and 4 but before their checkpoints: the old one is back.
+    ckpt_path.write_bytes(old_ckpt)
+    dc.main(replace(args, total_steps=6000, resume=True))
+    now = episode_files(folder)
+    assert list(now) == [f"{i}.npz" for i in range(6)], "an episode was lost or duplicated"
+    assert all(now[k] == v for k, v in kept.items()), "an episode was rewritten"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    assert ckpt["state"]["episodes_trained"] == 6
+    assert ckpt["state"]["updates"] == 6 * args.train_steps_per_episode
+
+    with pytest.raises(SystemExit, match="pass --resume"):
+        dc.main(replace(args, total_steps=7000))
+    with pytest.raises(SystemExit, match="other settings"):
+        dc.main(replace(args, total_steps=7000, resume=True, obs="lpomdp"))
+    assert episode_files(folder) == now
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_losing_or_duplicating_episodes(tmp_path: Path) -> None:
+    flags = [
+        "--agent", "dreamer", "--env", "cartpole", "--task", "balance", "--obs", "mdp",
+        "--no-render", *TINY, "--prefill-episodes", "1", "--train-steps-per-episode", "20",
+        "--num-demos", "0", "--eval-every", "0", "--device", "cpu", "--total-steps", "8000",
+        "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
+    ]  # fmt: skip
+    folder = tmp_path / "data" / "cartpole-balance-buffer"
+    proc = subprocess.Popen(
+        [sys.executable, "dreamer_collect.py", *flags], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while len(list(folder.glob("*.npz"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = episode_files(folder)
+    assert 3 <= len(before) < 8, "the run was not killed mid-way"
+
+    run = run_script(*flags, "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    after = episode_files(folder)
+    assert list(after) == [f"{i}.npz" for i in range(8)]
+    assert all(after[k] == v for k, v in before.items()), "an episode was rewritten"
+    contents = [load_trajectory(folder / name)["pre_action"].tobytes() for name in after]
+    assert len(set(contents)) == 8, "two episodes are the same"
+    ckpt = torch.load(
+        tmp_path / "runs" / "cartpole-balance__dreamer__mdp__0" / "agent.pt", weights_only=False
+    )
+    assert ckpt["state"]["episodes_trained"] == 8 and ckpt["state"]["updates"] == 8 * 20
+    assert not list(folder.glob(".*.tmp"))
