@@ -315,3 +315,33 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_episodes(tmp_path: P
     )
     assert ckpt["state"]["episodes_trained"] == 8 and ckpt["state"]["updates"] == 8 * 20
     assert not list(folder.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning check
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_short_dreamer_run_beats_the_random_policy(tmp_path: Path) -> None:
+    """cartpole-balance from proprioception at action repeat 8 (the authors' cartpole setting),
+    12 episodes (2 random) with 100 updates each at small sizes: about 3 minutes on 2 CPU cores.
+    The expert demonstrations (the policy's mode) must clearly beat uniform random actions from
+    the same initial states."""
+    args = dc.Args(
+        agent="dreamer", env="cartpole", task="balance", obs="mdp", render=False,
+        action_repeat=8, total_steps=12_000, prefill_episodes=2, train_steps_per_episode=100,
+        batch_size=16, horizon=32, deter=64, stoch=16, hidden=64,
+        model_lr=1e-3, actor_lr=4e-4, value_lr=4e-4, eval_every=0, num_demos=10, device="cpu",
+        data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
+    )  # fmt: skip
+    dc.main(args)
+    expert = json.loads((tmp_path / "data" / "cartpole-balance-expert" / "info.json").read_text())
+    envs = [make_env("cartpole-balance", "mdp", render=False, action_repeat=8) for _ in range(10)]
+    seeds = [dc.episode_seed(args.seed, dc.EXPERT, i) for i in range(10)]
+    baseline = dc.run_episodes(envs, seeds, None, "random", args, torch.device("cpu"))
+    random_returns = [float(e["reward"].sum()) for e in baseline]
+    random_mean, random_std = float(np.mean(random_returns)), float(np.std(random_returns))
+    print(f"dreamer {expert['mean_return']:.1f} +- {expert['std_return']:.1f}, "
+          f"random {random_mean:.1f} +- {random_std:.1f}")  # fmt: skip
+    assert expert["num_trajectories"] == 10
+    assert expert["mean_return"] > 1.2 * random_mean
+    assert expert["mean_return"] > random_mean + 2 * random_std
