@@ -215,11 +215,12 @@ def test_dreamer_writes_its_buffer_and_expert_demonstrations_with_every_modality
 
     # Expert-only mode: more demonstrations from the saved agent, the first one kept as it was.
     first = load_trajectory(tmp_path / "data" / "walker-walk-expert" / "0.npz")
-    again = run_script(
-        "--load-agent", str(tmp_path / "runs" / "walker-walk__dreamer__visual__0" / "agent.pt"),
-        "--env", "walker", "--task", "walk", "--num-demos", "2", "--no-render",
-        "--data-dir", str(tmp_path / "data"), "--device", "cpu",
-    )  # fmt: skip
+    agent = str(tmp_path / "runs" / "walker-walk__dreamer__visual__0" / "agent.pt")
+    flags = ["--env", "walker", "--task", "walk", "--num-demos", "2", "--device", "cpu"]
+    flags += ["--data-dir", str(tmp_path / "data")]
+    mixed = run_script("--load-agent", agent, *flags, "--no-render")  # files without images
+    assert mixed.returncode != 0 and "other settings" in mixed.stderr
+    again = run_script("--load-agent", agent, *flags)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 demonstrations present, collecting 1" in again.stdout
     assert len(list((tmp_path / "data" / "walker-walk-expert").glob("*.npz"))) == 2

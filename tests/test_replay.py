@@ -377,3 +377,17 @@ def test_dataset_names_resolve_to_the_papers_folders(tmp_path: Path) -> None:
     )
     with pytest.raises(DatasetError, match="walker mix"):
         dataset_folders("d", "cheetah", "mix", "body")
+
+
+def test_replay_buffer_holds_only_the_keys_asked_for_but_saves_every_key(tmp_path: Path) -> None:
+    buffer = ReplayBuffer(tmp_path / "buffer", seed=0, keys=["velocity", "pre_action"])
+    episode = fake_trajectory(6)
+    buffer.add(episode)
+    assert set(buffer.trajectories[0]) == {"velocity", "pre_action"}
+    assert set(load_trajectory(tmp_path / "buffer" / "0.npz")) == set(episode)
+    with pytest.raises(DatasetError, match="differ"):
+        buffer.add(fake_trajectory(6, image=False))
+    resumed = ReplayBuffer(tmp_path / "buffer", keys=["velocity", "pre_action"])
+    assert set(resumed.trajectories[0]) == {"velocity", "pre_action"}
+    with pytest.raises(DatasetError, match="differ"):  # the files' keys are known after a load
+        resumed.add(fake_trajectory(6, image=False))
