@@ -515,15 +515,12 @@ def dataset_info(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def write_info(
-    folder: Path, settings: dict[str, Any], extra: Optional[dict[str, Any]] = None
-) -> None:
+def write_info(folder: Path, settings: dict[str, Any]) -> None:
     """Record the dataset's settings and its trajectories' mean return in `info.json`."""
     files = trajectory_files(folder) if any(folder.glob("*.npz")) else []
     returns = [float(load_trajectory(p, ["reward"])["reward"].sum()) for p in files]
     info = {
         **settings,
-        **(extra or {}),
         "num_trajectories": len(files),
         "mean_return": float(np.mean(returns)) if returns else None,
         "std_return": float(np.std(returns)) if returns else None,
@@ -709,13 +706,14 @@ def train(args: Args) -> Path:
     }
     check_settings(folder, settings)
 
-    def new_env() -> DMCEnv:
-        return make_env(
-            f"{args.env}-{task}", args.obs, seed=args.seed,
-            action_repeat=args.action_repeat, render=render,
-        )  # fmt: skip
-
-    env = new_env()
+    env = make_env(
+        f"{args.env}-{task}", args.obs, seed=args.seed,
+        action_repeat=args.action_repeat, render=render,
+    )  # fmt: skip
+    eval_env = make_env(
+        f"{args.env}-{task}", args.obs, action_repeat=args.action_repeat,
+        render=args.capture_video or args.obs == "visual",
+    )  # fmt: skip
     keys = env.obs_keys
     agent = make_agent(env, args, device)
     buffer = ReplayBuffer(folder, seed=args.seed, keys=[*keys, "pre_action", "reward"])
@@ -799,10 +797,6 @@ def train(args: Args) -> Path:
         bar.set_postfix(episode=episode, ret=f"{ret:.1f}")
         update(episode)
         if args.eval_every and (episode + 1) % args.eval_every == 0 and args.agent == "dreamer":
-            eval_env = make_env(
-                f"{args.env}-{task}", args.obs, action_repeat=args.action_repeat,
-                render=args.capture_video or args.obs == "visual",
-            )  # fmt: skip
             (ep,) = run_episodes(
                 [eval_env], [episode_seed(args.seed, EVAL, episode)], agent, "mode", args, device
             )

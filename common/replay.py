@@ -559,8 +559,9 @@ class ReplayBuffer(WindowSampler):
                 stale.unlink()
             for path in sorted(self.directory.glob("*.npz"), key=_sort_key):
                 self.trajectories.append(load_trajectory(path, self.keys))
-                if self._file_keys is None:
-                    self._file_keys = set(load_trajectory(path))
+                if self._file_keys is None:  # the keys stored, without reading them again
+                    with np.load(path) as stored:
+                        self._file_keys = set(stored.files)
 
     def add(self, trajectory: Mapping[str, np.ndarray]) -> Optional[Path]:
         """Append a finished episode (and save it); returns the file written, if any."""
