@@ -18,9 +18,10 @@ Algorithm 1 of the paper, and where each line lives here:
 
 Implementation details (where this differs from the paper's text, following the authors' code):
  1. Learning rate 3e-4 (the authors' configs; the paper's text says 1e-3), gradient-norm clip 100.
- 2. Low-dimensional decoders are Gaussians with learned std trained with beta-NLL (beta = 1: each
-    log-likelihood term weighted by its detached std) and the KL weighted by the mean detached std,
-    so the two terms keep their balance; image decoders have a fixed std of 1 (weights 1).
+ 2. Low-dimensional decoders are Gaussians with learned std trained with beta-NLL (each
+    log-likelihood term weighted by its detached std: sg(std^(2 beta)) with beta = 1/2) and the
+    KL weighted by the mean detached std, so the two terms keep their balance; image decoders
+    have a fixed std of 1 (weights 1).
  3. Every window starts from the zero state and filters all its records, including the first
     (whose action a_{t-1} is the dataset's `pre_action`, or in phase 2 a sample of the policy at
     the zero state).
@@ -42,7 +43,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -59,6 +60,7 @@ from common.replay import (
     DatasetError,
     TrajectoryDataset,
     atomic_write,
+    dataset_action_repeat,
     dataset_folders,
     load_trajectory,
     trajectory_files,
@@ -108,6 +110,8 @@ class Args:
     """episodes of each evaluation during phase 2"""
     world_model: Optional[str] = None
     """a phase-1 checkpoint (world_model.pt) to load instead of running phase 1"""
+    action_repeat: Optional[int] = None
+    """environment steps per action (default: the datasets' info.json, else the benchmark's 2)"""
     resume: bool = False
     """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
     capture_video: bool = False
@@ -303,12 +307,13 @@ def elbo_loss(
     if std is None:  # fixed unit variance
         log_p = -0.5 * sq_err.sum(dims) - 0.5 * math.log(2 * math.pi) * sq_err[0, 0].numel()
         rec_loss, kl_loss_ = -log_p.sum(0).mean(), kl_train.sum(0).mean()
-    else:  # beta-NLL (beta = 1): log-likelihoods weighted by their detached std, the KL by the mean
+    else:  # beta-NLL (beta = 1/2): log-likelihoods weighted by their detached std, KL by the mean
         log_p_dims = -0.5 * sq_err / std**2 - std.log() - 0.5 * math.log(2 * math.pi)  # [T, B, D]
         log_p, weight = log_p_dims.sum(-1), std.detach()
         rec_loss = -(log_p_dims * weight).sum(-1).sum(0).mean()
         kl_loss_ = (kl_train * weight.mean(-1)).sum(0).mean()
-    rec_term, kl_term = log_p.sum(0).mean(), -kl.sum(0).mean()
+    rec_term, kl_term = log_p.sum(0).mean(), -kl.sum(0).mean()  # eq. (2), eq. (3): sums over t
+    # the loss: minus eq. (1), with the KL options and the beta-NLL weights above
     loss = kl_scale * kl_loss_ if kl_only else rec_loss + kl_scale * kl_loss_
     metrics = {
         "elbo": rec_term + kl_term,  # eq. (1)
@@ -329,6 +334,7 @@ def phase1_step(
     states = model.rssm.observe(embed, actions)  # s_t ~ q(s_t | s_t-1, a_t-1, f(o_t))
     kl_scale = 1.0 if args.kl_scale is None else args.kl_scale
     free_nats = 0.0 if args.free_nats is None else args.free_nats
+    # eq. (4): the ELBO of D_body windows under the dataset's actions, maximised in phi, theta
     loss, metrics = elbo_loss(model, obs, states, kl_scale, free_nats, args.kl_balance)
     if model.idm is not None:  # Appendix C: log q(a_t-1 | s_t-1, f(o_t)) on detached inputs
         feat = torch.cat([states.deter, states.stoch], -1)
@@ -356,16 +362,17 @@ def infer_actions(
         feat = torch.cat([h, s], -1)
         pi = policy(feat)
         if model.idm is None:
-            action = pi.rsample()
+            action = pi.rsample()  # eq. (6): a_t-1 ~ pi(a_t-1 | s_t-1)
         else:  # Appendix C: actions from the IDM, KL(IDM || policy) joins the loss
             q = model.idm(torch.cat([feat, embed[t]], -1))
-            action = q.rsample()
+            action = q.rsample()  # eq. (10): a_t-1 ~ q(a_t-1 | s_t-1, f(o_t))
             action_kl.append(kl_normal(q.mean, q.std, pi.mean, pi.std).sum(-1))
+        # eq. (6): s_t ~ q(s_t | s_t-1, a_t-1, f(o_t)) given the action just sampled
         h, s, post_mean, post_std = rssm.obs_step(h, s, action, embed_proj[t], noise[t])
         outs.append((h, s, post_mean, post_std))
         actions.append(action)
     deter, stoch, post_mean, post_std = (torch.stack(x) for x in zip(*outs, strict=True))
-    prior_mean, prior_std = rssm.prior(deter)
+    prior_mean, prior_std = rssm.prior(deter)  # eq. (7): p(s_t | s_t-1, a_t-1), the same a_t-1
     kls = torch.stack(action_kl) if action_kl else torch.zeros(T, B, device=embed.device)
     return (deter, stoch, prior_mean, prior_std, post_mean, post_std), torch.stack(actions), kls
 
@@ -379,9 +386,9 @@ def phase2_step(
         embed = model.encoder(obs)
     states, actions, action_kl = infer_actions(model, policy, embed)
     kl_scale = 0.0 if args.rec_only else 1.0
-    loss, metrics = elbo_loss(model, obs, states, kl_scale, kl_only=args.kl_only)
+    loss, metrics = elbo_loss(model, obs, states, kl_scale, kl_only=args.kl_only)  # eq. (8)
     if model.idm is not None:  # KL(IDM || pi), summed over time like the ELBO's terms
-        loss = loss + action_kl.sum(0).mean()
+        loss = loss + action_kl.sum(0).mean()  # eq. (5) under eq. (10): + KL(IDM || pi)
         metrics["action_kl"] = action_kl.sum(0).mean().detach()
     if "pre_action" in batch:  # analysis only (paper Figure 8): never part of the loss
         metrics["action_mse"] = ((actions.detach() - batch["pre_action"]) ** 2).mean()
@@ -418,11 +425,13 @@ def evaluate(
     real observations and the actions taken. Up to 10 episodes run in lockstep (one batch)."""
     returns: list[float] = []
     gen = torch.Generator(device).manual_seed(args.seed + 100)  # eval noise apart from training's
+    repeat = args.action_repeat or 2  # main fills it from the datasets
     for first in range(0, episodes, 10):
         n = min(10, episodes - first)
         render = args.obs == "visual" or (video is not None and first == 0)
         envs: list[DMCEnv] = [
-            make_env(f"{args.env}-{args.task}", args.obs, render=render) for _ in range(n)
+            make_env(f"{args.env}-{args.task}", args.obs, render=render, action_repeat=repeat)
+            for _ in range(n)
         ]
         recs = [env.reset(seed=args.seed + 100 + first + i) for i, env in enumerate(envs)]
         keys = envs[0].obs_keys
@@ -469,7 +478,8 @@ def expert_return(args: Args, demo_folders: list[Path]) -> tuple[float, str]:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
-MODEL_SETTINGS = ("env", "obs", "layout", "use_idm")  # what a phase-1 model must share with a run
+# What a phase-1 model must share with a run (models saved without action_repeat used 2).
+MODEL_SETTINGS = ("env", "obs", "layout", "use_idm", "action_repeat")
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
@@ -483,9 +493,9 @@ def load_world_model(path: Path, model: WorldModel, args: Args) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     theirs = ckpt.get("settings", {})
     clashes = {
-        k: (theirs.get(k), getattr(args, k))
+        k: (theirs.get(k, 2 if k == "action_repeat" else None), getattr(args, k))
         for k in MODEL_SETTINGS
-        if theirs.get(k) != getattr(args, k)
+        if theirs.get(k, 2 if k == "action_repeat" else None) != getattr(args, k)
     }
     if args.use_idm is False and theirs.get("use_idm") is True:
         clashes.pop("use_idm")  # a model with an IDM serves plain AIME too
@@ -585,6 +595,8 @@ def main(args: Args) -> dict[str, Any]:
     if num_demo_files < args.num_demos:
         raise DatasetError(f"--num-demos {args.num_demos}, but {args.demo} holds {num_demo_files}")
     expert, expert_source = expert_return(args, demo_folders)
+    used = demo_folders if args.world_model else [*body_folders, *demo_folders]
+    args = replace(args, action_repeat=dataset_action_repeat(used, args.action_repeat))
 
     # -- seeding ---------------------------------------------------------------------------------
     random.seed(args.seed)
@@ -672,7 +684,7 @@ def main(args: Args) -> dict[str, Any]:
         resumed = None
 
     # -- phase 2: imitation by maximising the evidence of the demonstrations, eq. (8) -----------
-    model.requires_grad_(False)
+    model.requires_grad_(False)  # eq. (8): phi*, theta* stay fixed, only psi is learned
     policy = Policy(model.rssm.feature_dim, env.action_dim).to(device)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
     # The demonstrations' actions, where the files hold them, serve the analysis metric only.

@@ -46,6 +46,7 @@ from common.replay import (
     TrajectoryDataset,
     WindowSampler,
     atomic_write,
+    dataset_action_repeat,
     dataset_folders,
     load_trajectory,
     to_torch_batch,
@@ -95,6 +96,8 @@ class Args:
     """Adam learning rate of the IDM and the policy"""
     stack: Optional[int] = None
     """encoded observations stacked (default: 5; 1 in MDP, as the authors)"""
+    action_repeat: Optional[int] = None
+    """environment steps per action (default: the datasets' info.json, else the benchmark's 2)"""
     patience: int = 10
     """epochs without a better validation loss before training stops"""
     min_steps: int = 5000
@@ -222,11 +225,13 @@ def evaluate(
     """Episode returns of the policy acting on its stack of the last `stack` observations, filled
     with the first observation at reset. Up to 10 episodes run in lockstep (one batch)."""
     returns: list[float] = []
+    repeat = args.action_repeat or 2  # main fills it from the datasets
     for first in range(0, episodes, 10):
         n = min(10, episodes - first)
         render = args.obs == "visual" or (video is not None and first == 0)
         envs: list[DMCEnv] = [
-            make_env(f"{args.env}-{args.task}", args.obs, render=render) for _ in range(n)
+            make_env(f"{args.env}-{args.task}", args.obs, render=render, action_repeat=repeat)
+            for _ in range(n)
         ]
         recs = [env.reset(seed=args.seed + 100 + first + i) for i, env in enumerate(envs)]
         keys = envs[0].obs_keys
@@ -302,6 +307,8 @@ def main(args: Args) -> dict[str, Any]:
             load_trajectory(f, ["reward"])["reward"].sum() for f in demo_files[: args.num_demos]
         ]
         expert, expert_source = float(np.mean(demo_returns)), "mean return of the demonstrations"
+    repeat = dataset_action_repeat([*body_folders, *demo_folders], args.action_repeat)
+    args = Args(**{**asdict(args), "action_repeat": repeat})
 
     # -- seeding ---------------------------------------------------------------------------------
     random.seed(args.seed)

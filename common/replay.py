@@ -228,6 +228,27 @@ def trajectory_files(folder: PathLike) -> list[Path]:
     return files
 
 
+def dataset_action_repeat(folders: Sequence[PathLike], asked: Optional[int] = None) -> int:
+    """The action repeat the datasets were recorded with, from their `info.json`.
+
+    Folders without one (the authors' datasets) say nothing; with no record at all the answer is
+    `asked`, else the benchmark's 2. Datasets recorded with different repeats, or a repeat other
+    than `asked`, are refused: a policy must act at the rate its data were recorded at."""
+    recorded: dict[str, int] = {}
+    for folder in folders:
+        info = Path(folder) / "info.json"
+        if info.is_file() and (repeat := json.loads(info.read_text()).get("action_repeat")):
+            recorded[str(folder)] = int(repeat)
+    repeats = set(recorded.values())
+    if len(repeats) > 1:
+        raise DatasetError(f"the datasets were recorded with different action repeats: {recorded}")
+    if asked is not None and repeats and repeats != {asked}:
+        raise DatasetError(
+            f"--action-repeat {asked}, but the datasets were recorded with {recorded}"
+        )
+    return asked if asked is not None else repeats.pop() if repeats else 2
+
+
 # --------------------------------------------------------------------------------------------
 # Windows of consecutive records
 # --------------------------------------------------------------------------------------------
