@@ -61,7 +61,7 @@ def test_policy_acts_at_the_datasets_action_repeat(
 ) -> None:
     repeats: list[int] = []
 
-    def recording_make_env(name: str, obs: str, **kwargs: Any) -> Any:
+    def recording_make_env(name: str, obs: Any, **kwargs: Any) -> Any:
         repeats.append(kwargs.get("action_repeat", 2))
         return make_env(name, obs, **kwargs)
 
