@@ -1,0 +1,701 @@
+"""The AIME paper's benchmark grid as one set of jobs ordered by their dependencies.
+
+    python grid.py --envs walker --dry-run                        # the walker grid: order, cost
+    python grid.py --envs walker --launcher local --workers 4     # run it here, a GPU per worker
+    python grid.py --launcher slurm --slurm-partition gpu         # submit it all to SLURM
+
+The grid (AIME Figures 2 and 3, `reference/aime-paper-scores.json`): for each embodiment, every
+embodiment dataset -> demonstration task cell, in the MDP, LPOMDP and Visual settings, for AIME
+and BCO(0), for each seed:
+    walker   datasets random, p2e, stand, walk, run, mix (= random + p2e + stand + walk, read in
+             place: it needs no job of its own) -> tasks stand, walk, run            18 cells
+    cheetah  datasets random, p2e, run, runbackward, flip, flipbackward -> the same four tasks
+                                                                                     24 cells
+
+Jobs (name: script; what it waits for; the files whose existence marks it finished):
+    data:{env}-random       dreamer_collect.py --agent random; the dataset's last trajectory file
+    data:{env}-p2e          dreamer_collect.py --agent p2e; the buffer's last episode file
+    data:{env}-{task}       dreamer_collect.py --agent dreamer: the task's buffer, then its expert
+                            demonstrations; both folders' last files
+    wm:{env}-{body}-{obs}-s{seed}
+                            aime.py phase 1 only, after the body's datasets; world_model.pt. One
+                            world model serves every demonstration task of its embodiment
+                            dataset, setting and seed. aime.py has no phase-1-only mode: the job
+                            runs it with `--phase2-epochs 0 --eval-episodes 0`, the body's first
+                            dataset standing in for the demonstrations it reads before starting,
+                            and its results.json (no episodes) stays out of the table.
+    aime:{env}-{body}->{task}-{obs}-s{seed}
+                            aime.py --world-model <the wm job's world_model.pt>, after the wm job
+                            and the task's demonstrations; results.json
+    bco0:{env}-{body}->{task}-{obs}-s{seed}
+                            bco0.py, after the body's datasets and the demonstrations; results.json
+    table                   results_table.py over every results.json, after all runs; results.md
+                            (run again whenever a run finished after it)
+
+Folders: datasets under `--data-dir` (the scripts' `datasets/`), and under `--grid-dir`:
+`results/` (the AIME and BCO(0) runs, the table `results.md` and figure `results.png`),
+`world_models/` (the phase-1 runs), `collect/` (the Dreamer and Plan2Explore agents) and `logs/`
+(one log per job, its stdout and stderr, appended to on each attempt).
+
+Running (`--launcher local`): `--workers` jobs at a time, each started when its dependencies are
+finished; with GPUs, worker i runs on GPU i modulo their number (CUDA_VISIBLE_DEVICES). A job
+whose markers exist is skipped and never run again, so re-running the grid continues it; a job
+killed mid-way is started again with `--resume` where its script has a checkpoint to continue
+(aime.py and bco0.py: the run's `checkpoint.pt`; dreamer_collect.py: the agent's `agent.pt` or
+the buffer's episodes; a random dataset always adds only its missing trajectories). A failed job
+fails its dependents, which are reported and not run; independent jobs go on, and the exit code
+is 1. `--launcher slurm` submits every unfinished job through submitit with SLURM `afterok`
+dependencies (the jobs run in the submitting directory with this Python, which the nodes must
+reach). `--dry-run` prints the jobs in order with their commands and estimated cost.
+
+Cost estimates are hours of one job on one GPU at the scripts' budgets, scaled linearly when the
+budget flags below change them (see the HOURS_* constants for their sources). At the paper's
+budgets AIME alone comes to about 55 GPU-days for one seed, the paper's "roughly 50 GPU days".
+
+`--quick` sets budgets for a CPU smoke test of the whole pipeline (tiny datasets, a tiny Dreamer,
+one-epoch phases, one evaluation episode; the scores mean nothing). Its 6 jobs take about 40 s on
+2 CPU cores:
+
+    python grid.py --quick --envs walker --cells 'random->stand' --obs mdp --collect-obs mdp \
+        --no-render --grid-dir /tmp/grid --data-dir /tmp/grid/datasets --workers 2
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, Literal, Optional
+
+import tyro
+
+from common.replay import WALKER_MIX, dataset_folders
+
+ROOT = Path(__file__).resolve().parent
+Env = Literal["walker", "cheetah"]
+Obs = Literal["mdp", "lpomdp", "visual"]
+Method = Literal["aime", "bco0"]  # V-MAIL: add "vmail" here, its command and deps in `run_job`
+
+
+@dataclass
+class Args:
+    envs: tuple[Env, ...] = ("walker", "cheetah")
+    """embodiments of the grid"""
+    obs: tuple[Obs, ...] = ("mdp", "lpomdp", "visual")
+    """observation settings of the grid"""
+    seeds: tuple[int, ...] = (1,)
+    """seeds of the world models and runs (the paper pools 100 evaluation episodes of one)"""
+    methods: tuple[Method, ...] = ("aime", "bco0")
+    """methods of the grid"""
+    cells: tuple[str, ...] = ()
+    """only these cells, as 'body->task', e.g. 'mix->run' 'random->runb' (none given: all)"""
+    dry_run: bool = False
+    """print the jobs in order (dependencies, estimated cost, command) and start nothing"""
+    launcher: Literal["local", "slurm"] = "local"
+    """run the jobs on this machine, or submit them to SLURM (needs submitit)"""
+    workers: int = 1
+    """local launcher: jobs running at once (with GPUs, worker i uses GPU i modulo their number)"""
+    grid_dir: str = "runs/grid"
+    """logs, runs (results/), world models (world_models/), Dreamer agents (collect/)"""
+    data_dir: str = "datasets"
+    """folder of the datasets (made by the grid's data jobs where missing)"""
+
+    # -- budgets (None: the scripts' defaults, the paper's budgets) --------------------------------
+    quick: bool = False
+    """tiny budgets for a CPU smoke test of the pipeline (flags given explicitly still win)"""
+    random_trajectories: Optional[int] = None
+    """trajectories of each random dataset (None: 1000)"""
+    total_steps: Optional[int] = None
+    """environment steps of each Dreamer and Plan2Explore run (None: 1,000,000)"""
+    collect_demos: Optional[int] = None
+    """expert demonstrations collected per task (None: 1000)"""
+    num_demos: Optional[int] = None
+    """demonstrations each AIME and BCO(0) run uses (None: 100)"""
+    phase1_epochs: Optional[int] = None
+    """AIME world-model epochs, BCO(0) most IDM epochs (None: 1000)"""
+    phase2_epochs: Optional[int] = None
+    """AIME policy epochs, BCO(0) most behavioural-cloning epochs (None: 500 and 1000)"""
+    steps_per_epoch: Optional[int] = None
+    """gradient steps per epoch of AIME and BCO(0) (None: 100)"""
+    eval_episodes: Optional[int] = None
+    """final evaluation episodes of each run (None: 100)"""
+    render: bool = True
+    """datasets store images (--no-render: only for grids without the visual setting)"""
+    collect_obs: Obs = "visual"
+    """what the Dreamer and Plan2Explore agents observe (the authors: visual)"""
+    collect_args: str = ""
+    """extra flags of every dreamer_collect.py job, e.g. --collect-args='--capture-video'"""
+    aime_args: str = ""
+    """extra flags of every aime.py job (world models and runs), e.g. --aime-args='--use-idm'"""
+    bco0_args: str = ""
+    """extra flags of every bco0.py job, e.g. --bco0-args='--patience 20'"""
+
+    # -- SLURM -------------------------------------------------------------------------------------
+    slurm_partition: Optional[str] = None
+    """SLURM partition (None: the cluster's default)"""
+    slurm_time_min: Optional[int] = None
+    """time limit of every job in minutes (None: twice its estimated cost, at least 60)"""
+    slurm_gpus_per_job: int = 1
+    """GPUs of each SLURM job"""
+    slurm_cpus_per_job: int = 8
+    """CPU cores of each SLURM job (rendering and the environments run on the CPU)"""
+    slurm_mem_gb: Optional[int] = None
+    """memory of each SLURM job in GB (None: the cluster's default)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+# ---------------------------------------------------------------------------------------------
+# Embodiment datasets and demonstration tasks of the paper (Figures 2 and 3).
+BODIES: dict[str, tuple[str, ...]] = {
+    "walker": ("random", "p2e", "stand", "walk", "run", "mix"),
+    "cheetah": ("random", "p2e", "run", "runbackward", "flip", "flipbackward"),
+}
+TASKS: dict[str, tuple[str, ...]] = {
+    "walker": ("stand", "walk", "run"),
+    "cheetah": ("run", "runbackward", "flip", "flipbackward"),
+}
+SHORT = {"runbackward": "runb", "flipbackward": "flipb"}  # the paper's cell names
+
+# The scripts' defaults (the paper's budgets); tests/test_grid.py checks them against the scripts.
+DEFAULTS = {
+    "random_trajectories": 1000, "total_steps": 1_000_000, "collect_demos": 1000,
+    "num_demos": 100, "aime_phase1_epochs": 1000, "aime_phase2_epochs": 500,
+    "bco0_phase1_epochs": 1000, "bco0_phase2_epochs": 1000, "steps_per_epoch": 100,
+}  # fmt: skip
+SIM_STEPS_PER_EPISODE = 1000  # 500 agent steps at action repeat 2: a Dreamer episode's env steps
+
+# Hours of one job on one GPU at the default budgets, scaled linearly by the budget given.
+# AIME Appendix B: phase 1 about 10 h and phase 2 about 5 h on a GTX 1080Ti in MDP and LPOMDP,
+# nearly double in Visual (evaluation included).
+HOURS_AIME_PHASE1 = {"mdp": 10.0, "lpomdp": 10.0, "visual": 20.0}
+HOURS_AIME_PHASE2 = {"mdp": 5.0, "lpomdp": 5.0, "visual": 10.0}
+# BCO(0): no published figure; a guess for two small networks that stop early on the validation
+# loss and the same 100-episode evaluation (with rendering in Visual).
+HOURS_BCO0 = {"mdp": 1.0, "lpomdp": 1.0, "visual": 3.0}
+# Dreamer and Plan2Explore per 1M environment steps: no GPU figure of ours yet; README: the
+# authors' TF2 Dreamer about 3 h on a V100, PyTorch ports 9 to 37 h.
+HOURS_DREAMER_PER_MILLION = 12.0
+# Collection on the CPU (README): a random walker trajectory takes 15 s with 64x64 images and
+# 0.3 s without; an expert demonstration is bound by rendering, 37 agent steps/s.
+SECONDS_RANDOM_TRAJECTORY = {True: 15.0, False: 0.3}
+SECONDS_DEMO = {True: 501 / 37, False: 0.3}
+
+# `--quick`: every job runs in seconds on a CPU.
+QUICK = {
+    "random_trajectories": 4, "total_steps": 2 * SIM_STEPS_PER_EPISODE, "collect_demos": 2,
+    "num_demos": 2, "phase1_epochs": 1, "phase2_epochs": 1, "steps_per_epoch": 2,
+    "eval_episodes": 1,
+}  # fmt: skip
+QUICK_ARGS = {
+    "collect": "--prefill-episodes 1 --train-steps-per-episode 1 --deter 32 --stoch 8 --hidden 32 "
+    "--batch-size 4 --horizon 10 --ensemble 2 --ensemble-hidden 32 --eval-every 0",
+    "aime": "--batch-size 4 --horizon 10 --eval-every 0",
+    "bco0": "--batch-size 4 --min-steps 0 --val-windows 20",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command of the grid."""
+
+    name: str
+    command: tuple[str, ...]
+    markers: tuple[str, ...]
+    """files that all exist once the job has finished"""
+    deps: tuple[str, ...] = ()
+    """names of the jobs that must finish first"""
+    hours: float = 0.0
+    """estimated cost in GPU-hours"""
+    partial: tuple[str, ...] = ()
+    """glob patterns: any match means a partial run exists, continued with --resume"""
+    refresh: bool = False
+    """finished only while its markers are newer than its dependencies' (the table)"""
+
+
+def cell_name(body: str, task: str) -> str:
+    return f"{SHORT.get(body, body)}->{SHORT.get(task, task)}"
+
+
+def parse_cell(cell: str) -> tuple[str, str]:
+    """'mix->run' or 'runb->flip' -> (body, task) with the paper's short names expanded."""
+    long = {v: k for k, v in SHORT.items()}
+    body, sep, task = cell.partition("->")
+    if not sep:
+        raise SystemExit(f"error: --cells {cell!r}: write a cell as 'body->task', e.g. 'mix->run'")
+    return long.get(body, body), long.get(task, task)
+
+
+def budgets(args: Args) -> Args:
+    """`args` with `--quick`'s budgets filled in where no budget flag was given."""
+    if not args.quick:
+        return args
+    filled = {k: v for k, v in QUICK.items() if getattr(args, k) is None}
+    extra = {
+        f"{script}_args": f"{QUICK_ARGS[script]} {getattr(args, f'{script}_args')}".strip()
+        for script in QUICK_ARGS
+    }
+    return replace(args, **filled, **extra)  # type: ignore[arg-type]
+
+
+def value(args: Args, name: str, default_key: Optional[str] = None) -> int:
+    given: Optional[int] = getattr(args, name)
+    return given if given is not None else DEFAULTS[default_key or name]
+
+
+def flags(**values: object) -> list[str]:
+    """`--flag value` for each keyword (`--flag` alone for True; None and False: left out)."""
+    out: list[str] = []
+    for k, v in values.items():
+        if v is True:
+            out.append(f"--{k.replace('_', '-')}")
+        elif v is not None and v is not False:
+            out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def command(name: str, extra: str, **own: object) -> tuple[str, ...]:
+    """A script's command line: the user's extra flags first, the grid's own last (the last
+    occurrence of a flag wins, so the files the grid waits for are where it looks for them)."""
+    return (sys.executable, str(ROOT / name), *shlex.split(extra), *flags(**own))
+
+
+def random_job(args: Args, env: str) -> Job:
+    n = value(args, "random_trajectories")
+    folder = Path(args.data_dir) / f"{env}-random"
+    return Job(
+        f"data:{env}-random",
+        command(
+            "dreamer_collect.py", args.collect_args, agent="random", env=env,
+            num_trajectories=n, data_dir=args.data_dir, no_render=not args.render,
+        ),
+        markers=(str(folder / f"{n - 1}.npz"),),  # trajectories are written in order
+        hours=n * SECONDS_RANDOM_TRAJECTORY[args.render] / 3600,
+    )  # fmt: skip
+
+
+def agent_job(args: Args, env: str, task: Optional[str]) -> Job:
+    """Plan2Explore's buffer (task None), or a Dreamer run: the task's buffer, then its expert
+    demonstrations."""
+    steps, demos = value(args, "total_steps"), value(args, "collect_demos")
+    last = math.ceil(steps / SIM_STEPS_PER_EPISODE) - 1  # episodes are written in order
+    agent = "p2e" if task is None else "dreamer"
+    data, runs = Path(args.data_dir), Path(args.grid_dir) / "collect"
+    # The p2e folder is ours, or the authors' where only theirs exists.
+    buffer = dataset_folders(data, env, task or "p2e", "body")[0]
+    markers = [str(buffer / f"{last}.npz")]
+    hours = HOURS_DREAMER_PER_MILLION * steps / 1e6
+    if task is not None:
+        markers.append(str(data / f"{env}-{task}-expert" / f"{demos - 1}.npz"))
+        hours += demos * SECONDS_DEMO[args.render or args.collect_obs == "visual"] / 3600
+    return Job(
+        f"data:{env}-{task or 'p2e'}",
+        command(
+            "dreamer_collect.py", args.collect_args, agent=agent, env=env, task=task,
+            obs=args.collect_obs, total_steps=steps, num_demos=demos if task else None,
+            data_dir=args.data_dir, runs_dir=runs, no_render=not args.render,
+        ),
+        markers=tuple(markers),
+        hours=hours,
+        partial=(str(buffer / "*.npz"), str(runs / f"{env}-{task or '*'}__{agent}__*/agent.pt")),
+    )  # fmt: skip
+
+
+def dataset_jobs(args: Args, env: str, name: str) -> list[Job]:
+    """The jobs that make the datasets of a --body-data or --demo name (mix: its parts)."""
+    parts = WALKER_MIX if name == "mix" else (name,)
+    return [
+        random_job(args, env) if p == "random" else agent_job(args, env, None if p == "p2e" else p)
+        for p in parts
+    ]
+
+
+def world_model_job(args: Args, env: str, body: str, obs: str, seed: int, deps: list[Job]) -> Job:
+    """AIME phase 1 only: no policy epochs, no evaluation. aime.py reads demonstrations before it
+    starts; the body's first dataset stands in for them (the task's published expert return
+    normalises nothing here)."""
+    stand_in = dataset_folders(args.data_dir, env, body, "body")[0]
+    task = TASKS[env][0]  # any task of the embodiment: the model does not depend on it
+    runs = Path(args.grid_dir) / "world_models"
+    run_dir = runs / f"{env}-{task}__{obs}__{body}__{stand_in.name}__phase1__{seed}"
+    epochs = value(args, "phase1_epochs", "aime_phase1_epochs") / DEFAULTS["aime_phase1_epochs"]
+    return Job(
+        f"wm:{env}-{body}-{obs}-s{seed}",
+        command(
+            "aime.py", args.aime_args, env=env, task=task, body_data=body,
+            demo=stand_in if "/" in str(stand_in) else f"./{stand_in}", obs=obs, seed=seed,
+            data_dir=args.data_dir, runs_dir=runs, exp_name="phase1",
+            phase1_epochs=args.phase1_epochs, steps_per_epoch=args.steps_per_epoch,
+            num_demos=1, phase2_epochs=0, eval_episodes=0, eval_every=0,
+        ),
+        markers=(str(run_dir / "world_model.pt"),),
+        deps=tuple(j.name for j in deps),
+        hours=HOURS_AIME_PHASE1[obs] * epochs * steps_scale(args),
+        partial=(str(run_dir / "checkpoint.pt"),),
+    )  # fmt: skip
+
+
+def run_job(
+    args: Args, method: Method, env: str, body: str, task: str, obs: str, seed: int,
+    deps: list[Job],
+) -> Job:  # fmt: skip
+    """A phase-2 AIME run on its world model (deps[0]), or a BCO(0) run; both after the
+    demonstrations (deps[-1])."""
+    runs = Path(args.grid_dir) / "results"
+    run_dir = runs / f"{env}-{task}__{obs}__{body}__{task}__{method}__{seed}"
+    own: dict[str, object] = dict(
+        env=env, body_data=body, demo=task, obs=obs, seed=seed, data_dir=args.data_dir,
+        runs_dir=runs, num_demos=args.num_demos, phase2_epochs=args.phase2_epochs,
+        steps_per_epoch=args.steps_per_epoch, eval_episodes=args.eval_episodes,
+    )  # fmt: skip
+    if method == "aime":
+        own["world_model"] = deps[0].markers[0]
+        budget = value(args, "phase2_epochs", "aime_phase2_epochs") / DEFAULTS["aime_phase2_epochs"]
+        hours, extra = HOURS_AIME_PHASE2[obs] * budget, args.aime_args
+    else:
+        own["phase1_epochs"] = args.phase1_epochs
+        epochs = value(args, "phase1_epochs", "bco0_phase1_epochs")
+        epochs += value(args, "phase2_epochs", "bco0_phase2_epochs")
+        budget = epochs / (DEFAULTS["bco0_phase1_epochs"] + DEFAULTS["bco0_phase2_epochs"])
+        hours, extra = HOURS_BCO0[obs] * budget, args.bco0_args
+    return Job(
+        f"{method}:{env}-{cell_name(body, task)}-{obs}-s{seed}",
+        command(f"{method}.py", extra, **own),
+        markers=(str(run_dir / "results.json"),),
+        deps=tuple(j.name for j in deps),
+        hours=hours * steps_scale(args),
+        partial=(str(run_dir / "checkpoint.pt"),),
+    )
+
+
+def steps_scale(args: Args) -> float:
+    return value(args, "steps_per_epoch") / DEFAULTS["steps_per_epoch"]
+
+
+def build_grid(args: Args) -> list[Job]:
+    """Every job of the grid `args` selects, in an order that respects the dependencies."""
+    args = budgets(args)
+    if "visual" in args.obs and not args.render:
+        raise SystemExit("error: --no-render makes datasets without images; drop --obs visual")
+    wanted = [parse_cell(c) for c in args.cells]
+    for body, task in wanted:
+        if not any(body in BODIES[e] and task in TASKS[e] for e in args.envs):
+            cells = [cell_name(b, t) for e in args.envs for b in BODIES[e] for t in TASKS[e]]
+            raise SystemExit(f"error: no cell {body}->{task} in {args.envs}; cells: {cells}")
+    jobs: dict[str, Job] = {}  # by name: datasets and world models are shared by many cells
+
+    def add(*new: Job) -> list[Job]:
+        return [jobs.setdefault(job.name, job) for job in new]
+
+    runs: list[Job] = []
+    for env in args.envs:
+        for obs in args.obs:
+            for seed in args.seeds:
+                for body in BODIES[env]:
+                    tasks = [t for t in TASKS[env] if not wanted or (body, t) in wanted]
+                    if not tasks:
+                        continue
+                    body_data = add(*dataset_jobs(args, env, body))
+                    if "aime" in args.methods:
+                        (wm,) = add(world_model_job(args, env, body, obs, seed, body_data))
+                    for task in tasks:
+                        (demo,) = add(*dataset_jobs(args, env, task))
+                        for method in args.methods:
+                            deps = [wm, demo] if method == "aime" else [*body_data, demo]
+                            runs += add(run_job(args, method, env, body, task, obs, seed, deps))
+    if runs:
+        add(Job(
+            "table",
+            command("results_table.py", "", runs_dir=Path(args.grid_dir) / "results"),
+            markers=(str(Path(args.grid_dir) / "results" / "results.md"),),
+            deps=tuple(j.name for j in runs),
+            refresh=True,
+        ))  # fmt: skip
+    return topological_order(list(jobs.values()))
+
+
+def topological_order(jobs: Sequence[Job]) -> list[Job]:
+    """The jobs in an order where each comes after its dependencies; among the jobs whose
+    dependencies are placed, the one heading the costliest chain of dependents comes first (the
+    local launcher starts jobs in this order)."""
+    by_name = {j.name: j for j in jobs}
+    dependents: dict[str, list[str]] = {j.name: [] for j in jobs}
+    for job in jobs:
+        for d in job.deps:
+            if d not in by_name:
+                raise ValueError(f"{job.name} depends on an unknown job {d}")
+            dependents[d].append(job.name)
+    chain: dict[str, float] = {}  # hours of the job and its costliest chain of dependents
+
+    def chain_hours(name: str, seen: tuple[str, ...] = ()) -> float:
+        if name in seen:
+            raise ValueError(f"dependency cycle: {' -> '.join((*seen, name))}")
+        if name not in chain:
+            after = [chain_hours(d, (*seen, name)) for d in dependents[name]]
+            chain[name] = by_name[name].hours + max(after, default=0.0)
+        return chain[name]
+
+    position = {j.name: i for i, j in enumerate(jobs)}
+    order: list[Job] = []
+    placed: set[str] = set()
+    while len(order) < len(jobs):
+        ready = [j for j in jobs if j.name not in placed and all(d in placed for d in j.deps)]
+        if not ready:  # every job left waits on another one left
+            raise ValueError(f"dependency cycle among {sorted(set(by_name) - placed)}")
+        best = min(ready, key=lambda j: (-chain_hours(j.name), position[j.name]))
+        order.append(best)
+        placed.add(best.name)
+    return order
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished, partial
+# ---------------------------------------------------------------------------------------------
+def finished(job: Job, by_name: dict[str, Job]) -> bool:
+    """Whether all of the job's markers exist (and, for `refresh` jobs, none is older than a
+    dependency's marker)."""
+    if not all(Path(m).exists() for m in job.markers):
+        return False
+    if not job.refresh:
+        return True
+    deps = [Path(m) for d in job.deps for m in by_name[d].markers if Path(m).exists()]
+    oldest = min(Path(m).stat().st_mtime for m in job.markers)
+    return all(p.stat().st_mtime <= oldest for p in deps)
+
+
+def launch_command(job: Job) -> list[str]:
+    """The job's command, with --resume where a partial run of it exists."""
+    partial = any(glob.glob(pattern) for pattern in job.partial)
+    return [*job.command, "--resume"] if partial else list(job.command)
+
+
+def log_path(grid_dir: str, job: Job) -> Path:
+    return (
+        Path(grid_dir) / "logs" / (re.sub(r"[^\w.-]", "_", job.name.replace("->", "-to-")) + ".log")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+def dry_run(order: list[Job]) -> None:
+    by_name = {j.name: j for j in order}
+    done = {j.name for j in order if finished(j, by_name)}
+    for i, job in enumerate(order, 1):
+        state = "  [finished]" if job.name in done else ""
+        print(f"[{i}] {job.name}  {job.hours:.2f} GPU-h{state}")
+        deps = ", ".join(job.deps[:4]) + (f", ... ({len(job.deps)} jobs)" if job.deps[4:] else "")
+        print(f"    after: {deps or '-'}")
+        print(f"    {shlex.join(launch_command(job))}")
+    kinds: dict[str, list[Job]] = {}
+    for job in order:
+        kinds.setdefault(job.name.split(":")[0], []).append(job)
+    print()
+    for kind, group in kinds.items():
+        print(f"{kind + ':':7}{len(group):4d} jobs {sum(j.hours for j in group):9.1f} GPU-hours")
+    total = sum(j.hours for j in order)
+    left = sum(j.hours for j in order if j.name not in done)
+    print(
+        f"total: {len(order)} jobs, {total:.1f} GPU-hours ({total / 24:.1f} GPU-days); "
+        f"{len(done)} finished, {left:.1f} GPU-hours left"
+    )
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids a worker may pin with CUDA_VISIBLE_DEVICES (within the caller's own list)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [g.strip() for g in given.split(",")] if given else [str(i) for i in range(count)]
+    return ids[:count]
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[bytes]
+    slot: int
+    start: float
+    log: IO[bytes]
+
+
+def run_local(order: list[Job], args: Args) -> dict[str, str]:
+    """Run the jobs, `args.workers` at a time, each once its dependencies are finished.
+
+    Returns each job's outcome: skipped (finished before), done, failed (non-zero exit, or its
+    markers missing after it), or blocked (a dependency failed or was blocked)."""
+    by_name = {j.name: j for j in order}
+    gpus = visible_gpus()
+    status: dict[str, str] = {}
+    pending = list(order)
+    running: dict[str, Running] = {}
+    free = list(range(args.workers))  # worker slots; slot i pins GPU i modulo their number
+
+    def report(name: str, outcome: str, detail: str = "") -> None:
+        status[name] = outcome
+        print(f"{time.strftime('%H:%M:%S')} {outcome:>7} {name}{detail}", flush=True)
+
+    def decide(job: Job) -> str:
+        """skipped, blocked, waiting or ready."""
+        if not job.refresh and finished(job, by_name):  # never run again, whatever its deps
+            return "skipped"
+        states = [status.get(d) for d in job.deps]
+        if any(s in ("failed", "blocked") for s in states):
+            return "blocked"
+        if not all(s in ("done", "skipped") for s in states):
+            return "waiting"
+        return "skipped" if finished(job, by_name) else "ready"
+
+    def start(job: Job, slot: int) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        where = ""
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}"
+        command = launch_command(job)
+        path = log_path(args.grid_dir, job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = path.open("ab")  # appended to: a failed attempt's output stays above the next one
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        running[job.name] = Running(proc, slot, time.time(), log)
+        report(job.name, "started", f"{where} -> {path}")
+
+    try:
+        while pending or running:
+            settled = False
+            for name, run in list(running.items()):
+                code = run.proc.poll()
+                if code is None:
+                    continue
+                run.log.close()
+                del running[name]
+                free.append(run.slot)
+                took = f" ({time.time() - run.start:.0f} s)"
+                if code == 0 and finished(by_name[name], by_name):
+                    report(name, "done", took)
+                else:
+                    why = f"exit code {code}" if code else "exit code 0 but its markers are missing"
+                    log = log_path(args.grid_dir, by_name[name])
+                    report(name, "failed", f"{took}: {why}, see {log}")
+            for job in list(pending):
+                outcome = decide(job)
+                if outcome == "waiting" or (outcome == "ready" and not free):
+                    continue
+                settled = True
+                pending.remove(job)
+                if outcome == "ready":
+                    start(job, free.pop(0))
+                elif outcome == "blocked":
+                    bad = [d for d in job.deps if status.get(d) in ("failed", "blocked")]
+                    report(job.name, "blocked", f" (after {', '.join(bad)})")
+                else:
+                    report(job.name, "skipped", " (finished)")
+            if running:
+                time.sleep(0.2)
+            elif pending and not settled:  # only possible with a dependency outside the list
+                raise ValueError(f"jobs wait on jobs outside the grid: {[j.name for j in pending]}")
+    except KeyboardInterrupt:  # stop the jobs this grid started, then stop
+        for run in running.values():
+            run.proc.terminate()
+        for run in running.values():
+            run.proc.wait()
+        raise
+    return status
+
+
+def run_logged(command: list[str], log: str) -> None:
+    """A SLURM job's body: run the command with its output appended to the log, fail if it fails."""
+    with open(log, "ab") as out:
+        out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
+        out.flush()
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True)
+
+
+def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
+    """Submit every unfinished job through submitit, each with an afterok dependency on its
+    submitted dependencies (dependents of a failed job are cancelled: kill-on-invalid-dep)."""
+    try:
+        submitit: Any = importlib.import_module("submitit")
+    except ImportError:
+        raise SystemExit(
+            "error: --launcher slurm submits through submitit, which is not installed: "
+            "pip install submitit"
+        ) from None
+    by_name = {j.name: j for j in order}
+    grid = Path(args.grid_dir)
+    executor = submitit.AutoExecutor(folder=str(grid / "slurm" / "%j"), cluster="slurm")
+    ids: dict[str, str] = {}
+    status: dict[str, str] = {}
+    for job in order:
+        if finished(job, by_name) and not (job.refresh and any(d in ids for d in job.deps)):
+            status[job.name] = "skipped"
+            print(f"skipped {job.name} (finished)")
+            continue
+        after = [ids[d] for d in job.deps if d in ids]
+        minutes = args.slurm_time_min or max(60, math.ceil(2 * job.hours * 60))
+        params: dict[str, Any] = {
+            "name": job.name, "timeout_min": minutes, "gpus_per_node": args.slurm_gpus_per_job,
+            "cpus_per_task": args.slurm_cpus_per_job,
+            "slurm_additional_parameters": (
+                {"dependency": "afterok:" + ":".join(after), "kill-on-invalid-dep": "yes"}
+                if after else {}
+            ),
+        }  # fmt: skip
+        if args.slurm_partition:
+            params["slurm_partition"] = args.slurm_partition
+        if args.slurm_mem_gb:
+            params["mem_gb"] = args.slurm_mem_gb
+        executor.update_parameters(**params)
+        log = log_path(args.grid_dir, job)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        submitted = executor.submit(run_logged, launch_command(job), str(log.resolve()))
+        ids[job.name] = str(submitted.job_id)
+        status[job.name] = "submitted"
+        print(
+            f"submitted {job.name}: SLURM job {submitted.job_id}"
+            + (f" after {after}" if after else "")
+        )
+    return status
+
+
+def launch(order: list[Job], args: Args) -> int:
+    """Print, submit or run the jobs; the exit code: 1 if a local job failed or was blocked."""
+    if args.workers < 1:
+        raise SystemExit("error: --workers must be at least 1")
+    if args.dry_run:
+        dry_run(order)
+        return 0
+    if args.launcher == "slurm":
+        submit_slurm(order, args)
+        return 0
+    status = run_local(order, args)
+    outcomes = ("done", "skipped", "failed", "blocked")
+    counts = {s: sum(v == s for v in status.values()) for s in outcomes}
+    print(f"grid: {len(order)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    report = Path(args.grid_dir) / "report.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(status, indent=2))
+    return 1 if counts["failed"] or counts["blocked"] else 0
+
+
+def main(args: Args) -> int:
+    order = build_grid(args)
+    if not order:
+        raise SystemExit("error: the filters select no job")
+    return launch(order, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(tyro.cli(Args)))

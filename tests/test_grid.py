@@ -1,0 +1,283 @@
+"""grid.py: the paper's grid, the order of its jobs, and running it (for real, at tiny budgets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import grid
+from grid import Args, Job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_grid(*flags: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "grid.py", *flags], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    )  # fmt: skip
+
+
+def dry_run_jobs(stdout: str) -> list[tuple[str, list[str]]]:
+    """(name, printed command) of each job of a dry run, in the printed order."""
+    names = re.findall(r"^\[\d+\] (\S+) ", stdout, flags=re.M)
+    commands = re.findall(r"^    (?!after: )(\S.*)$", stdout, flags=re.M)
+    assert len(names) == len(commands), stdout
+    return [(n, c.split()) for n, c in zip(names, commands, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+# ---------------------------------------------------------------------------------------------
+def test_the_grid_has_every_cell_of_the_paper_and_no_other() -> None:
+    published = json.loads((ROOT / "reference" / "aime-paper-scores.json").read_text())["cells"]
+    jobs = grid.build_grid(Args(obs=("mdp",)))
+    for method in ("aime", "bco0"):
+        ours: dict[str, set[str]] = {"walker": set(), "cheetah": set()}
+        for job in jobs:
+            m = re.fullmatch(rf"{method}:(\w+)-(\w+->\w+)-mdp-s1", job.name)
+            if m:
+                ours[m[1]].add(m[2])
+        assert ours == {env: set(cells) for env, cells in published.items()}, method
+
+
+def test_dry_run_of_a_small_grid_lists_each_job_once_after_its_dependencies(
+    tmp_path: Path,
+) -> None:
+    cells, obs, seeds = ["mix->run", "random->stand"], ["mdp", "visual"], ["1", "2"]
+    r = run_grid(
+        "--dry-run", "--envs", "walker", "--cells", *cells, "--obs", *obs, "--seeds", *seeds,
+        "--grid-dir", str(tmp_path / "grid"), "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    printed = dry_run_jobs(r.stdout)
+    names = [n for n, _ in printed]
+
+    # The expected jobs, counted from the paper's definitions: the walker mix is random + p2e +
+    # stand + walk; a task's demonstrations come from its Dreamer run, as its buffer does.
+    datasets = {"random", "p2e", "stand", "walk"} | {"random"} | {"run", "stand"}
+    world_models = len({"mix", "random"}) * len(obs) * len(seeds)
+    runs = len(cells) * len(obs) * len(seeds) * len(("aime", "bco0"))
+    assert len(names) == len(set(names)) == len(datasets) + world_models + runs + 1
+    assert {n for n in names if n.startswith("data:")} == {f"data:walker-{d}" for d in datasets}
+    assert sum(n.startswith("wm:") for n in names) == world_models
+    assert f"total: {len(names)} jobs" in r.stdout
+    assert not (tmp_path / "grid").exists() and not (tmp_path / "data").exists()  # nothing ran
+
+    jobs = {j.name: j for j in grid.build_grid(Args(
+        envs=("walker",), cells=tuple(cells), obs=("mdp", "visual"), seeds=(1, 2),
+        grid_dir=str(tmp_path / "grid"), data_dir=str(tmp_path / "data"),
+    ))}  # fmt: skip
+    assert set(jobs) == set(names)
+    position = {n: i for i, n in enumerate(names)}
+    for name, command in printed:
+        assert all(position[d] < position[name] for d in jobs[name].deps), name
+        assert command[0] == sys.executable and command[2:] == list(jobs[name].command[2:])
+    # AIME's phase 2 loads the world model its world-model job writes, and waits for that job
+    # and for the demonstrations; the mix world model waits for the four datasets of the mix.
+    aime = jobs["aime:walker-mix->run-visual-s2"]
+    wm = jobs["wm:walker-mix-visual-s2"]
+    assert set(aime.deps) == {wm.name, "data:walker-run"}
+    command = list(aime.command)
+    assert command[command.index("--world-model") + 1] == wm.markers[0]
+    assert set(wm.deps) == {f"data:walker-{d}" for d in ("random", "p2e", "stand", "walk")}
+    bco0 = jobs["bco0:walker-random->stand-mdp-s1"]
+    assert set(bco0.deps) == {"data:walker-random", "data:walker-stand"}
+    assert set(jobs["table"].deps) == {n for n in names if n.startswith(("aime:", "bco0:"))}
+
+
+def test_full_grid_size_and_cost() -> None:
+    jobs = grid.build_grid(Args())
+    # walker: 5 datasets, 6 bodies x 3 settings world models, 18 cells x 3 x 2 methods runs;
+    # cheetah: 6 datasets, 6 x 3 world models, 24 x 3 x 2 runs; one table.
+    assert len(jobs) == (5 + 18 + 108) + (6 + 18 + 144) + 1
+    aime_days = sum(j.hours for j in jobs if j.name.startswith(("wm:", "aime:"))) / 24
+    assert 40 < aime_days < 60  # the paper: roughly 50 GPU-days for AIME's benchmark
+    quick = grid.build_grid(Args(quick=True))
+    assert len(quick) == len(jobs) and sum(j.hours for j in quick) < 1
+
+
+def test_budget_defaults_are_the_scripts() -> None:
+    import aime
+    import bco0
+    import dreamer_collect
+
+    a, b, d = aime.Args(), bco0.Args(), dreamer_collect.Args()
+    expected = {
+        "random_trajectories": d.num_trajectories, "total_steps": d.total_steps,
+        "collect_demos": d.num_demos, "num_demos": a.num_demos,
+        "aime_phase1_epochs": a.phase1_epochs, "aime_phase2_epochs": a.phase2_epochs,
+        "bco0_phase1_epochs": b.phase1_epochs, "bco0_phase2_epochs": b.phase2_epochs,
+        "steps_per_epoch": a.steps_per_epoch,
+    }  # fmt: skip
+    assert expected == grid.DEFAULTS
+    assert b.num_demos == a.num_demos and b.steps_per_epoch == a.steps_per_epoch
+
+
+def test_unknown_cell_is_refused() -> None:
+    with pytest.raises(SystemExit, match="no cell mix->flip"):
+        grid.build_grid(Args(envs=("walker",), cells=("mix->flip",)))
+    with pytest.raises(SystemExit, match="body->task"):
+        grid.build_grid(Args(cells=("mix-run",)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The local launcher on stand-in jobs
+# ---------------------------------------------------------------------------------------------
+def touch_job(name: str, tmp: Path, deps: tuple[str, ...] = (), code: int = 0) -> Job:
+    """A job that records the GPU it was given in its marker, or exits with `code`."""
+    marker = tmp / f"{name}.done"
+    script = (
+        f"import os, sys; sys.exit({code})" if code
+        else f"import os, pathlib; pathlib.Path({str(marker)!r}).write_text("
+        "os.environ.get('CUDA_VISIBLE_DEVICES', 'none'))"
+    )  # fmt: skip
+    return Job(name, (sys.executable, "-c", script), (str(marker),), deps)
+
+
+def test_a_failed_job_blocks_its_dependents_and_independent_jobs_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(grid, "visible_gpus", lambda: ["3", "5"])
+    jobs = [
+        touch_job("a", tmp_path),
+        touch_job("bad", tmp_path, code=3),
+        touch_job("after-bad", tmp_path, deps=("bad",)),
+        touch_job("after-after-bad", tmp_path, deps=("after-bad", "a")),
+        touch_job("after-a", tmp_path, deps=("a",)),
+    ]
+    args = Args(grid_dir=str(tmp_path / "grid"), workers=2)
+    assert grid.launch(grid.topological_order(jobs), args) == 1
+    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    assert report == {
+        "a": "done", "bad": "failed", "after-bad": "blocked", "after-after-bad": "blocked",
+        "after-a": "done",
+    }  # fmt: skip
+    assert not (tmp_path / "after-bad.done").exists()
+    assert not grid.log_path(args.grid_dir, jobs[2]).exists()  # never started
+    assert "exit code 3" in capsys.readouterr().out
+    # Each worker pinned one of the visible GPUs.
+    assert {(tmp_path / f"{n}.done").read_text() for n in ("a", "after-a")} <= {"3", "5"}
+
+    # Again: the finished jobs are skipped, the failed one is tried again (and fails again).
+    assert grid.launch(grid.topological_order(jobs), args) == 1
+    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    assert report["a"] == report["after-a"] == "skipped" and report["bad"] == "failed"
+    assert grid.log_path(args.grid_dir, jobs[1]).read_text().count("=== ") == 2
+
+
+def test_a_job_whose_markers_exist_is_never_run(tmp_path: Path) -> None:
+    job = touch_job("finished", tmp_path, code=1)  # would fail if it ran
+    Path(job.markers[0]).write_text("")
+    args = Args(grid_dir=str(tmp_path / "grid"))
+    assert grid.launch([job, touch_job("next", tmp_path, deps=("finished",))], args) == 0
+    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    assert report == {"finished": "skipped", "next": "done"}
+    with pytest.raises(ValueError, match="outside the grid"):  # rather than wait forever
+        grid.launch([touch_job("orphan", tmp_path, deps=("missing",))], args)
+
+
+def test_partial_run_is_resumed_and_the_table_is_redone_after_new_results(tmp_path: Path) -> None:
+    job = Job("run", ("python", "aime.py"), (str(tmp_path / "results.json"),),
+              partial=(str(tmp_path / "*.pt"),))  # fmt: skip
+    assert grid.launch_command(job) == ["python", "aime.py"]
+    (tmp_path / "checkpoint.pt").write_text("")
+    assert grid.launch_command(job) == ["python", "aime.py", "--resume"]
+
+    table = Job("table", ("true",), (str(tmp_path / "results.md"),), ("run",), refresh=True)
+    by_name = {"run": job, "table": table}
+    Path(job.markers[0]).write_text("{}")
+    time.sleep(0.01)
+    Path(table.markers[0]).write_text("")
+    assert grid.finished(table, by_name)
+    os.utime(job.markers[0], (time.time() + 10, time.time() + 10))  # a newer result
+    assert not grid.finished(table, by_name)
+
+
+# ---------------------------------------------------------------------------------------------
+# SLURM through submitit (a stand-in module: no cluster here)
+# ---------------------------------------------------------------------------------------------
+def test_slurm_submits_unfinished_jobs_with_afterok_dependencies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    class Executor:
+        def __init__(self, folder: str, cluster: str) -> None:
+            assert cluster == "slurm"
+            self.params: dict[str, Any] = {}
+
+        def update_parameters(self, **kw: Any) -> None:
+            self.params.update(kw)
+
+        def submit(self, fn: Any, command: list[str], log: str) -> Any:
+            calls.append({**self.params, "fn": fn, "command": command, "log": log})
+            return types.SimpleNamespace(job_id=str(100 + len(calls)))
+
+    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=Executor))
+    done = touch_job("done", tmp_path)
+    Path(done.markers[0]).write_text("")
+    jobs = [done, touch_job("a", tmp_path, deps=("done",)), touch_job("b", tmp_path, ("a", "done"))]
+    args = Args(grid_dir=str(tmp_path / "grid"), launcher="slurm", slurm_partition="gpu")
+    assert grid.launch(jobs, args) == 0
+    assert [c["name"] for c in calls] == ["a", "b"]  # the finished job is not submitted
+    assert calls[0]["slurm_additional_parameters"] == {}
+    assert calls[1]["slurm_additional_parameters"]["dependency"] == "afterok:101"
+    assert calls[1]["slurm_partition"] == "gpu" and calls[1]["gpus_per_node"] == 1
+    assert calls[1]["fn"] is grid.run_logged and calls[1]["command"] == list(jobs[2].command)
+
+
+def test_slurm_without_submitit_tells_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import fails as if not installed
+    with pytest.raises(SystemExit, match="pip install submitit"):
+        grid.launch([], Args(launcher="slurm"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny grid, for real
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_tiny_grid_runs_end_to_end_and_a_second_run_starts_nothing(tmp_path: Path) -> None:
+    flags = [
+        "--quick", "--envs", "walker", "--cells", "random->stand", "--obs", "mdp",
+        "--collect-obs", "mdp", "--no-render", "--workers", "2",
+        "--grid-dir", str(tmp_path / "grid"), "--data-dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    r = run_grid(*flags)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cell = "walker-random->stand-mdp-s1"
+    names = ["data:walker-random", "data:walker-stand", "wm:walker-random-mdp-s1",
+             f"aime:{cell}", f"bco0:{cell}", "table"]  # fmt: skip
+    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    assert report == dict.fromkeys(names, "done")
+    results = tmp_path / "grid" / "results"
+    for method in ("aime", "bco0"):
+        run = json.loads(
+            (
+                results / f"walker-stand__mdp__random__stand__{method}__1" / "results.json"
+            ).read_text()
+        )
+        assert run["algorithm"] == method and len(run["returns"]) == 1
+    aime = json.loads(next(results.glob("*__aime__1/results.json")).read_text())
+    assert aime["wall_time_s"]["phase1"] == 0  # phase 2 loaded the world model of the wm job
+    assert Path(aime["world_model"]).is_file()
+    table = (results / "results.md").read_text()
+    assert "| walker | random->stand | AIME-MDP |" in table and "BCO(0)-MDP" in table
+    logs = {p.name: p.read_text() for p in (tmp_path / "grid" / "logs").iterdir()}
+    assert len(logs) == len(names)
+
+    again = run_grid(*flags)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "started" not in again.stdout
+    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    assert report == dict.fromkeys(names, "skipped")
+    assert {p.name: p.read_text() for p in (tmp_path / "grid" / "logs").iterdir()} == logs
