@@ -112,6 +112,8 @@ class Args:
     """a phase-1 checkpoint (world_model.pt) to load instead of running phase 1"""
     action_repeat: Optional[int] = None
     """environment steps per action (default: the datasets' info.json, else the benchmark's 2)"""
+    phase1_only: bool = False
+    """stop after phase 1 (world_model.pt, for later runs' --world-model): no demonstrations"""
     resume: bool = False
     """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
     capture_video: bool = False
@@ -567,9 +569,13 @@ def main(args: Args) -> dict[str, Any]:
     args = resolve(args)
     if args.kl_only and args.rec_only:
         raise SystemExit("error: --kl-only and --rec-only exclude each other")
+    if args.phase1_only and args.world_model:
+        raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
     body_name = Path(args.body_data).name if Path(args.body_data).is_dir() else args.body_data
     demo_name = Path(args.demo).name if Path(args.demo).is_dir() else args.demo
     run_name = f"{args.env}-{args.task}__{args.obs}__{body_name}__{demo_name}__{args.exp_name}"
+    if args.phase1_only:  # one world model serves every task: no task or demonstrations in it
+        run_name = f"{args.env}__{args.obs}__{body_name}__phase1__{args.exp_name}"
     run_name += f"__{args.seed}"
     run_dir = Path(args.runs_dir) / run_name
     ckpt_path, model_path = run_dir / "checkpoint.pt", run_dir / "world_model.pt"
@@ -588,13 +594,15 @@ def main(args: Args) -> dict[str, Any]:
     keys = env.obs_keys
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
     body_folders = dataset_folders(args.data_dir, args.env, args.body_data, "body")
-    demo_folders = dataset_folders(args.data_dir, args.env, args.demo, "demo")
+    demo_folders = (
+        [] if args.phase1_only else dataset_folders(args.data_dir, args.env, args.demo, "demo")
+    )
     for folder in [] if args.world_model else body_folders:
         trajectory_files(folder)
     num_demo_files = sum(len(trajectory_files(folder)) for folder in demo_folders)
-    if num_demo_files < args.num_demos:
+    if num_demo_files < args.num_demos and not args.phase1_only:
         raise DatasetError(f"--num-demos {args.num_demos}, but {args.demo} holds {num_demo_files}")
-    expert, expert_source = expert_return(args, demo_folders)
+    expert, expert_source = (0.0, "") if args.phase1_only else expert_return(args, demo_folders)
     used = demo_folders if args.world_model else [*body_folders, *demo_folders]
     args = replace(args, action_repeat=dataset_action_repeat(used, args.action_repeat))
 
@@ -682,6 +690,11 @@ def main(args: Args) -> dict[str, Any]:
         print(f"world model saved to {model_path}")
         state.update(phase=2, epoch=0)
         resumed = None
+        if args.phase1_only:
+            checkpoint(body)
+    if args.phase1_only:
+        writer.close()
+        return {"world_model": str(model_path), "wall_time_s": state["wall"]}
 
     # -- phase 2: imitation by maximising the evidence of the demonstrations, eq. (8) -----------
     model.requires_grad_(False)  # eq. (8): phi*, theta* stay fixed, only psi is learned

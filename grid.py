@@ -18,12 +18,9 @@ Jobs (name: script; what it waits for; the files whose existence marks it finish
     data:{env}-{task}       dreamer_collect.py --agent dreamer: the task's buffer, then its expert
                             demonstrations; both folders' last files
     wm:{env}-{body}-{obs}-s{seed}
-                            aime.py phase 1 only, after the body's datasets; world_model.pt. One
-                            world model serves every demonstration task of its embodiment
-                            dataset, setting and seed. aime.py has no phase-1-only mode: the job
-                            runs it with `--phase2-epochs 0 --eval-episodes 0`, the body's first
-                            dataset standing in for the demonstrations it reads before starting,
-                            and its results.json (no episodes) stays out of the table.
+                            aime.py --phase1-only, after the body's datasets; world_model.pt.
+                            One world model serves every demonstration task of its embodiment
+                            dataset, setting and seed.
     aime:{env}-{body}->{task}-{obs}-s{seed}
                             aime.py --world-model <the wm job's world_model.pt>, after the wm job
                             and the task's demonstrations; results.json
@@ -321,22 +318,17 @@ def dataset_jobs(args: Args, env: str, name: str) -> list[Job]:
 
 
 def world_model_job(args: Args, env: str, body: str, obs: str, seed: int, deps: list[Job]) -> Job:
-    """AIME phase 1 only: no policy epochs, no evaluation. aime.py reads demonstrations before it
-    starts; the body's first dataset stands in for them (the task's published expert return
-    normalises nothing here)."""
-    stand_in = dataset_folders(args.data_dir, env, body, "body")[0]
-    task = TASKS[env][0]  # any task of the embodiment: the model does not depend on it
+    """AIME phase 1 only (`aime.py --phase1-only`): the world model, no demonstrations."""
+    task = TASKS[env][0]  # names the environment whose observation keys are read; nothing else
     runs = Path(args.grid_dir) / "world_models"
-    run_dir = runs / f"{env}-{task}__{obs}__{body}__{stand_in.name}__phase1__{seed}"
+    run_dir = runs / f"{env}__{obs}__{body}__phase1__phase1__{seed}"
     epochs = value(args, "phase1_epochs", "aime_phase1_epochs") / DEFAULTS["aime_phase1_epochs"]
     return Job(
         f"wm:{env}-{body}-{obs}-s{seed}",
         command(
-            "aime.py", args.aime_args, env=env, task=task, body_data=body,
-            demo=stand_in if "/" in str(stand_in) else f"./{stand_in}", obs=obs, seed=seed,
-            data_dir=args.data_dir, runs_dir=runs, exp_name="phase1",
+            "aime.py", args.aime_args, env=env, task=task, body_data=body, obs=obs, seed=seed,
+            data_dir=args.data_dir, runs_dir=runs, exp_name="phase1", phase1_only=True,
             phase1_epochs=args.phase1_epochs, steps_per_epoch=args.steps_per_epoch,
-            num_demos=1, phase2_epochs=0, eval_episodes=0, eval_every=0,
         ),
         markers=(str(run_dir / "world_model.pt"),),
         deps=tuple(j.name for j in deps),

@@ -343,3 +343,21 @@ def test_non_finite_loss_stops_naming_the_step(data_dir: Path, tmp_path: Path) -
         SystemExit, match=r"non-finite loss at phase-1 gradient step 0 .*no checkpoint"
     ):
         call_main(**base(data_dir, tmp_path, body_data=str(bad)))
+
+
+def test_phase1_only_needs_no_demonstrations_and_serves_later_runs(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    out = call_main(**base(data_dir, tmp_path, demo=str(tmp_path / "none"), phase1_only=True))
+    model = Path(out["world_model"])
+    assert model.name == "world_model.pt" and model.is_file()
+    assert model.parent.name == "walker__mdp__random__phase1__aime__1"
+    assert not (model.parent / "results.json").exists()
+    # Resuming a finished phase-1 run trains nothing more and leaves the model as it is.
+    before = model.stat().st_mtime_ns
+    call_main(
+        **base(data_dir, tmp_path, demo=str(tmp_path / "none"), phase1_only=True, resume=True)
+    )
+    assert model.stat().st_mtime_ns == before
+    results = call_main(**base(data_dir, tmp_path, world_model=str(model)))
+    assert results["wall_time_s"]["phase1"] == 0 and len(results["returns"]) == 1
