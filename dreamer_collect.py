@@ -84,6 +84,8 @@ from common.replay import (
 )
 from common.rssm import DREAMER_RSSM, RSSM, TanhNormal, kl_loss
 
+# Equation tags `# eq. (N)` number the equations of Dreamer (Hafner et al., ICLR 2020).
+
 # The task whose reward a task-free dataset (random, p2e) records, per embodiment.
 DEFAULT_TASK = {"walker": "walk", "cheetah": "run"}
 # Streams of environment seeds: episode i of a stream starts from SeedSequence(seed, (stream, i)).
@@ -293,7 +295,9 @@ def world_model_loss(
     feat = post.features()  # [T, B, deter + stoch]
     dims = tuple(range(2, obs.ndim))
     rec_loss = 0.5 * (model.decoder(feat) - obs).square().sum(dims).mean()  # -log N(o; mean, 1)
-    reward_loss = 0.5 * (model.reward(feat).squeeze(-1) - batch["reward"]).square().mean()
+    # Plan2Explore's states never learn from the task reward: its reward head reads them detached.
+    reward_in = feat.detach() if len(model.ensemble) else feat
+    reward_loss = 0.5 * (model.reward(reward_in).squeeze(-1) - batch["reward"]).square().mean()
     kl = kl_loss(
         post.post_mean, post.post_std, post.prior_mean, post.prior_std,
         args.free_nats, args.kl_balance,
@@ -343,7 +347,7 @@ def lambda_return(reward: Tensor, value: Tensor, gamma: float, lam: float) -> Te
     """
     returns, last = [], value[-1]
     for t in reversed(range(reward.shape[0])):
-        last = reward[t] + gamma * ((1 - lam) * value[t + 1] + lam * last)
+        last = reward[t] + gamma * ((1 - lam) * value[t + 1] + lam * last)  # eq. (6)
         returns.append(last)
     return torch.stack(returns[::-1])
 
@@ -373,10 +377,12 @@ def actor_critic_loss(
     returns = lambda_return(reward, v, args.gamma, args.return_lambda)  # [H, N]
     weight = args.gamma ** torch.arange(args.imag_horizon, device=h.device)[:, None]  # [H, 1]
     entropy = -imag.log_probs  # one-sample estimate  [H, N]
+    # eq. (7): maximise the gamma^tau-weighted V_lambda(s_tau), plus the entropy bonus
     actor_loss = -(weight * returns).mean() - args.entropy_scale * (weight * entropy).mean()
     # The value net regresses the (detached) returns from the (detached) imagined states.
     v_pred = value(imag.features[:-1].detach()).squeeze(-1)  # (1 - gamma) v  [H, N]
     target = (1 - args.gamma) * returns.detach()
+    # eq. (8): 1/2 (v(s_tau) - V_lambda(s_tau))^2, gamma^tau-weighted, in units of (1 - gamma)
     value_loss = 0.5 * (weight * (v_pred - target).square()).mean()
     metrics = {
         "actor_loss": actor_loss,
