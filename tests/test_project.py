@@ -19,7 +19,7 @@ SCRIPTS = ["aime.py", "bco0.py", "dreamer_collect.py", "results_table.py", "grid
 def quick_start_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", section, flags=re.S)
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", section, flags=re.S)  # not ```text
     return [line for block in blocks for line in block.strip().splitlines() if line.strip()]
 
 
