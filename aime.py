@@ -493,11 +493,11 @@ def load_world_model(path: Path, model: WorldModel, args: Args) -> None:
     if not path.is_file():
         raise SystemExit(f"error: --world-model {path} does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    theirs = ckpt.get("settings", {})
+    theirs = {"action_repeat": 2, **ckpt.get("settings", {})}
     clashes = {
-        k: (theirs.get(k, 2 if k == "action_repeat" else None), getattr(args, k))
+        k: (theirs.get(k), getattr(args, k))
         for k in MODEL_SETTINGS
-        if theirs.get(k, 2 if k == "action_repeat" else None) != getattr(args, k)
+        if theirs.get(k) != getattr(args, k)
     }
     if args.use_idm is False and theirs.get("use_idm") is True:
         clashes.pop("use_idm")  # a model with an IDM serves plain AIME too

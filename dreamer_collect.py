@@ -77,6 +77,7 @@ from common.replay import (
     DatasetError,
     ReplayBuffer,
     atomic_write,
+    dataset_info,
     load_trajectory,
     save_trajectory,
     stack_records,
@@ -515,12 +516,6 @@ def save_gif(path: Path, frames: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------
-def dataset_info(folder: Path) -> dict[str, Any]:
-    """The settings a dataset was collected with (`info.json`), or {} for a new folder."""
-    path = folder / "info.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def write_info(folder: Path, settings: dict[str, Any]) -> None:
     """Record the dataset's settings and its trajectories' mean return in `info.json`."""
     files = trajectory_files(folder) if any(folder.glob("*.npz")) else []

@@ -477,6 +477,16 @@ def log_path(grid_dir: str, job: Job) -> Path:
     )
 
 
+def open_log(path: Path, command: Sequence[str]) -> IO[bytes]:
+    """A job's log opened for appending (a failed attempt's output stays above the next one),
+    headed by the time and the command of this attempt."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = path.open("ab")
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
+    log.flush()
+    return log
+
+
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
@@ -556,10 +566,7 @@ def run_local(order: list[Job], args: Args) -> dict[str, str]:
             where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}"
         command = launch_command(job)
         path = log_path(args.grid_dir, job)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log = path.open("ab")  # appended to: a failed attempt's output stays above the next one
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
-        log.flush()
+        log = open_log(path, command)
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         running[job.name] = Running(proc, slot, time.time(), log)
         report(job.name, "started", f"{where} -> {path}")
@@ -609,9 +616,7 @@ def run_local(order: list[Job], args: Args) -> dict[str, str]:
 
 def run_logged(command: list[str], log: str) -> None:
     """A SLURM job's body: run the command with its output appended to the log, fail if it fails."""
-    with open(log, "ab") as out:
-        out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n".encode())
-        out.flush()
+    with open_log(Path(log), command) as out:
         subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=True)
 
 
@@ -651,7 +656,6 @@ def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
             params["mem_gb"] = args.slurm_mem_gb
         executor.update_parameters(**params)
         log = log_path(args.grid_dir, job)
-        log.parent.mkdir(parents=True, exist_ok=True)
         submitted = executor.submit(run_logged, launch_command(job), str(log.resolve()))
         ids[job.name] = str(submitted.job_id)
         status[job.name] = "submitted"

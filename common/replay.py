@@ -228,6 +228,12 @@ def trajectory_files(folder: PathLike) -> list[Path]:
     return files
 
 
+def dataset_info(folder: PathLike) -> dict[str, Any]:
+    """The settings a dataset was collected with (its `info.json`), or {} where it has none."""
+    path = Path(folder) / "info.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def dataset_action_repeat(folders: Sequence[PathLike], asked: Optional[int] = None) -> int:
     """The action repeat the datasets were recorded with, from their `info.json`.
 
@@ -236,8 +242,7 @@ def dataset_action_repeat(folders: Sequence[PathLike], asked: Optional[int] = No
     than `asked`, are refused: a policy must act at the rate its data were recorded at."""
     recorded: dict[str, int] = {}
     for folder in folders:
-        info = Path(folder) / "info.json"
-        if info.is_file() and (repeat := json.loads(info.read_text()).get("action_repeat")):
+        if repeat := dataset_info(folder).get("action_repeat"):
             recorded[str(folder)] = int(repeat)
     repeats = set(recorded.values())
     if len(repeats) > 1:
