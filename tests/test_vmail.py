@@ -1,0 +1,291 @@
+"""vmail.py: the value expansion and the discriminator against hand-computed answers, smoke runs
+of the three modes with real optimiser steps, zero environment steps in transfer, resume, and
+bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import aime
+import vmail
+from common.envs import DMCEnv
+from common.replay import load_trajectory, save_trajectory
+from common.rssm import AIME_RSSM
+
+ROOT = Path(__file__).resolve().parents[1]
+EPISODE = 500  # agent steps of one walker episode at action repeat 2
+
+
+def demos_dir(
+    data_dir: Path, tmp_path: Path, tasks: tuple[str, ...] = ("walk", "stand", "run")
+) -> Path:
+    """A data folder whose `walker-{task}-expert` demonstrations are the session's random walker
+    trajectories (with actions), and `walker-random` for AIME's phase 1."""
+    root = tmp_path / "data"
+    root.mkdir()
+    for task in tasks:
+        (root / f"walker-{task}-expert").symlink_to(data_dir / "walker-random")
+    (root / "walker-random").symlink_to(data_dir / "walker-random")
+    return root
+
+
+def tiny(root: Path, runs: Path, **kwargs: Any) -> vmail.Args:
+    """Budgets that take real optimiser steps in seconds: 2 episodes per task (one random)."""
+    settings: dict[str, Any] = dict(
+        obs="mdp", data_dir=str(root), runs_dir=str(runs), device="cpu", num_demos=3,
+        total_steps=2 * 2 * EPISODE, prefill_episodes=1, train_steps_per_episode=3,
+        phase1_epochs=2, phase2_epochs=2, steps_per_epoch=3, batch_size=4, horizon=12,
+        imag_horizon=5, eval_episodes=2, eval_every=0, deter=32, stoch=8, hidden=32,
+    )  # fmt: skip
+    settings.update(kwargs)
+    return vmail.Args(**settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# eqs. (22), (23) and the gradient penalty, against hand-computed answers
+# ---------------------------------------------------------------------------------------------
+def test_value_expansion_equals_the_hand_computed_target() -> None:
+    reward = torch.tensor([[1.0], [2.0], [3.0]])  # r_0, r_1, r_2 (K = 3)
+    v_k = torch.tensor([10.0])  # V(z_3)
+    got = vmail.value_expansion(reward, v_k, gamma=0.5)
+    # eq. (22): V^3(z_0) = 1 + .5 * 2 + .25 * 3 + .125 * 10 = 4; then 2 + .5*3 + .25*10; 3 + .5*10
+    torch.testing.assert_close(got, torch.tensor([[4.0], [6.0], [8.0]]))
+    no_bootstrap = vmail.value_expansion(reward, None, gamma=0.5)
+    torch.testing.assert_close(no_bootstrap, torch.tensor([[2.75], [3.5], [3.0]]))
+
+
+def test_gradient_penalty_of_a_linear_discriminator() -> None:
+    disc = nn.Linear(3, 1)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([[3.0, 0.0, 4.0]]))  # |grad_x logit| = 5 everywhere
+    x_e, x_p = torch.randn(7, 3), torch.randn(9, 3)
+    got = vmail.gradient_penalty(disc, x_e, x_p, "inputs")
+    torch.testing.assert_close(got, torch.tensor(16.0))  # (5 - 1)^2
+    # over the parameters: d mean(logit) / d(w, b) = (mean x_hat, 1); here x_hat = c always
+    c = torch.tensor([[1.0, 2.0, 2.0]]).expand(5, 3)
+    got = vmail.gradient_penalty(disc, c, c, "params")
+    torch.testing.assert_close(got.detach(), torch.tensor((10**0.5 - 1) ** 2))  # |(c, 1)| = 10^.5
+
+
+def test_discriminator_separates_two_latent_distributions() -> None:
+    torch.manual_seed(0)
+    args = vmail.Args(device="cpu")
+    disc = vmail.mlp(8, 1, 64, 2)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    expert_mean, policy_mean = torch.full((8,), 1.0), torch.full((8,), -1.0)
+    for _ in range(300):
+        x_e = expert_mean + torch.randn(64, 8)
+        x_p = policy_mean + torch.randn(64, 8)
+        loss, _ = vmail.discriminator_loss(disc, x_e, x_p, args)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        d_e = torch.sigmoid(disc(expert_mean + torch.randn(2000, 8)))
+        d_p = torch.sigmoid(disc(policy_mean + torch.randn(2000, 8)))
+    # The Bayes classifier of these two Gaussians is right 99.7% of the time.
+    accuracy = 0.5 * (float((d_e > 0.5).float().mean()) + float((d_p < 0.5).float().mean()))
+    assert accuracy > 0.97, accuracy
+    assert float(d_e.mean()) > 0.8 and float(d_p.mean()) < 0.2
+
+
+def test_policy_gradient_reaches_only_the_actor_and_raises_d() -> None:
+    """One imitation step moves pi towards what D calls expert, and leaves model and D alone."""
+    torch.manual_seed(0)
+    args = vmail.Args(device="cpu", hidden=32, deter=16, stoch=4, imag_horizon=4, actor_lr=3e-3)
+    model = vmail.WorldModel(5, 2, False, args)
+    learner = vmail.make_learner(model.rssm.feature_dim, 2, True, args)
+    disc = nn.Linear(model.rssm.feature_dim + 2, 1)  # D prefers a_0 = +1: r = log sigmoid(10 a_0)
+    with torch.no_grad():
+        disc.weight.zero_()
+        disc.bias.zero_()
+        disc.weight[0, model.rssm.feature_dim] = 10.0
+    frozen_d = torch.optim.Adam(disc.parameters(), lr=0.0)
+    learner = learner._replace(disc=disc, disc_opt=frozen_d)
+    model_before = [p.clone() for p in model.parameters()]
+    h, s = model.rssm.initial(8, torch.device("cpu"))
+    start = (h[None], s[None])
+    feat = torch.randn(6, 8, model.rssm.feature_dim)
+    actions = torch.rand(5, 8, 2) * 2 - 1
+    means = []
+    for _ in range(30):
+        vmail.imitation_step(model, learner, start, feat, actions, args)
+        with torch.no_grad():
+            means.append(float(learner.actor(torch.zeros(1, model.rssm.feature_dim)).mode[0, 0]))
+    assert means[-1] > means[0] + 0.3, means
+    for before, after in zip(model_before, model.parameters(), strict=True):
+        assert torch.equal(before, after)
+    assert float(disc.weight[0, model.rssm.feature_dim].detach()) == 10.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The three modes end to end, with real optimiser steps
+# ---------------------------------------------------------------------------------------------
+def fresh_modules(
+    args: vmail.Args, tasks: list[str], obs_dim: int = 24, action_dim: int = 6
+) -> tuple[nn.Module, dict[str, vmail.Learner]]:
+    """The networks `main` builds before training, from the same seed."""
+    torch.manual_seed(args.seed)
+    model = vmail.WorldModel(obs_dim, action_dim, False, args)
+    learners = {
+        t: vmail.make_learner(model.rssm.feature_dim, action_dim, True, args) for t in tasks
+    }
+    return model, learners
+
+
+def changed(before: nn.Module, after: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(v, after[k]) for k, v in before.state_dict().items())
+
+
+def test_algorithm1_trains_model_discriminator_and_policy(data_dir: Path, tmp_path: Path) -> None:
+    root = demos_dir(data_dir, tmp_path)
+    args = tiny(root, tmp_path / "runs")
+    results = vmail.main(args)
+    run_dir = tmp_path / "runs" / "walker-walk__mdp__online__walk__vmail__1"
+    assert (
+        json.loads((run_dir / "results.json").read_text())["normalised_score"]
+        == results["normalised_score"]
+    )
+    assert results["algorithm"] == "vmail" and results["mode"] == "online"
+    assert len(results["returns"]) == 2 and all(np.isfinite(results["returns"]))
+    assert results["env_steps"] == {"walk": 2 * 2 * EPISODE}
+    assert len(list((run_dir / "buffer" / "walk").glob("*.npz"))) == 2
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["updates"] == 2 * 3  # after the prefill episode and the next
+    model, learners = fresh_modules(vmail.resolve(args), ["walk"])
+    saved = ckpt["modules"]
+    assert changed(model, saved["model"])
+    for net in ("actor", "value", "disc"):
+        assert changed(getattr(learners["walk"], net), saved["learners"]["walk"][net]), net
+    assert list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_zero_shot_takes_no_environment_step_except_evaluation(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = demos_dir(data_dir, tmp_path)
+    steps: Counter[str] = Counter()
+    real_step = DMCEnv.step
+
+    def counting_step(self: DMCEnv, action: np.ndarray) -> Any:
+        steps[self.task] += 1
+        return real_step(self, action)
+
+    monkeypatch.setattr(DMCEnv, "step", counting_step)
+    during_transfer: list[Counter[str]] = []
+    real_imitate = vmail.imitate_offline
+
+    def watched(*a: Any, **k: Any) -> None:
+        before = Counter(steps)
+        real_imitate(*a, **k)
+        during_transfer.append(Counter(steps) - before)
+
+    monkeypatch.setattr(vmail, "imitate_offline", watched)
+    results = vmail.main(tiny(root, tmp_path / "runs", zero_shot=True, task="walk"))
+    assert during_transfer == [Counter()]  # Algorithm 2 lines 4-8: not one environment step
+    # source tasks: 2 episodes each; the target task: only the 2 evaluation episodes
+    assert steps == {"stand": 2 * EPISODE, "run": 2 * EPISODE, "walk": 2 * EPISODE}
+    assert results["mode"] == "zero_shot" and results["task"] == "walk"
+    assert results["env_steps"] == {"stand": 2 * 2 * EPISODE, "run": 2 * 2 * EPISODE}
+    run_dir = next((tmp_path / "runs").glob("walker-walk__mdp__zeroshot-stand+run__*"))
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert set(ckpt["modules"]["learners"]) == {"stand", "run", "walk"}
+    assert ckpt["state"]["epoch"] == 2
+
+
+def without_actions(data_dir: Path, target: Path) -> Path:
+    """The walker trajectories with every action removed: observation-only demonstrations."""
+    target.mkdir(parents=True)
+    for i, path in enumerate(sorted((data_dir / "walker-random").glob("*.npz"))):
+        traj = load_trajectory(path)
+        save_trajectory(target / f"{i}.npz", {k: v for k, v in traj.items() if "action" not in k})
+    return target
+
+
+def test_obs_only_imitates_with_aimes_frozen_world_model(data_dir: Path, tmp_path: Path) -> None:
+    root = demos_dir(data_dir, tmp_path, tasks=())
+    demo = without_actions(data_dir, root / "walker-walk-expert")
+    runs = tmp_path / "runs"
+    # an AIME phase-1 model, made by aime.py
+    aime.main(aime.Args(
+        env="walker", obs="mdp", body_data="random", data_dir=str(root), runs_dir=str(runs),
+        device="cpu", phase1_only=True, exp_name="phase1", phase1_epochs=1, steps_per_epoch=3,
+        batch_size=4, horizon=12,
+    ))  # fmt: skip
+    wm = runs / "walker__mdp__random__phase1__phase1__1" / "world_model.pt"
+    results = vmail.main(
+        tiny(root, runs, obs_only=True, body_data="random", demo=str(demo), task="walk")
+    )
+    assert results["mode"] == "obs_only" and results["world_model"] == str(wm)  # found, reused
+    assert results["body_data"] == "random" and results["env_steps"] == {}
+    run_dir = next(runs.glob("walker-walk__mdp__random__walker-walk-expert__vmail__1"))
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    aime_state = torch.load(wm, weights_only=False)["model"]
+    for k, v in ckpt["modules"]["model"].items():  # the very same model, untouched
+        assert torch.equal(v, aime_state[k]), k
+    disc_in = ckpt["modules"]["learners"]["walk"]["disc"]["0.weight"].shape[1]
+    assert disc_in == AIME_RSSM.deter + AIME_RSSM.stoch  # AIME's [h, s]: D reads states only
+    # The online modes need the demonstrations' actions, and say so.
+    with pytest.raises(Exception, match="pre_action"):
+        vmail.main(tiny(root, tmp_path / "runs2", demo=str(demo), task="walk"))
+
+
+def test_obs_only_runs_aimes_phase1_when_no_model_exists(data_dir: Path, tmp_path: Path) -> None:
+    root = demos_dir(data_dir, tmp_path)
+    runs = tmp_path / "runs"
+    results = vmail.main(tiny(root, runs, obs_only=True, body_data="random", demo="walk"))
+    wm = runs / "walker__mdp__random__phase1__phase1__1" / "world_model.pt"
+    assert results["world_model"] == str(wm) and wm.is_file()
+    assert torch.load(wm, weights_only=False)["settings"]["body_data"] == "random"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command, resume, bad input
+# ---------------------------------------------------------------------------------------------
+def run_cli(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "vmail.py"), *flags], cwd=ROOT, capture_output=True,
+        text=True, timeout=600, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    )  # fmt: skip
+
+
+def test_resume_continues_the_run_and_keeps_its_buffer(data_dir: Path, tmp_path: Path) -> None:
+    root = demos_dir(data_dir, tmp_path)
+    runs = tmp_path / "runs"
+    vmail.main(tiny(root, runs))
+    with pytest.raises(SystemExit, match="pass --resume"):
+        vmail.main(tiny(root, runs))
+    with pytest.raises(SystemExit, match="other flags"):
+        vmail.main(tiny(root, runs, resume=True, gamma=0.9))
+    (runs / "walker-walk__mdp__online__walk__vmail__1" / "results.json").unlink()
+    resumed = vmail.main(tiny(root, runs, resume=True))  # nothing left to collect: evaluates
+    assert resumed["env_steps"] == {"walk": 2 * 2 * EPISODE}
+    run_dir = runs / "walker-walk__mdp__online__walk__vmail__1"
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["updates"] == 6 and ckpt["state"]["episodes"] == {"walk": 2}
+
+
+def test_bad_input_fails_clearly(data_dir: Path, tmp_path: Path) -> None:
+    root = demos_dir(data_dir, tmp_path)
+    r = run_cli("--obs", "mdp", "--data-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "walker-walk-expert" in r.stderr
+    with pytest.raises(SystemExit, match="exclude each other"):
+        vmail.main(tiny(root, tmp_path, zero_shot=True, obs_only=True))
+    with pytest.raises(SystemExit, match="is one of --source-tasks"):
+        vmail.main(tiny(root, tmp_path, zero_shot=True, task="run"))
+    with pytest.raises(Exception, match=r"--num-demos 50, but the walk demonstrations hold 4"):
+        vmail.main(tiny(root, tmp_path, num_demos=50))
+    with pytest.raises(SystemExit, match="does not exist"):
+        vmail.main(tiny(root, tmp_path, obs_only=True, world_model=str(tmp_path / "no.pt")))
