@@ -42,7 +42,7 @@ Implementation details (where the paper is silent: the authors' V-MAIL configura
     and transposed decoder for images, MLPs 2x400 ELU for low-dimensional observations;
     unit-variance Gaussian decoders; free nats 3 on the batch-mean KL; Adam, learning rates 6e-4
     (model) and 8e-5 (discriminator, actor, value), gradient-norm clip 100.
- 2. Actor: tanh-Gaussian from an MLP 4x400 ELU, mean 5 tanh(x / 5), std softplus(x + 0.54) + 1e-4
+ 2. Actor: tanh-Gaussian from an MLP 4x400 ELU, mean 5 tanh(x / 5), std softplus(x + 4.99) + 1e-4
     (initial std 5 before the tanh); value: MLP 3x400 ELU; discriminator: MLP 3x400 ELU with a
     sigmoid output. The actor reads detached states in imagination (gradients reach it through
     the dynamics and the discriminator, never into them).
@@ -57,7 +57,8 @@ Implementation details (where the paper is silent: the authors' V-MAIL configura
     task's buffer; after each collected episode, 100 training iterations.
  6. Model batches are drawn from B_E u B_pi in proportion to the trajectories each holds (the
     authors copy the demonstrations into the model's data folder).
-Where the authors' code and the paper differ, this follows the paper; a flag gives the code's:
+Where the authors' code and the paper differ, this follows the paper; a flag gives the code's
+(the paper names no gradient penalty: the default is the usual one on the inputs):
  7. Reward: log D (eq. 22) by default; `--reward d` uses D's probability (the authors' code).
  8. Bootstrap: eq. (22) adds gamma^K V(z_K); `--no-value-bootstrap` drops it (the authors' DMC
     runs: discounted sums of rewards over the horizon, lambda = 1, no bootstrap).
@@ -351,7 +352,7 @@ def elbo_loss(
     obs, actions = observation(batch, keys), batch["pre_action"]  # [T, B, ...], [T, B, A]
     post = model.rssm.observe(model.encoder(obs), actions)  # z_t ~ q(z_t | x_t, z_t-1, a_t-1)
     dims = tuple(range(2, obs.ndim))
-    # eq. (21), reconstruction: log U(x_t | z_t) of a unit-variance Gaussian, up to a constant
+    # eq. (7) = eq. (21), reconstruction: log U(x_t | z_t), unit-variance Gaussian, no constant
     log_u = -0.5 * (model.decoder(post.features()) - obs).square().sum(dims)  # [T, B]
     # eq. (21), forward model: KL(q(z_t | x_t, z_t-1, a_t-1) || T(z_t | z_t-1, a_t-1))  [T, B]
     kl = kl_normal(post.post_mean, post.post_std, post.prior_mean, post.prior_std).sum(-1)
@@ -471,7 +472,7 @@ def discriminator_loss(
     Inputs [N, D] are detached: only D learns from this loss."""
     expert_in, policy_in = expert_in.detach(), policy_in.detach()
     logit_e, logit_p = disc(expert_in).squeeze(-1), disc(policy_in).squeeze(-1)
-    # eq. (23), with log D = logsigmoid(logit) and log(1 - D) = logsigmoid(-logit)
+    # eq. (6) = eq. (23), with log D = logsigmoid(logit) and log(1 - D) = logsigmoid(-logit)
     loss = -F.logsigmoid(logit_e).mean() - F.logsigmoid(-logit_p).mean()
     metrics = {
         "disc_loss": loss,
@@ -524,7 +525,7 @@ def policy_losses(
     reward = F.logsigmoid(logit) if args.reward == "log_d" else torch.sigmoid(logit)
     v = learner.value(imag.features).squeeze(-1)  # V(z_tau)  [K + 1, N]
     returns = value_expansion(reward, v[-1] if args.value_bootstrap else None, args.gamma)
-    actor_loss = -returns[0].mean()  # eq. (22): maximise V^K at the start states
+    actor_loss = -returns[0].mean()  # eq. (8) = eq. (22): maximise V^K at the start states
     value_loss = 0.5 * (v[:-1] - returns.detach()).square().mean()  # fit V to eq. (22)'s targets
     metrics.update(
         actor_loss=actor_loss.detach(), value_loss=value_loss.detach(),
