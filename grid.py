@@ -26,6 +26,10 @@ Jobs (name: script; what it waits for; the files whose existence marks it finish
                             and the task's demonstrations; results.json
     bco0:{env}-{body}->{task}-{obs}-s{seed}
                             bco0.py, after the body's datasets and the demonstrations; results.json
+    vmail:{env}-{body}->{task}-{obs}-s{seed}
+                            vmail.py --obs-only --world-model <the wm job's world_model.pt> (with
+                            `--methods ... vmail`), after the wm job and the demonstrations;
+                            results.json
     table                   results_table.py over every results.json, after all runs; results.md
                             (run again whenever a run finished after it)
 
@@ -81,7 +85,7 @@ from common.replay import WALKER_MIX, dataset_folders
 ROOT = Path(__file__).resolve().parent
 Env = Literal["walker", "cheetah"]
 Obs = Literal["mdp", "lpomdp", "visual"]
-Method = Literal["aime", "bco0"]  # V-MAIL: add "vmail" here, its command and deps in `run_job`
+Method = Literal["aime", "bco0", "vmail"]
 
 
 @dataclass
@@ -93,7 +97,7 @@ class Args:
     seeds: tuple[int, ...] = (1,)
     """seeds of the world models and runs (the paper pools 100 evaluation episodes of one)"""
     methods: tuple[Method, ...] = ("aime", "bco0")
-    """methods of the grid"""
+    """methods of the grid (add vmail: V-MAIL's observation-only mode on the same world models)"""
     cells: tuple[str, ...] = ()
     """only these cells, as 'body->task', e.g. 'mix->run' 'random->runb' (none given: all)"""
     dry_run: bool = False
@@ -136,6 +140,8 @@ class Args:
     """extra flags of every aime.py job (world models and runs), e.g. --aime-args='--use-idm'"""
     bco0_args: str = ""
     """extra flags of every bco0.py job, e.g. --bco0-args='--patience 20'"""
+    vmail_args: str = ""
+    """extra flags of every vmail.py job, e.g. --vmail-args='--reward d'"""
 
     # -- SLURM -------------------------------------------------------------------------------------
     slurm_partition: Optional[str] = None
@@ -199,6 +205,7 @@ QUICK_ARGS = {
     "--batch-size 4 --horizon 10 --ensemble 2 --ensemble-hidden 32 --eval-every 0",
     "aime": "--batch-size 4 --horizon 10 --eval-every 0",
     "bco0": "--batch-size 4 --min-steps 0 --val-windows 20",
+    "vmail": "--batch-size 4 --horizon 10 --imag-horizon 3 --eval-every 0",
 }
 
 
@@ -350,10 +357,13 @@ def run_job(
         runs_dir=runs, num_demos=args.num_demos, phase2_epochs=args.phase2_epochs,
         steps_per_epoch=args.steps_per_epoch, eval_episodes=args.eval_episodes,
     )  # fmt: skip
-    if method == "aime":
+    if method in ("aime", "vmail"):  # both imitate with the wm job's model
         own["world_model"] = deps[0].markers[0]
         budget = value(args, "phase2_epochs", "aime_phase2_epochs") / DEFAULTS["aime_phase2_epochs"]
         hours, extra = HOURS_AIME_PHASE2[obs] * budget, args.aime_args
+        if method == "vmail":  # no V-MAIL figure of ours: AIME's phase-2 hours stand in
+            own.update(obs_only=True, task=task)
+            extra = args.vmail_args
     else:
         own["phase1_epochs"] = args.phase1_epochs
         epochs = value(args, "phase1_epochs", "bco0_phase1_epochs")
@@ -398,12 +408,12 @@ def build_grid(args: Args) -> list[Job]:
                     if not tasks:
                         continue
                     body_data = add(*dataset_jobs(args, env, body))
-                    if "aime" in args.methods:
+                    if {"aime", "vmail"} & set(args.methods):
                         (wm,) = add(world_model_job(args, env, body, obs, seed, body_data))
                     for task in tasks:
                         (demo,) = add(*dataset_jobs(args, env, task))
                         for method in args.methods:
-                            deps = [wm, demo] if method == "aime" else [*body_data, demo]
+                            deps = [*body_data, demo] if method == "bco0" else [wm, demo]
                             runs += add(run_job(args, method, env, body, task, obs, seed, deps))
     if runs:
         add(Job(

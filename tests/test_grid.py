@@ -40,8 +40,8 @@ def dry_run_jobs(stdout: str) -> list[tuple[str, list[str]]]:
 # ---------------------------------------------------------------------------------------------
 def test_the_grid_has_every_cell_of_the_paper_and_no_other() -> None:
     published = json.loads((ROOT / "reference" / "aime-paper-scores.json").read_text())["cells"]
-    jobs = grid.build_grid(Args(obs=("mdp",)))
-    for method in ("aime", "bco0"):
+    jobs = grid.build_grid(Args(obs=("mdp",), methods=("aime", "bco0", "vmail")))
+    for method in ("aime", "bco0", "vmail"):
         ours: dict[str, set[str]] = {"walker": set(), "cheetah": set()}
         for job in jobs:
             m = re.fullmatch(rf"{method}:(\w+)-(\w+->\w+)-mdp-s1", job.name)
@@ -94,6 +94,20 @@ def test_dry_run_of_a_small_grid_lists_each_job_once_after_its_dependencies(
     assert set(bco0.deps) == {"data:walker-random", "data:walker-stand"}
     assert set(jobs["table"].deps) == {n for n in names if n.startswith(("aime:", "bco0:"))}
 
+    # V-MAIL (observation-only) joins on request and imitates with the same world model as AIME.
+    with_vmail = {j.name: j for j in grid.build_grid(Args(
+        envs=("walker",), cells=tuple(cells), obs=("mdp", "visual"), seeds=(1, 2),
+        methods=("aime", "bco0", "vmail"),
+    ))}  # fmt: skip
+    assert set(with_vmail) - set(jobs) == {
+        n.replace("aime:", "vmail:") for n in jobs if n.startswith("aime:")
+    }
+    vm = with_vmail["vmail:walker-mix->run-visual-s2"]
+    assert set(vm.deps) == {wm.name, "data:walker-run"}
+    command = list(vm.command)
+    assert command[command.index("--world-model") + 1] == with_vmail[wm.name].markers[0]
+    assert "--obs-only" in command and command[command.index("--task") + 1] == "run"
+
 
 def test_full_grid_size_and_cost() -> None:
     jobs = grid.build_grid(Args())
@@ -110,6 +124,7 @@ def test_budget_defaults_are_the_scripts() -> None:
     import aime
     import bco0
     import dreamer_collect
+    import vmail
 
     a, b, d = aime.Args(), bco0.Args(), dreamer_collect.Args()
     expected = {
@@ -121,6 +136,8 @@ def test_budget_defaults_are_the_scripts() -> None:
     }  # fmt: skip
     assert expected == grid.DEFAULTS
     assert b.num_demos == a.num_demos and b.steps_per_epoch == a.steps_per_epoch
+    v = vmail.resolve(vmail.Args(obs_only=True))  # its run's budgets are AIME's phase 2
+    assert (v.num_demos, v.phase2_epochs, v.steps_per_epoch) == (100, a.phase2_epochs, 100)
 
 
 def test_unknown_cell_is_refused() -> None:
@@ -251,16 +268,17 @@ def test_tiny_grid_runs_end_to_end_and_a_second_run_starts_nothing(tmp_path: Pat
         "--quick", "--envs", "walker", "--cells", "random->stand", "--obs", "mdp",
         "--collect-obs", "mdp", "--no-render", "--workers", "2",
         "--grid-dir", str(tmp_path / "grid"), "--data-dir", str(tmp_path / "data"),
+        "--methods", "aime", "bco0", "vmail",
     ]  # fmt: skip
     r = run_grid(*flags)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     cell = "walker-random->stand-mdp-s1"
     names = ["data:walker-random", "data:walker-stand", "wm:walker-random-mdp-s1",
-             f"aime:{cell}", f"bco0:{cell}", "table"]  # fmt: skip
+             f"aime:{cell}", f"bco0:{cell}", f"vmail:{cell}", "table"]  # fmt: skip
     report = json.loads((tmp_path / "grid" / "report.json").read_text())
     assert report == dict.fromkeys(names, "done")
     results = tmp_path / "grid" / "results"
-    for method in ("aime", "bco0"):
+    for method in ("aime", "bco0", "vmail"):
         run = json.loads(
             (
                 results / f"walker-stand__mdp__random__stand__{method}__1" / "results.json"
@@ -270,8 +288,11 @@ def test_tiny_grid_runs_end_to_end_and_a_second_run_starts_nothing(tmp_path: Pat
     aime = json.loads(next(results.glob("*__aime__1/results.json")).read_text())
     assert aime["wall_time_s"]["phase1"] == 0  # phase 2 loaded the world model of the wm job
     assert Path(aime["world_model"]).is_file()
+    vm = json.loads(next(results.glob("*__vmail__1/results.json")).read_text())
+    assert vm["world_model"] == aime["world_model"]  # both imitate with the very same model
     table = (results / "results.md").read_text()
     assert "| walker | random->stand | AIME-MDP |" in table and "BCO(0)-MDP" in table
+    assert "V-MAIL-MDP" in table
     logs = {p.name: p.read_text() for p in (tmp_path / "grid" / "logs").iterdir()}
     assert len(logs) == len(names)
 
