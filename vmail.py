@@ -76,6 +76,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Optional, Union
@@ -763,7 +764,8 @@ def train_online(
     model: WorldModel,
     model_opt: torch.optim.Adam,
     learners: dict[str, Learner],
-    checkpoint: Any,
+    checkpoint: Callable[[list[WindowSampler]], None],
+    restore_rng: Callable[[list[WindowSampler]], None],
 ) -> dict[str, ReplayBuffer]:
     """Alternate collecting an episode of each task with its policy and training the shared
     model (on all demonstrations and buffers) and that task's D, pi and V. Returns the buffers."""
@@ -780,6 +782,7 @@ def train_online(
         for t in tasks
     }  # fmt: skip
     sources: list[WindowSampler] = [*demos.values(), *buffers.values()]  # B_E u B_pi
+    restore_rng(sources)  # a resumed run draws what the uninterrupted one would have
 
     def env_steps(task: str) -> int:
         return int((buffers[task].lengths - 1).sum()) * repeat
@@ -853,7 +856,7 @@ def imitate_offline(
     model_opt: Optional[torch.optim.Adam],
     learner: Learner,
     model_data: list[WindowSampler],
-    checkpoint: Any,
+    checkpoint: Callable[[list[WindowSampler]], None],
 ) -> None:
     """`phase2_epochs` x `steps_per_epoch` iterations in the model only. With `model_opt`
     (Algorithm 2 line 6) each iteration first fine-tunes the model on `model_data` (B_E u B_pi);
@@ -870,21 +873,16 @@ def imitate_offline(
         sums: dict[str, Tensor] = {}
         for _ in range(args.steps_per_epoch):
             metrics: dict[str, Tensor] = {}
-            if model_opt is not None:  # Algorithm 2 line 6: fine-tune with eq. (21)
-                keys = [*run.keys, "pre_action"]
-                batch = sample_union(model_data, args.batch_size, args.horizon, device, keys)
-                _, metrics = model_step(model, model_opt, batch, run.keys, args)  # type: ignore[arg-type]
             expert = demo.sample(args.batch_size, args.horizon, device)
-            feat, actions = expert_latents(model, expert, run.keys, learner.actor)
-            if actions is not None:  # start from the fine-tuned model's posteriors of B_E u B_pi
+            if model_opt is not None:  # Algorithm 2 line 6: fine-tune with eq. (21) on B_E u B_pi
+                assert isinstance(model, WorldModel)
                 keys = [*run.keys, "pre_action"]
                 batch = sample_union(model_data, args.batch_size, args.horizon, device, keys)
-                with torch.no_grad():
-                    post = model.rssm.observe(
-                        model.encoder(observation(batch, run.keys)), batch["pre_action"]
-                    )
-                start = (post.deter, post.stoch)
-            else:  # --obs-only: start from the expert latents
+                start, metrics = model_step(model, model_opt, batch, run.keys, args)
+                # line 8: D, pi on the target's expert latents, rollouts from the batch's states
+                feat, actions = expert_latents(model, expert, run.keys, None)
+            else:  # --obs-only: latents filtered with the policy's actions; rollouts start there
+                feat, actions = expert_latents(model, expert, run.keys, learner.actor)
                 start = (feat[..., :deter], feat[..., deter:])
             metrics.update(imitation_step(model, learner, start, feat, actions, args))
             add_to(sums, metrics)
@@ -998,7 +996,7 @@ def main(args: Args) -> dict[str, Any]:
         model_opt = torch.optim.Adam(model.parameters(), lr=args.model_lr)
     feat_dim = model.rssm.feature_dim
     learners = {t: make_learner(feat_dim, env.action_dim, not args.obs_only, args) for t in demos}
-    first_stage = "source" if not args.obs_only else "imitation"
+    first_stage = "online" if not args.obs_only else "imitation"
     state: dict[str, Any] = {
         "stage": first_stage,
         "episodes": {},
@@ -1042,16 +1040,11 @@ def main(args: Args) -> dict[str, Any]:
     if not args.obs_only:
         assert isinstance(model, WorldModel) and model_opt is not None
         online_tasks = source_tasks or (task,)
-        if state["stage"] == "source":
+        if state["stage"] == "online":
             start = time.time()
+            online_demos = {t: demos[t] for t in online_tasks}
             buffers = train_online(
-                run,
-                online_tasks,
-                {t: demos[t] for t in online_tasks},
-                model,
-                model_opt,
-                learners,
-                checkpoint,
+                run, online_tasks, online_demos, model, model_opt, learners, checkpoint, restore_rng
             )
             state["wall"]["online"] = state["wall"].get("online", 0.0) + time.time() - start
             state["stage"] = "transfer" if args.zero_shot else "final"

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,37 @@ def test_resume_continues_the_run_and_keeps_its_buffer(data_dir: Path, tmp_path:
     run_dir = runs / "walker-walk__mdp__online__walk__vmail__1"
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["updates"] == 6 and ckpt["state"]["episodes"] == {"walk": 2}
+
+
+def test_a_killed_run_resumes_without_losing_or_repeating_an_episode(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    root = demos_dir(data_dir, tmp_path)
+    runs = tmp_path / "runs"
+    args = tiny(root, runs, total_steps=3 * 2 * EPISODE)  # 3 episodes: updates after each
+    flags = [
+        f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+        if v is not None and not isinstance(v, (bool, tuple))
+    ]  # fmt: skip
+    run_dir = runs / "walker-walk__mdp__online__walk__vmail__1"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "vmail.py"), *flags], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (run_dir / "buffer" / "walk" / "1.npz").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-way: the second episode saved, its updates not all
+    proc.wait()
+    assert not (run_dir / "results.json").exists()
+    r = run_cli(*flags, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["episodes"] == {"walk": 3} and ckpt["state"]["updates"] == 3 * 3
+    assert sorted(p.name for p in (run_dir / "buffer" / "walk").glob("*.npz")) == [
+        "0.npz", "1.npz", "2.npz"
+    ]  # fmt: skip
+    assert json.loads((run_dir / "results.json").read_text())["env_steps"] == {"walk": 6 * EPISODE}
 
 
 def test_bad_input_fails_clearly(data_dir: Path, tmp_path: Path) -> None:
