@@ -9,6 +9,10 @@ Cases:
   paper's sizes (walker, batch 50 x horizon 50, the default RSSM), including the optimiser step.
 - rssm-aime, rssm-dreamer: `RSSM.observe` forward and backward over 50 x 50, both layouts.
 - env, env-render: walker-walk agent steps per second without and with 64x64 rendering.
+- vmail-mdp, vmail-visual: one V-MAIL training iteration of Algorithm 1 per second at the
+  default sizes (a model step on 50 x 50, the expert latents of 50 x 50 demonstration records,
+  then discriminator, actor and value steps on K = 15 rollouts from all 2500 posterior states).
+- vmail-obsonly-mdp: one iteration of `vmail.py --obs-only` on AIME's (frozen) world model.
 - dataset: batches of 50 x 50 64x64 images per second from a memory-mapped dataset.
 - collect-mdp, collect-visual: `dreamer_collect.py --agent dreamer` on walker-walk at the default
   sizes: environment steps per second of the whole collect-and-train loop, from the timed parts
@@ -35,6 +39,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import aime
 import dreamer_collect
+import vmail
 from common.envs import make_env
 from common.replay import TrajectoryDataset, save_trajectory
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, kl_loss
@@ -42,6 +47,7 @@ from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, kl_loss
 CASES = (
     "phase1-mdp", "phase1-visual", "phase2-mdp", "phase2-visual",
     "rssm-aime", "rssm-dreamer", "env", "env-render", "dataset", "collect-mdp", "collect-visual",
+    "vmail-mdp", "vmail-visual", "vmail-obsonly-mdp",
 )  # fmt: skip
 
 
@@ -49,7 +55,8 @@ CASES = (
 class Args:
     cases: list[str] = field(default_factory=lambda: list(CASES))
     """cases to run, from: phase1-mdp phase1-visual phase2-mdp phase2-visual rssm-aime
-    rssm-dreamer env env-render dataset collect-mdp collect-visual"""
+    rssm-dreamer env env-render dataset collect-mdp collect-visual vmail-mdp vmail-visual
+    vmail-obsonly-mdp"""
     steps: int = 5
     """timed repetitions of each case (after one warm-up)"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,6 +122,44 @@ def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], objec
         popt.step()
 
     return step2
+
+
+def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
+    """One V-MAIL training iteration on a synthetic walker batch with the script's functions."""
+    obs = "visual" if case == "vmail-visual" else "mdp"
+    T, B = args.horizon, args.batch_size
+    v_args = vmail.Args(obs=obs, device=str(device))  # type: ignore[arg-type]
+    batch = {"pre_action": torch.rand(T, B, 6, device=device) * 2 - 1}
+    if obs == "visual":
+        frames = torch.randint(0, 256, (T, B, 64, 64, 3), dtype=torch.uint8, device=device)
+        batch["image"] = frames.permute(0, 1, 4, 2, 3).float() / 255
+        keys: tuple[str, ...] = ("image",)
+    else:
+        keys = ("orientations", "height", "velocity")
+        for k, d in zip(keys, (14, 1, 9), strict=True):
+            batch[k] = torch.randn(T, B, d, device=device)
+    if case == "vmail-obsonly-mdp":
+        frozen = aime.WorldModel(24, 6, False, "aime", False).to(device).requires_grad_(False)
+        learner = vmail.make_learner(frozen.rssm.feature_dim, 6, False, v_args)
+        demo = {k: v for k, v in batch.items() if k != "pre_action"}
+        deter = frozen.rssm.cfg.deter
+
+        def obs_only() -> None:
+            feat, _ = vmail.expert_latents(frozen, demo, keys, learner.actor)
+            start = (feat[..., :deter], feat[..., deter:])
+            vmail.imitation_step(frozen, learner, start, feat, None, v_args)
+
+        return obs_only
+    model = vmail.WorldModel(24, 6, obs == "visual", v_args).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=v_args.model_lr)
+    learner = vmail.make_learner(model.rssm.feature_dim, 6, True, v_args)
+
+    def step() -> None:
+        start, _ = vmail.model_step(model, opt, batch, keys, v_args)
+        feat, actions = vmail.expert_latents(model, batch, keys, None)
+        vmail.imitation_step(model, learner, start, feat, actions, v_args)
+
+    return step
 
 
 def rssm_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
@@ -200,7 +245,10 @@ def main(args: Args) -> None:
     for case in args.cases:
         if case not in CASES:
             raise SystemExit(f"unknown case {case!r}; choose from {' '.join(CASES)}")
-        if case.startswith("phase"):
+        if case.startswith("vmail"):
+            rate = per_second(vmail_step(case, args, device), args.steps, device)
+            print(f"{case}: {rate:.2f} iterations/s", flush=True)
+        elif case.startswith("phase"):
             rate = per_second(aime_step(case, args, device), args.steps, device)
             print(f"{case}: {rate:.2f} steps/s", flush=True)
         elif case.startswith("rssm"):
