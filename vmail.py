@@ -902,7 +902,7 @@ def imitate_offline(
             )
             run.writer.add_scalar("eval/return", np.mean(returns), epoch + 1)
         state["epoch"] = epoch + 1
-        checkpoint([demo, *model_data])
+        checkpoint(model_data or [demo])  # zero-shot: model_data[0] is `demo`
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1048,7 +1048,8 @@ def main(args: Args) -> dict[str, Any]:
             )
             state["wall"]["online"] = state["wall"].get("online", 0.0) + time.time() - start
             state["stage"] = "transfer" if args.zero_shot else "final"
-            checkpoint([*demos.values(), *buffers.values()])
+            # the samplers the next stage draws from, so that a resume restores their streams
+            checkpoint([demos[task], *buffers.values()])
         else:
             buffers = {
                 t: ReplayBuffer(run_dir / "buffer" / t, keys=[*keys, "pre_action"])
@@ -1058,10 +1059,10 @@ def main(args: Args) -> dict[str, Any]:
     # -- Algorithm 2 lines 4-8, or the observation-only mode: no environment step ------------
     if state["stage"] in ("transfer", "imitation"):
         model_data: list[WindowSampler] = [demos[task], *buffers.values()] if args.zero_shot else []
-        restore_rng([demos[task], *model_data])
+        restore_rng(model_data or [demos[task]])
         imitate_offline(run, demos[task], model, model_opt, learners[task], model_data, checkpoint)
         state["stage"] = "final"
-        checkpoint([demos[task], *model_data])
+        checkpoint(model_data or [demos[task]])
 
     # -- final evaluation ----------------------------------------------------------------------
     start = time.time()

@@ -82,6 +82,22 @@ def per_second(fn: Callable[[], object], steps: int, device: torch.device) -> fl
     return steps / (time.perf_counter() - t0)
 
 
+def walker_batch(
+    obs: str, T: int, B: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """A synthetic walker batch [T, B, ...] with actions, and the setting's observation keys.
+    Images are uint8 frames made channels-last floats, as the dataset delivers them."""
+    batch = {"pre_action": torch.rand(T, B, 6, device=device) * 2 - 1}
+    if obs == "visual":
+        frames = torch.randint(0, 256, (T, B, 64, 64, 3), dtype=torch.uint8, device=device)
+        batch["image"] = frames.permute(0, 1, 4, 2, 3).float() / 255
+        return batch, ("image",)
+    keys = ("orientations", "height", "velocity")
+    for k, d in zip(keys, (14, 1, 9), strict=True):
+        batch[k] = torch.randn(T, B, d, device=device)
+    return batch, keys
+
+
 def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
     """One AIME gradient step on a synthetic walker batch with the script's own functions."""
     phase, obs = case.split("-")
@@ -90,15 +106,7 @@ def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], objec
     model = aime.WorldModel(24, 6, obs == "visual", "aime", False).to(device)
     if args.compile:
         model.rssm.obs_step = torch.compile(model.rssm.obs_step)  # type: ignore[method-assign]
-    batch = {"pre_action": torch.rand(T, B, 6, device=device) * 2 - 1}
-    if obs == "visual":  # uint8 frames become channels-last floats, as the dataset delivers them
-        frames = torch.randint(0, 256, (T, B, 64, 64, 3), dtype=torch.uint8, device=device)
-        batch["image"] = frames.permute(0, 1, 4, 2, 3).float() / 255
-        keys: tuple[str, ...] = ("image",)
-    else:
-        keys = ("orientations", "height", "velocity")
-        for k, d in zip(keys, (14, 1, 9), strict=True):
-            batch[k] = torch.randn(T, B, d, device=device)
+    batch, keys = walker_batch(obs, T, B, device)
     if phase == "phase1":
         opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
@@ -129,15 +137,7 @@ def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], obje
     obs = "visual" if case == "vmail-visual" else "mdp"
     T, B = args.horizon, args.batch_size
     v_args = vmail.Args(obs=obs, device=str(device))  # type: ignore[arg-type]
-    batch = {"pre_action": torch.rand(T, B, 6, device=device) * 2 - 1}
-    if obs == "visual":
-        frames = torch.randint(0, 256, (T, B, 64, 64, 3), dtype=torch.uint8, device=device)
-        batch["image"] = frames.permute(0, 1, 4, 2, 3).float() / 255
-        keys: tuple[str, ...] = ("image",)
-    else:
-        keys = ("orientations", "height", "velocity")
-        for k, d in zip(keys, (14, 1, 9), strict=True):
-            batch[k] = torch.randn(T, B, d, device=device)
+    batch, keys = walker_batch(obs, T, B, device)
     if case == "vmail-obsonly-mdp":
         frozen = aime.WorldModel(24, 6, False, "aime", False).to(device).requires_grad_(False)
         learner = vmail.make_learner(frozen.rssm.feature_dim, 6, False, v_args)
