@@ -433,18 +433,21 @@ def expert_latents(
 class Imagination(NamedTuple):
     features: Tensor  # [K + 1, N, deter + stoch]: z_0 (the start) .. z_K
     actions: Tensor  # [K, N, A]: a_tau ~ pi(a | z_tau)
+    action_std: Tensor  # the policy's mean pre-tanh std over the rollouts (a metric)
 
 
 def imagine(model: AnyWorldModel, actor: Actor, h: Tensor, s: Tensor, horizon: int) -> Imagination:
     """Algorithm 1 line 17: roll the forward model T `horizon` steps from (h, s) [N, .] with
     a_tau ~ pi(a | z_tau) (reparameterised; the actor reads the state detached)."""
-    features, actions = [torch.cat([h, s], -1)], []
+    features, actions, stds = [torch.cat([h, s], -1)], [], []
     for _ in range(horizon):
-        action = actor(features[-1].detach()).rsample()
+        pi = actor(features[-1].detach())
+        action = pi.rsample()
         h, s, _, _ = model.rssm.img_step(h, s, action)  # z_tau+1 ~ T(z | z_tau, a_tau)
         features.append(torch.cat([h, s], -1))
         actions.append(action)
-    return Imagination(torch.stack(features), torch.stack(actions))
+        stds.append(pi.std.detach().mean())
+    return Imagination(torch.stack(features), torch.stack(actions), torch.stack(stds).mean())
 
 
 def gradient_penalty(
@@ -531,7 +534,7 @@ def policy_losses(
     metrics.update(
         actor_loss=actor_loss.detach(), value_loss=value_loss.detach(),
         imagined_reward=reward.detach().mean(), imagined_return=returns[0].detach().mean(),
-        action_std=learner.actor(imag.features[:-1].detach()).std.mean().detach(),
+        action_std=imag.action_std,
     )  # fmt: skip
     return disc_loss, actor_loss, value_loss, metrics
 
