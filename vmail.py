@@ -466,7 +466,7 @@ def gradient_penalty(
         return (grad.norm(dim=-1) - 1).square().mean()
     params = [p for p in disc.parameters() if p.requires_grad]
     grads = torch.autograd.grad(logits.mean(), params, create_graph=True)
-    return (torch.sqrt(sum(g.square().sum() for g in grads)) - 1).square()  # type: ignore[arg-type]
+    return (torch.stack([g.square().sum() for g in grads]).sum().sqrt() - 1).square()
 
 
 def discriminator_loss(
