@@ -31,3 +31,8 @@ def point_mass(rng: np.random.Generator, act: Policy, T: int = 60) -> dict[str, 
 
 def random_actions(x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-1, 1, 2)
+
+
+def drive_to_origin(x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An expert for the point mass: brings it to the origin and holds it there."""
+    return np.tanh(-2 * x - v)

@@ -20,7 +20,7 @@ from torch import nn
 import aime
 from common.replay import ReplayBuffer, load_trajectory, save_trajectory
 from common.rssm import RSSMConfig
-from tests.systems import point_mass, random_actions
+from tests.systems import drive_to_origin, point_mass, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -107,7 +107,7 @@ def test_phase2_infers_the_actions_of_a_known_policy() -> None:
     for _ in range(60):
         body.add(point_mass(rng, random_actions))
     for _ in range(20):
-        demo.add(point_mass(rng, lambda x, v, r: np.tanh(-2 * x - v)))
+        demo.add(point_mass(rng, drive_to_origin))
     torch.manual_seed(0)
     keys = ("position", "velocity")
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))

@@ -24,7 +24,7 @@ import vmail
 from common.envs import DMCEnv
 from common.replay import ReplayBuffer, load_trajectory, save_trajectory
 from common.rssm import AIME_RSSM
-from tests.systems import point_mass, random_actions
+from tests.systems import drive_to_origin, point_mass, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
 EPISODE = 500  # agent steps of one walker episode at action repeat 2
@@ -132,11 +132,6 @@ def test_policy_gradient_reaches_only_the_actor_and_raises_d() -> None:
     assert float(disc.weight[0, model.rssm.feature_dim].detach()) == 10.0
 
 
-def point_mass_expert(x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Drive the point mass to the origin and hold it there."""
-    return np.tanh(-2 * x - v)
-
-
 @torch.no_grad()
 def final_distance(model: vmail.WorldModel, actor: Optional[vmail.Actor], n: int = 64) -> float:
     """Mean |x| after 60 steps of the true point mass (tests/systems.py) from n fixed starts in
@@ -171,7 +166,7 @@ def test_adversarial_policy_learning_imitates_a_point_mass_expert() -> None:
     for _ in range(60):
         body.add(point_mass(rng, random_actions))
     for _ in range(20):
-        demos.add(point_mass(rng, point_mass_expert))
+        demos.add(point_mass(rng, drive_to_origin))
     torch.manual_seed(0)
     args = vmail.Args(
         device="cpu", deter=64, stoch=8, hidden=64, imag_horizon=10, free_nats=0.0,
