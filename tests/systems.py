@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from common.replay import ReplayBuffer
+
 Policy = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
 
 
@@ -36,3 +38,15 @@ def random_actions(x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np
 def drive_to_origin(x: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """An expert for the point mass: brings it to the origin and holds it there."""
     return np.tanh(-2 * x - v)
+
+
+def point_mass_data(seed: int = 0) -> tuple[ReplayBuffer, ReplayBuffer]:
+    """60 random-action trajectories (the embodiment data) and 20 demonstrations of
+    `drive_to_origin`, with actions, in buffers seeded `seed` and `seed + 1`."""
+    rng = np.random.default_rng(seed)
+    body, demos = ReplayBuffer(seed=seed), ReplayBuffer(seed=seed + 1)
+    for _ in range(60):
+        body.add(point_mass(rng, random_actions))
+    for _ in range(20):
+        demos.add(point_mass(rng, drive_to_origin))
+    return body, demos

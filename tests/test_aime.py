@@ -20,7 +20,7 @@ from torch import nn
 import aime
 from common.replay import ReplayBuffer, load_trajectory, save_trajectory
 from common.rssm import RSSMConfig
-from tests.systems import drive_to_origin, point_mass, random_actions
+from tests.systems import point_mass, point_mass_data, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -102,12 +102,7 @@ def test_visual_model_shapes() -> None:
 def test_phase2_infers_the_actions_of_a_known_policy() -> None:
     """Random-action embodiment data, demonstrations of a = tanh(-2x - v): after phase 2 the
     inferred actions are far closer to the true ones than a random policy's or the initial ones."""
-    rng = np.random.default_rng(0)
-    body, demo = ReplayBuffer(seed=0), ReplayBuffer(seed=1)
-    for _ in range(60):
-        body.add(point_mass(rng, random_actions))
-    for _ in range(20):
-        demo.add(point_mass(rng, drive_to_origin))
+    body, demo = point_mass_data(seed=0)
     torch.manual_seed(0)
     keys = ("position", "velocity")
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))

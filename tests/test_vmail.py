@@ -22,9 +22,9 @@ from torch import nn
 import aime
 import vmail
 from common.envs import DMCEnv
-from common.replay import ReplayBuffer, load_trajectory, save_trajectory
+from common.replay import load_trajectory, save_trajectory
 from common.rssm import AIME_RSSM
-from tests.systems import drive_to_origin, point_mass, random_actions
+from tests.systems import point_mass_data
 
 ROOT = Path(__file__).resolve().parents[1]
 EPISODE = 500  # agent steps of one walker episode at action repeat 2
@@ -160,13 +160,8 @@ def test_adversarial_policy_learning_imitates_a_point_mass_expert() -> None:
     In the true point mass the policy must end nearer the origin than its untrained self and
     than random actions. The flags are the settings under which the game settles here: D faster
     than pi, a narrower initial actor, no value bootstrap (see docs/vmail.md)."""
-    rng = np.random.default_rng(0)
     keys = ("position", "velocity")
-    body, demos = ReplayBuffer(seed=0), ReplayBuffer(seed=1)
-    for _ in range(60):
-        body.add(point_mass(rng, random_actions))
-    for _ in range(20):
-        demos.add(point_mass(rng, drive_to_origin))
+    body, demos = point_mass_data(seed=0)
     torch.manual_seed(0)
     args = vmail.Args(
         device="cpu", deter=64, stoch=8, hidden=64, imag_horizon=10, free_nats=0.0,
