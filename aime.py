@@ -38,12 +38,11 @@ Implementation details (where this differs from the paper's text, following the 
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -52,20 +51,28 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.envs import EXPERT_RETURNS, DMCEnv, make_env
+from common.envs import Record, make_env
+from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
     TrajectoryDataset,
     atomic_write,
     dataset_action_repeat,
-    dataset_folders,
-    load_trajectory,
-    trajectory_files,
+    open_dataset,
 )
-from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, RSSMConfig, TanhNormal, kl_loss, kl_normal
+from common.rssm import (
+    AIME_RSSM,
+    DREAMER_RSSM,
+    RSSM,
+    Filtered,
+    RSSMConfig,
+    TanhNormal,
+    kl_loss,
+    kl_normal,
+)
+from common.run import Run, add_to, evaluate, expert_return, label, scores, seed_everything
 
 
 @dataclass
@@ -138,22 +145,42 @@ class Args:
     """AIME with an inverse dynamics model (Appendix C)"""
 
 
-def resolve(args: Args) -> Args:
-    """Fill the embodiment-dependent defaults (SPEC: cheetah uses the original-Dreamer layout)."""
+@dataclass
+class Config(Args):
+    """The flags after `resolve`: every default that depends on others filled in."""
+
+    task: str = ""
+    layout: Literal["aime", "dreamer"] = "aime"
+    free_nats: float = 0.0
+    kl_balance: Optional[float] = None  # None: no KL balancing
+    kl_scale: float = 1.0
+    action_repeat: int = 2  # main replaces it by the datasets' recorded repeat
+
+
+def resolve(args: Args) -> Config:
+    """Fill the defaults that depend on other flags, and refuse flags that exclude each other.
+
+    Cheetah uses the original-Dreamer layout with free nats 1 and KL balancing 0.8, and KL scale
+    2e-4 in LPOMDP (the AIME authors' cheetah configs); walker the AIME layout with the true KL.
+    """
+    if args.kl_only and args.rec_only:
+        raise SystemExit("error: --kl-only and --rec-only exclude each other")
+    if args.phase1_only and args.world_model:
+        raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
     cheetah = args.env == "cheetah"
-    layout = args.layout or ("dreamer" if cheetah else "aime")
-    return Args(
+    task = args.task or Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0]
+    lpomdp_scale = 2e-4 if cheetah and args.obs == "lpomdp" else 1.0
+    return Config(
         **{
             **asdict(args),
-            "task": args.task or Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0],
-            "layout": layout,
+            "task": task,
+            "layout": args.layout or ("dreamer" if cheetah else "aime"),
             "free_nats": args.free_nats if args.free_nats is not None else float(cheetah),
             "kl_balance": args.kl_balance
             if args.kl_balance is not None
             else (0.8 if cheetah else None),
-            "kl_scale": args.kl_scale
-            if args.kl_scale is not None
-            else (2e-4 if cheetah and args.obs == "lpomdp" else 1.0),
+            "kl_scale": args.kl_scale if args.kl_scale is not None else lpomdp_scale,
+            "action_repeat": args.action_repeat or 2,
         }
     )
 
@@ -161,65 +188,6 @@ def resolve(args: Args) -> Args:
 # ---------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------
-def mlp(
-    inp: int, out: int, hidden: int, layers: int, act: type[nn.Module] = nn.ELU, norm: bool = False
-) -> nn.Sequential:
-    """`layers` hidden layers of `hidden` units (optionally LayerNorm), then a linear head."""
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(inp if i == 0 else hidden, hidden)]
-        mods += [nn.LayerNorm(hidden)] if norm else []
-        mods += [act()]
-    mods.append(nn.Linear(hidden if layers else inp, out))
-    return nn.Sequential(*mods)
-
-
-class ConvEncoder(nn.Module):
-    """World Models / PlaNet encoder: 4 convolutions, kernel 4, stride 2, depths 32-64-128-256."""
-
-    def __init__(self, depth: int = 32) -> None:
-        super().__init__()
-        d = depth
-        self.net = nn.Sequential(
-            nn.Conv2d(3, d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(d, 2 * d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.Flatten(),
-        )  # fmt: skip
-        self.out_dim = 32 * d  # 256 channels x 2 x 2
-
-    def forward(self, image: Tensor) -> Tensor:  # [..., 3, 64, 64] -> [..., 1024]
-        return self.net(image.flatten(0, -4)).unflatten(0, image.shape[:-3])
-
-
-class PointDeconv(nn.ConvTranspose2d):
-    """A transposed convolution of a 1 x 1 input: the same parameters, computed as one matrix
-    product, which is several times faster than the general transposed convolution on a CPU."""
-
-    def forward(self, x: Tensor, output_size: Optional[list[int]] = None) -> Tensor:
-        out = x.flatten(1) @ self.weight.flatten(1)  # [N, out * k * k]
-        out = out.unflatten(1, self.weight.shape[1:]) + self.bias[:, None, None]  # type: ignore[index]
-        return out.contiguous(memory_format=torch.channels_last)
-
-
-class ConvDecoder(nn.Module):
-    """The transposed decoder: a linear layer to 1024 x 1 x 1, then kernels 5-5-6-6, stride 2."""
-
-    def __init__(self, feature_dim: int, depth: int = 32) -> None:
-        super().__init__()
-        d = depth
-        self.net = nn.Sequential(
-            nn.Linear(feature_dim, 32 * d), nn.Unflatten(-1, (32 * d, 1, 1)),
-            PointDeconv(32 * d, 4 * d, 5, 2), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(d, 3, 6, 2), nn.Sigmoid(),
-        )  # fmt: skip
-
-    def forward(self, features: Tensor) -> Tensor:  # [..., feature] -> [..., 3, 64, 64]
-        return self.net(features.flatten(0, -2)).unflatten(0, features.shape[:-1])
-
-
 class WorldModel(nn.Module):
     """Encoder f(o_t), RSSM prior p(s_t | s_t-1, a_t-1) and posterior q(s_t | s_t-1, a_t-1, f(o_t)),
     decoder p(o_t | s_t), and with `use_idm` the IDM q(a_t-1 | s_t-1, f(o_t)) of Appendix C."""
@@ -280,31 +248,26 @@ class Policy(nn.Module):
         return TanhNormal(self.mean(features), F.softplus(self.std(features)) + 1e-6)
 
 
-def observation(batch: dict[str, Tensor], keys: tuple[str, ...]) -> Tensor:
-    """The setting's observation o_t: the image, or the low-dimensional keys concatenated."""
-    return batch["image"] if keys == ("image",) else torch.cat([batch[k] for k in keys], -1)
-
-
 # ---------------------------------------------------------------------------------------------
 # The ELBO, eqs. (1)-(3)
 # ---------------------------------------------------------------------------------------------
 def elbo_loss(
     model: WorldModel,
     obs: Tensor,  # [T, B, ...]
-    states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
+    states: Filtered,
     kl_scale: float = 1.0,
     free_nats: float = 0.0,
     balance: Optional[float] = None,
     kl_only: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The loss to minimise and the ELBO's terms, averaged over the batch, summed over time."""
-    deter, stoch, prior_mean, prior_std, post_mean, post_std = states
-    mean, std = model.decode(torch.cat([deter, stoch], -1))
+    mean, std = model.decode(states.features())
     sq_err = (obs - mean) ** 2  # [T, B, ...]
     dims = tuple(range(2, sq_err.ndim))
     # eq. (3): KL[q(s_t | s_t-1, a_t-1, o_t) || p(s_t | s_t-1, a_t-1)]  [T, B]
-    kl = kl_normal(post_mean, post_std, prior_mean, prior_std).sum(-1)
-    kl_train = kl_loss(post_mean, post_std, prior_mean, prior_std, free_nats, balance)
+    q, p = (states.post_mean, states.post_std), (states.prior_mean, states.prior_std)
+    kl = kl_normal(*q, *p).sum(-1)
+    kl_train = kl_loss(*q, *p, free_nats, balance)
     # eq. (2): log p(o_t | s_t)  [T, B]
     if std is None:  # fixed unit variance
         log_p = -0.5 * sq_err.sum(dims) - 0.5 * math.log(2 * math.pi) * sq_err[0, 0].numel()
@@ -328,16 +291,14 @@ def elbo_loss(
 
 
 def phase1_step(
-    model: WorldModel, batch: dict[str, Tensor], keys: tuple[str, ...], args: Args
+    model: WorldModel, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """eq. (4): the ELBO of embodiment windows, actions from the dataset."""
     obs, actions = observation(batch, keys), batch["pre_action"]
     embed = model.encoder(obs)  # f(o_t) for all t at once  [T, B, embed]
     states = model.rssm.observe(embed, actions)  # s_t ~ q(s_t | s_t-1, a_t-1, f(o_t))
-    kl_scale = 1.0 if args.kl_scale is None else args.kl_scale
-    free_nats = 0.0 if args.free_nats is None else args.free_nats
     # eq. (4): the ELBO of D_body windows under the dataset's actions, maximised in phi, theta
-    loss, metrics = elbo_loss(model, obs, states, kl_scale, free_nats, args.kl_balance)
+    loss, metrics = elbo_loss(model, obs, states, args.kl_scale, args.free_nats, args.kl_balance)
     if model.idm is not None:  # Appendix C: log q(a_t-1 | s_t-1, f(o_t)) on detached inputs
         feat = torch.cat([states.deter, states.stoch], -1)
         idm = model.idm(torch.cat([feat[:-1], embed[1:]], -1).detach())
@@ -349,7 +310,7 @@ def phase1_step(
 
 def infer_actions(
     model: WorldModel, policy: Policy, embed: Tensor
-) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], Tensor, Tensor]:
+) -> tuple[Filtered, Tensor, Tensor]:
     """eqs. (6)-(8): a_t-1 ~ pi(a_t-1 | s_t-1) (or the IDM), then s_t ~ q(s_t | s_t-1, a_t-1, o_t).
 
     Returns the states (as `RSSM.observe`), the actions [T, B, A] and KL(IDM || pi) [T, B].
@@ -376,11 +337,15 @@ def infer_actions(
     deter, stoch, post_mean, post_std = (torch.stack(x) for x in zip(*outs, strict=True))
     prior_mean, prior_std = rssm.prior(deter)  # eq. (7): p(s_t | s_t-1, a_t-1), the same a_t-1
     kls = torch.stack(action_kl) if action_kl else torch.zeros(T, B, device=embed.device)
-    return (deter, stoch, prior_mean, prior_std, post_mean, post_std), torch.stack(actions), kls
+    return (
+        Filtered(deter, stoch, prior_mean, prior_std, post_mean, post_std),
+        torch.stack(actions),
+        kls,
+    )
 
 
 def phase2_step(
-    model: WorldModel, policy: Policy, batch: dict[str, Tensor], keys: tuple[str, ...], args: Args
+    model: WorldModel, policy: Policy, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """eq. (8): the true ELBO of demonstration windows, actions inferred; gradients reach psi."""
     obs = observation(batch, keys)
@@ -414,92 +379,124 @@ def open_loop_images(model: WorldModel, batch: dict[str, Tensor], context: int =
 # ---------------------------------------------------------------------------------------------
 # Evaluation in the environment
 # ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(
+class FilteringPolicy:
+    """Acts in `n` environments with the policy's mode tanh(mean) on the posterior state that the
+    model filters from the real observations and the actions taken (implementation detail 7)."""
+
+    def __init__(
+        self,
+        model: WorldModel,
+        policy: Policy,
+        keys: tuple[str, ...],
+        noise: torch.Generator,
+        n: int,
+    ) -> None:
+        self.model, self.policy, self.keys, self.noise = model, policy, keys, noise
+        self.device = noise.device
+        self.h, self.s = model.rssm.initial(n, self.device)
+
+    @torch.no_grad()
+    def __call__(self, recs: list[Record]) -> np.ndarray:
+        batch = {
+            k: torch.as_tensor(np.stack([r[k] for r in recs]), device=self.device)[None]
+            for k in self.keys
+        }
+        if "image" in batch:
+            batch["image"] = batch["image"].permute(0, 1, 4, 2, 3).float() / 255
+        action = torch.as_tensor(np.stack([r["pre_action"] for r in recs]), device=self.device)
+        embed = self.model.encoder(observation(batch, self.keys))[0]
+        noise = torch.randn(
+            len(recs), self.model.cfg.stoch, device=self.device, generator=self.noise
+        )
+        rssm = self.model.rssm
+        self.h, self.s, _, _ = rssm.obs_step(
+            self.h, self.s, action, rssm.project_embed(embed), noise
+        )
+        return self.policy(torch.cat([self.h, self.s], -1)).mode.cpu().numpy()
+
+
+def evaluate_policy(
     model: WorldModel,
     policy: Policy,
-    args: Args,
+    keys: tuple[str, ...],
+    cfg: Config,
     episodes: int,
     device: torch.device,
     video: Optional[Path] = None,
 ) -> list[float]:
-    """Episode returns of the policy acting on the posterior state the model filters from the
-    real observations and the actions taken. Up to 10 episodes run in lockstep (one batch)."""
-    returns: list[float] = []
-    gen = torch.Generator(device).manual_seed(args.seed + 100)  # eval noise apart from training's
-    repeat = args.action_repeat or 2  # main fills it from the datasets
-    for first in range(0, episodes, 10):
-        n = min(10, episodes - first)
-        render = args.obs == "visual" or (video is not None and first == 0)
-        envs: list[DMCEnv] = [
-            make_env(f"{args.env}-{args.task}", args.obs, render=render, action_repeat=repeat)
-            for _ in range(n)
-        ]
-        recs = [env.reset(seed=args.seed + 100 + first + i) for i, env in enumerate(envs)]
-        keys = envs[0].obs_keys
-        h, s = model.rssm.initial(n, device)
-        total, frames = np.zeros(n), []
-        while True:
-            batch = {
-                k: torch.as_tensor(np.stack([r[k] for r in recs]), device=device)[None]
-                for k in keys
-            }
-            if "image" in batch:
-                batch["image"] = batch["image"].permute(0, 1, 4, 2, 3).float() / 255
-            action = torch.as_tensor(np.stack([r["pre_action"] for r in recs]), device=device)
-            embed = model.encoder(observation(batch, keys))[0]
-            noise = torch.randn(n, model.cfg.stoch, device=device, generator=gen)
-            h, s, _, _ = model.rssm.obs_step(h, s, action, model.rssm.project_embed(embed), noise)
-            if recs[0]["is_last"]:
-                break
-            act = policy(torch.cat([h, s], -1)).mode.cpu().numpy()
-            recs = [env.step(a) for env, a in zip(envs, act, strict=True)]
-            total += [r["reward"] for r in recs]
-            if video is not None and first == 0:
-                frames.append(recs[0]["image"])
-        returns += total.tolist()
-        if frames and video is not None:
-            from PIL import Image
-
-            video.parent.mkdir(parents=True, exist_ok=True)
-            images = [Image.fromarray(f) for f in frames]
-            images[0].save(video, save_all=True, append_images=images[1:], duration=40, loop=0)
-    return returns
+    """Episode returns of the policy on the task (`common.run.evaluate`: the shared initial
+    states, 10 episodes in lockstep); the filter's noise has a generator apart from training's."""
+    noise = torch.Generator(device).manual_seed(cfg.seed + 100)
+    actor = partial(FilteringPolicy, model, policy, keys, noise)
+    name = f"{cfg.env}-{cfg.task}"
+    return evaluate(name, cfg.obs, cfg.action_repeat, cfg.seed, episodes, actor, video)
 
 
-def expert_return(args: Args, demo_folders: list[Path]) -> tuple[float, str]:
-    """The return that normalises scores: SPEC.md's published expert, else the demonstrations'."""
-    name = f"{args.env}-{args.task}"
-    if name in EXPERT_RETURNS:
-        return EXPERT_RETURNS[name], "published expert return (AIME Appendix D)"
-    files = [f for folder in demo_folders for f in trajectory_files(folder)][: args.num_demos]
-    mean = float(np.mean([load_trajectory(f, ["reward"])["reward"].sum() for f in files]))
-    return mean, "mean return of the demonstrations"
+def evaluate_during(
+    run: Run,
+    model: WorldModel,
+    policy: Policy,
+    keys: tuple[str, ...],
+    cfg: Config,
+    expert: float,
+    epoch: int,
+    device: torch.device,
+) -> None:
+    """A few episodes during phase 2, their mean return and normalised score to TensorBoard."""
+    video = run.dir / "videos" / f"epoch{epoch}.gif" if cfg.capture_video else None
+    returns = evaluate_policy(model, policy, keys, cfg, cfg.eval_episodes_during, device, video)
+    run.writer.add_scalar("eval/return", np.mean(returns), epoch)
+    run.writer.add_scalar("eval/normalised_score", 100 * np.mean(returns) / expert, epoch)
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints and training epochs
 # ---------------------------------------------------------------------------------------------
 # What a phase-1 model must share with a run (models saved without action_repeat used 2).
 MODEL_SETTINGS = ("env", "obs", "layout", "use_idm", "action_repeat")
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
+@dataclass
+class Progress:
+    """Where a run is: phase 1 (world model), 2 (policy) or 3 (evaluation), the epochs done in
+    it, and the wall-clock seconds spent training each phase."""
+
+    phase: int = 1
+    epoch: int = 0
+    wall: dict[str, float] = field(default_factory=lambda: {"phase1": 0.0, "phase2": 0.0})
+
+
+def run_name(cfg: Config) -> str:
+    """{env}-{task}__{obs}__{body}__{demo}__{exp}__{seed}; a phase-1 model, which serves every
+    task, is {env}__{obs}__{body}__phase1__{exp}__{seed}."""
+    if cfg.phase1_only:
+        return f"{cfg.env}__{cfg.obs}__{label(cfg.body_data)}__phase1__{cfg.exp_name}__{cfg.seed}"
+    return (
+        f"{cfg.env}-{cfg.task}__{cfg.obs}__{label(cfg.body_data)}__{label(cfg.demo)}"
+        f"__{cfg.exp_name}__{cfg.seed}"
+    )
+
+
+def save_world_model(path: Path, model: WorldModel, cfg: Config) -> None:
+    settings: dict[str, Any] = {k: getattr(cfg, k) for k in MODEL_SETTINGS}
+    settings.update(body_data=cfg.body_data, args=asdict(cfg))
+    payload = {"settings": settings, "model": model.state_dict()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    print(f"world model saved to {path}")
 
 
-def load_world_model(path: Path, model: WorldModel, args: Args) -> None:
+def load_world_model(path: Path, model: WorldModel, cfg: Config) -> None:
     """Load a phase-1 checkpoint, refusing one trained with other settings."""
     if not path.is_file():
         raise SystemExit(f"error: --world-model {path} does not exist")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     theirs = {"action_repeat": 2, **ckpt.get("settings", {})}
     clashes = {
-        k: (theirs.get(k), getattr(args, k))
+        k: (theirs.get(k), getattr(cfg, k))
         for k in MODEL_SETTINGS
-        if theirs.get(k) != getattr(args, k)
+        if theirs.get(k) != getattr(cfg, k)
     }
-    if args.use_idm is False and theirs.get("use_idm") is True:
+    if cfg.use_idm is False and theirs.get("use_idm") is True:
         clashes.pop("use_idm")  # a model with an IDM serves plain AIME too
     if clashes:
         raise SystemExit(
@@ -511,25 +508,12 @@ def load_world_model(path: Path, model: WorldModel, args: Args) -> None:
     model.load_state_dict(state)
 
 
-def rng_state(data: TrajectoryDataset) -> dict[str, Any]:
-    """Every random stream training draws from: torch's and the dataset's window sampler."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return {"torch": torch.get_rng_state(), "cuda": cuda, "data": data.rng.bit_generator.state}
-
-
-def set_rng_state(state: dict[str, Any], data: TrajectoryDataset) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    data.rng.bit_generator.state = state["data"]
-
-
 def train_epoch(
     step: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]],
     data: TrajectoryDataset,
     params: list[nn.Parameter],
     opt: torch.optim.Optimizer,
-    args: Args,
+    cfg: Config,
     device: torch.device,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """One epoch: `steps_per_epoch` Adam steps on sampled windows, gradient norm clipped.
@@ -539,242 +523,130 @@ def train_epoch(
     """
     sums: dict[str, Tensor] = {}
     losses = []
-    for _ in range(args.steps_per_epoch):
-        loss, metrics = step(data.sample(args.batch_size, args.horizon, device))
+    for _ in range(cfg.steps_per_epoch):
+        loss, metrics = step(data.sample(cfg.batch_size, cfg.horizon, device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad_norm"] = nn.utils.clip_grad_norm_(params, args.grad_clip)
+        metrics["grad_norm"] = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         losses.append(loss.detach())
-        for k, v in metrics.items():
-            sums[k] = v + sums[k] if k in sums else v
+        add_to(sums, metrics)
     return sums, torch.stack(losses)
 
 
-def check_finite(losses: Tensor, phase: int, epoch: int, args: Args, ckpt: Path) -> None:
-    """Stop at the first non-finite loss of the epoch (one host sync per epoch)."""
-    finite = torch.isfinite(losses)
-    if not bool(finite.all()):
-        step = epoch * args.steps_per_epoch + int((~finite).nonzero()[0, 0])
-        kept = f"the last good checkpoint {ckpt} is kept" if ckpt.exists() else "no checkpoint yet"
-        raise SystemExit(
-            f"error: non-finite loss at phase-{phase} gradient step {step} (epoch {epoch}); {kept}"
-        )
-
-
 # ---------------------------------------------------------------------------------------------
-# Main
+# Main: Algorithm 1
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict[str, Any]:
-    args = resolve(args)
-    if args.kl_only and args.rec_only:
-        raise SystemExit("error: --kl-only and --rec-only exclude each other")
-    if args.phase1_only and args.world_model:
-        raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
-    body_name = Path(args.body_data).name if Path(args.body_data).is_dir() else args.body_data
-    demo_name = Path(args.demo).name if Path(args.demo).is_dir() else args.demo
-    run_name = f"{args.env}-{args.task}__{args.obs}__{body_name}__{demo_name}__{args.exp_name}"
-    if args.phase1_only:  # one world model serves every task: no task or demonstrations in it
-        run_name = f"{args.env}__{args.obs}__{body_name}__phase1__{args.exp_name}"
-    run_name += f"__{args.seed}"
-    run_dir = Path(args.runs_dir) / run_name
-    ckpt_path, model_path = run_dir / "checkpoint.pt", run_dir / "world_model.pt"
-    if (
-        run_dir.exists()
-        and (ckpt_path.exists() or (run_dir / "results.json").exists())
-        and not args.resume
-    ):
-        raise SystemExit(
-            f"error: {run_dir} holds a run already; pass --resume to continue it, "
-            "or another --exp-name"
-        )
-
-    # -- data: every dataset is checked before any training ----------------------------------
-    env = make_env(f"{args.env}-{args.task}", args.obs)
-    keys = env.obs_keys
+    cfg = resolve(args)
+    env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
+    keys, obs_dim, action_dim = env.obs_keys, env.obs_dim, env.action_dim
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
-    body_folders = dataset_folders(args.data_dir, args.env, args.body_data, "body")
-    demo_folders = (
-        [] if args.phase1_only else dataset_folders(args.data_dir, args.env, args.demo, "demo")
+
+    # -- data: every dataset opened and checked before any training --------------------------
+    body = demo = None
+    if not cfg.world_model:  # D_body: observations and the actions that led to them
+        body = open_dataset(
+            cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed
+        )
+    if not cfg.phase1_only:  # D_demo: observations (actions, where held, for analysis only)
+        demo = open_dataset(
+            cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None, cfg.seed + 1
+        )
+    folders = [f for d in (body, demo) if d is not None for f in d.folders]
+    cfg = replace(cfg, action_repeat=dataset_action_repeat(folders, args.action_repeat))
+    expert, expert_source = (
+        expert_return(cfg.env, cfg.task, demo.mean_return()) if demo else (0.0, "")
     )
-    for folder in [] if args.world_model else body_folders:
-        trajectory_files(folder)
-    num_demo_files = sum(len(trajectory_files(folder)) for folder in demo_folders)
-    if num_demo_files < args.num_demos and not args.phase1_only:
-        raise DatasetError(f"--num-demos {args.num_demos}, but {args.demo} holds {num_demo_files}")
-    expert, expert_source = (0.0, "") if args.phase1_only else expert_return(args, demo_folders)
-    used = demo_folders if args.world_model else [*body_folders, *demo_folders]
-    args = replace(args, action_repeat=dataset_action_repeat(used, args.action_repeat))
+    run = Run(cfg.runs_dir, run_name(cfg), cfg, cfg.resume)
+    model_path, n_steps = run.dir / "world_model.pt", cfg.steps_per_epoch
 
-    # -- seeding ---------------------------------------------------------------------------------
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-
-    model = WorldModel(
-        env.obs_dim, env.action_dim, args.obs == "visual", args.layout or "aime", args.use_idm
-    ).to(device)
-    model_opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    policy: Optional[Policy] = None
-    policy_opt: Optional[torch.optim.Adam] = None
-    state: dict[str, Any] = {"phase": 1, "epoch": 0, "wall": {"phase1": 0.0, "phase2": 0.0}}
-    if args.world_model:
-        load_world_model(Path(args.world_model), model, args)
-        state["phase"] = 2
-    resumed = None
-    if args.resume and ckpt_path.exists():
-        resumed = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if {k: v for k, v in resumed["args"].items() if k != "resume"} != {
-            k: v for k, v in asdict(args).items() if k != "resume"
-        }:
-            raise SystemExit(
-                f"error: {ckpt_path} was written with other flags; resume with the same flags"
-            )
-        state = resumed["state"]
-        model.load_state_dict(resumed["model"])
-        model_opt.load_state_dict(resumed["model_opt"])
-        print(f"resuming {run_dir} at phase {state['phase']}, epoch {state['epoch']}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()),
-    )
-
-    def checkpoint(data: TrajectoryDataset) -> None:
-        save(ckpt_path, {
-            "args": asdict(args), "state": state, "rng": rng_state(data),
-            "model": model.state_dict(), "model_opt": model_opt.state_dict(),
-            "policy": policy.state_dict() if policy else None,
-            "policy_opt": policy_opt.state_dict() if policy_opt else None,
-        })  # fmt: skip
-
-    def log(prefix: str, sums: dict[str, Tensor], step: int) -> dict[str, float]:
-        values = {k: float(v) / args.steps_per_epoch for k, v in sums.items()}  # one sync per epoch
-        for k, v in values.items():
-            writer.add_scalar(f"{prefix}/{k}", v, step)
-        return values
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    model = WorldModel(obs_dim, action_dim, cfg.obs == "visual", cfg.layout, cfg.use_idm).to(device)
+    model_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    parts: dict[str, Any] = {"model": model, "model_opt": model_opt}  # what a checkpoint holds
+    progress = Progress()
+    if cfg.world_model:
+        load_world_model(Path(cfg.world_model), model, cfg)
+        progress.phase = 2
+    if run.resumed:
+        progress = Progress(**run.resumed["state"])
+        run.restore(**parts)
+        print(f"resuming {run.dir} at phase {progress.phase}, epoch {progress.epoch}")
 
     # -- phase 1: learn the world model on the embodiment data, eq. (4) -------------------------
-    if state["phase"] == 1:
-        body = TrajectoryDataset(
-            body_folders, [*keys, "pre_action"], expected_shapes=shapes, seed=args.seed
-        )
-        if resumed:
-            set_rng_state(resumed["rng"], body)
-        bar = tqdm(
-            range(state["epoch"], args.phase1_epochs),
-            desc="phase 1 (world model)",
-            initial=state["epoch"],
-            total=args.phase1_epochs,
-        )
+    if progress.phase == 1:
+        assert body is not None
+        run.restore_rng([body.data])
+        step = partial(phase1_step, model, keys=keys, args=cfg)
+        bar = tqdm(range(progress.epoch, cfg.phase1_epochs), "phase 1 (world model)",
+                   initial=progress.epoch, total=cfg.phase1_epochs)  # fmt: skip
         for epoch in bar:
             start = time.time()
             sums, losses = train_epoch(
-                lambda b: phase1_step(model, b, keys, args),
-                body, list(model.parameters()), model_opt, args, device,
-            )  # fmt: skip
-            check_finite(losses, 1, epoch, args, ckpt_path)
-            values = log("world_model", sums, (epoch + 1) * args.steps_per_epoch)
-            if model.visual and (epoch % 10 == 9 or epoch + 1 == args.phase1_epochs):
-                image = open_loop_images(model, body.sample(4, 20, device))
-                writer.add_image("world_model/open_loop", image, (epoch + 1) * args.steps_per_epoch)
+                step, body.data, list(model.parameters()), model_opt, cfg, device
+            )
+            run.check_finite(losses, "phase-1", epoch * n_steps)
+            values = run.log("world_model", sums, cfg.steps_per_epoch, (epoch + 1) * n_steps)
+            if model.visual and (epoch % 10 == 9 or epoch + 1 == cfg.phase1_epochs):
+                image = open_loop_images(model, body.data.sample(4, 20, device))
+                run.writer.add_image("world_model/open_loop", image, (epoch + 1) * n_steps)
             bar.set_postfix(elbo=f"{values['elbo']:.1f}")
-            state["wall"]["phase1"] += time.time() - start
-            state["epoch"] = epoch + 1
-            checkpoint(body)
-        settings = {k: getattr(args, k) for k in MODEL_SETTINGS}
-        settings.update(body_data=args.body_data, args=asdict(args))
-        save(model_path, {"settings": settings, "model": model.state_dict()})
-        print(f"world model saved to {model_path}")
-        state.update(phase=2, epoch=0)
-        resumed = None
-        if args.phase1_only:
-            checkpoint(body)
-    if args.phase1_only:
-        writer.close()
-        return {"world_model": str(model_path), "wall_time_s": state["wall"]}
+            progress.wall["phase1"] += time.time() - start
+            progress.epoch = epoch + 1
+            run.checkpoint(progress, [body.data], **parts)
+        save_world_model(model_path, model, cfg)
+        progress.phase, progress.epoch = 2, 0
+        if cfg.phase1_only:
+            run.checkpoint(progress, [body.data], **parts)
+    if cfg.phase1_only:
+        run.writer.close()
+        return {"world_model": str(model_path), "wall_time_s": progress.wall}
 
     # -- phase 2: imitation by maximising the evidence of the demonstrations, eq. (8) -----------
+    assert demo is not None
     model.requires_grad_(False)  # eq. (8): phi*, theta* stay fixed, only psi is learned
-    policy = Policy(model.rssm.feature_dim, env.action_dim).to(device)
-    policy_opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
-    # The demonstrations' actions, where the files hold them, serve the analysis metric only.
-    with np.load(trajectory_files(demo_folders[0])[0]) as first:
-        has_actions = "pre_action" in first.files or "action" in first.files
-    demo_keys = [*keys, "pre_action"] if has_actions else list(keys)
-    demo = TrajectoryDataset(demo_folders, demo_keys, args.num_demos, shapes, seed=args.seed + 1)
-    if resumed and resumed["policy"] is not None:
-        policy.load_state_dict(resumed["policy"])
-        policy_opt.load_state_dict(resumed["policy_opt"])
-        set_rng_state(resumed["rng"], demo)
-    if state["phase"] == 2:
-        bar = tqdm(
-            range(state["epoch"], args.phase2_epochs),
-            desc="phase 2 (policy)",
-            initial=state["epoch"],
-            total=args.phase2_epochs,
-        )
+    policy = Policy(model.rssm.feature_dim, action_dim).to(device)
+    policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    parts.update(policy=policy, policy_opt=policy_opt)
+    if run.resumed and run.resumed.get("policy") is not None:
+        run.restore(**parts)
+        run.restore_rng([demo.data])
+    if progress.phase == 2:
+        step = partial(phase2_step, model, policy, keys=keys, args=cfg)
+        bar = tqdm(range(progress.epoch, cfg.phase2_epochs), "phase 2 (policy)",
+                   initial=progress.epoch, total=cfg.phase2_epochs)  # fmt: skip
         for epoch in bar:
             start = time.time()
             sums, losses = train_epoch(
-                lambda b: phase2_step(model, policy, b, keys, args),
-                demo, list(policy.parameters()), policy_opt, args, device,
-            )  # fmt: skip
-            check_finite(losses, 2, epoch, args, ckpt_path)
-            values = log("policy", sums, (epoch + 1) * args.steps_per_epoch)
-            bar.set_postfix(
-                elbo=f"{values['elbo']:.1f}",
-                action_mse=f"{values.get('action_mse', float('nan')):.3f}",
+                step, demo.data, list(policy.parameters()), policy_opt, cfg, device
             )
-            state["wall"]["phase2"] += time.time() - start
-            if (
-                args.eval_every
-                and (epoch + 1) % args.eval_every == 0
-                and epoch + 1 < args.phase2_epochs
-            ):
-                video = run_dir / "videos" / f"epoch{epoch + 1}.gif" if args.capture_video else None
-                returns = evaluate(model, policy, args, args.eval_episodes_during, device, video)
-                writer.add_scalar("eval/return", np.mean(returns), epoch + 1)
-                writer.add_scalar(
-                    "eval/normalised_score", 100 * np.mean(returns) / expert, epoch + 1
-                )
-            state["epoch"] = epoch + 1
-            checkpoint(demo)
-        state.update(phase=3, epoch=0)
-        checkpoint(demo)
+            run.check_finite(losses, "phase-2", epoch * n_steps)
+            values = run.log("policy", sums, cfg.steps_per_epoch, (epoch + 1) * n_steps)
+            mse = values.get("action_mse", float("nan"))
+            bar.set_postfix(elbo=f"{values['elbo']:.1f}", action_mse=f"{mse:.3f}")
+            progress.wall["phase2"] += time.time() - start
+            last = epoch + 1 == cfg.phase2_epochs  # the final evaluation follows
+            if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
+                evaluate_during(run, model, policy, keys, cfg, expert, epoch + 1, device)
+            progress.epoch = epoch + 1
+            run.checkpoint(progress, [demo.data], **parts)
+        progress.phase, progress.epoch = 3, 0
+        run.checkpoint(progress, [demo.data], **parts)
 
     # -- final evaluation ------------------------------------------------------------------------
     start = time.time()
-    video = run_dir / "videos" / "final.gif" if args.capture_video else None
-    returns = evaluate(model, policy, args, args.eval_episodes, device, video)
-    scores = 100 * np.asarray(returns) / expert
+    video = run.dir / "videos" / "final.gif" if cfg.capture_video else None
+    returns = evaluate_policy(model, policy, keys, cfg, cfg.eval_episodes, device, video)
     results = {
-        "algorithm": "aime",
-        "env": args.env, "task": args.task, "obs": args.obs,
-        "body_data": args.body_data, "demo": args.demo, "num_demos": args.num_demos,
-        "seed": args.seed, "returns": returns,
-        "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-        "normalised_score": float(scores.mean()), "normalised_score_std": float(scores.std()),
-        "expert_return": expert, "expert_return_source": expert_source,
-        "wall_time_s": {**state["wall"], "evaluation": time.time() - start},
-        "world_model": args.world_model or str(model_path),
-        "args": asdict(args),
+        "algorithm": "aime", "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
+        "body_data": cfg.body_data, "demo": cfg.demo, "num_demos": cfg.num_demos, "seed": cfg.seed,
+        **scores(returns, expert, expert_source),
+        "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
+        "world_model": cfg.world_model or str(model_path),
     }  # fmt: skip
-    atomic_write(
-        run_dir / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2))
-    )
-    writer.add_scalar(
-        "eval/final_normalised_score", results["normalised_score"], args.phase2_epochs
-    )
-    writer.close()
-    print(
-        f"return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
-        f"{len(returns)} episodes; results in {run_dir}"
-    )
-    print(f"normalised score: {results['normalised_score']:.2f}")
-    return results
+    return run.finish(results, cfg.phase2_epochs)
 
 
 if __name__ == "__main__":

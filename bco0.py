@@ -2,11 +2,20 @@
 
     python bco0.py --env walker --body-data mix --demo run --obs visual
 
-1. Inverse dynamics model (IDM) on the embodiment data: the encoded observations o_t-k..o_t
-   (k = `stack`) -> the action a_t-1 that led to o_t.
-2. The IDM labels the demonstrations: a_t-1 = IDM(o_t-k..o_t) for every demonstration window.
-3. Behavioural cloning: the policy maps o_t-k..o_t-1 to the labelled action a_t-1.
-4. Evaluation in DMC exactly as `aime.py` (the stack filled with the first observation at reset).
+BCO(0) as the AIME paper describes its baseline (section 4.1, Appendix B): an inverse dynamics
+model (IDM) trained on the embodiment dataset labels the demonstrations with actions, and
+behavioural cloning recovers the policy from the labels. Where each step lives here:
+    Phase 1  windows (o_t-k..o_t, a_t-1) ~ D_body        `train`: data.sample(...)
+             IDM(o_t-k..o_t) -> a_t-1 (the action that    `idm_loss`, Adam on the IDM
+             led to o_t; k = `stack`), maximum likelihood
+    Label    a^_t-1 = IDM(o_t-k..o_t) on each window of   `bc_loss`: the frozen IDM
+             the observation-only demonstrations D_demo
+    Phase 2  pi(o_t-k..o_t-1) -> a^_t-1, maximum          `bc_loss`, Adam on the policy
+             likelihood
+    Both     7:3 split, the model of lowest validation    `split`, `train`
+             loss kept
+Evaluation in DMC exactly as `aime.py`'s (common/run.py), the stack filled with the first
+observation at reset (`StackActor`).
 
 Implementation details (the AIME paper's Appendix B and the authors' code):
  1. Encoders as the world model's: identity for low-dimensional settings, the World Models CNN for
@@ -25,11 +34,10 @@ Implementation details (the AIME paper's Appendix B and the authors' code):
 
 from __future__ import annotations
 
-import json
-import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -37,20 +45,27 @@ import numpy as np
 import torch
 import tyro
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from common.envs import EXPERT_RETURNS, DMCEnv, make_env
+from common.envs import Record, make_env
+from common.nets import ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
-    TrajectoryDataset,
     WindowSampler,
-    atomic_write,
     dataset_action_repeat,
     dataset_folders,
-    load_trajectory,
+    open_dataset,
     to_torch_batch,
-    trajectory_files,
+)
+from common.run import (
+    Run,
+    Stateful,
+    add_to,
+    evaluate,
+    expert_return,
+    label,
+    scores,
+    seed_everything,
 )
 
 
@@ -106,27 +121,48 @@ class Args:
     """validation windows the validation loss is measured on"""
 
 
+@dataclass
+class Config(Args):
+    """The flags after `resolve`: every default that depends on other flags filled in."""
+
+    task: str = ""
+    stack: int = 5
+    action_repeat: int = 2
+
+
+def resolve(args: Args) -> Config:
+    """Fill the defaults that depend on other flags: the task from `--demo` (`run`, or a path
+    such as .../walker-run-expert -> run), the stack (5; 1 in MDP, as the authors' code) and the
+    action repeat the datasets were recorded at (their info.json; the benchmark's 2 without)."""
+    folders = [
+        *dataset_folders(args.data_dir, args.env, args.body_data, "body"),
+        *dataset_folders(args.data_dir, args.env, args.demo, "demo"),
+    ]
+    return Config(
+        **{
+            **asdict(args),
+            "task": args.task or Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0],
+            "stack": args.stack or (1 if args.obs == "mdp" else 5),
+            "action_repeat": dataset_action_repeat(folders, args.action_repeat),
+        }
+    )
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every checkpoint (as a dict), so `--resume` continues it."""
+
+    phase: Literal[1, 2, 3] = 1  # 1: the IDM, 2: behavioural cloning, 3: trained, evaluation only
+    epoch: int = 0  # epochs done in this phase
+    best: float = float("inf")  # the phase's lowest validation loss so far
+    bad_epochs: int = 0  # epochs since it last improved
+    best_weights: Optional[dict[str, Tensor]] = None  # the weights that reached it
+    wall: dict[str, float] = field(default_factory=lambda: {"phase1": 0.0, "phase2": 0.0})
+
+
 # ---------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------
-class ConvEncoder(nn.Module):
-    """World Models / PlaNet encoder: 4 convolutions, kernel 4, stride 2, depths 32-64-128-256."""
-
-    def __init__(self, depth: int = 32) -> None:
-        super().__init__()
-        d = depth
-        self.net = nn.Sequential(
-            nn.Conv2d(3, d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(d, 2 * d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.Flatten(),
-        )  # fmt: skip
-        self.out_dim = 32 * d
-
-    def forward(self, image: Tensor) -> Tensor:  # [..., 3, 64, 64] -> [..., 1024]
-        return self.net(image.flatten(0, -4)).unflatten(0, image.shape[:-3])
-
-
 class StackNet(nn.Module):
     """Encode each of `frames` observations, concatenate, MLP 2 x 128 ELU -> tanh action."""
 
@@ -136,21 +172,49 @@ class StackNet(nn.Module):
         embed = 1024 if visual else obs_dim  # the CNN's 256 channels x 2 x 2
         if visual:  # channels-last memory: the fast layout for convolutions
             self.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.mlp = nn.Sequential(
-            nn.Linear(frames * embed, 128), nn.ELU(), nn.Linear(128, 128), nn.ELU(),
-            nn.Linear(128, action_dim), nn.Tanh(),
-        )  # fmt: skip
+        self.mlp = nn.Sequential(*mlp(frames * embed, action_dim, 128, 2), nn.Tanh())
 
     def forward(self, obs: Tensor) -> Tensor:  # [frames, B, ...] -> [B, action]
         embed = self.encoder(obs)  # [frames, B, embed]
         return self.mlp(embed.transpose(0, 1).flatten(1))
 
 
-def observation(batch: dict[str, Tensor], keys: tuple[str, ...]) -> Tensor:
-    """The setting's observation: the image, or the low-dimensional keys concatenated."""
-    return batch["image"] if keys == ("image",) else torch.cat([batch[k] for k in keys], -1)
+# ---------------------------------------------------------------------------------------------
+# Losses: maximum likelihood of a Gaussian of fixed variance, i.e. mean squared errors
+# ---------------------------------------------------------------------------------------------
+Batch = dict[str, Tensor]
+Loss = Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
 
 
+def idm_loss(
+    idm: StackNet, batch: Batch, keys: tuple[str, ...]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE of IDM(o_t-k..o_t) against the action a_t-1 that led to o_t (embodiment data)."""
+    # AIME paper, section 4.1 and Appendix B: BCO(0) first trains an IDM on the embodiment data
+    loss = ((idm(observation(batch, keys)) - batch["pre_action"][-1]) ** 2).mean()
+    return loss, {"loss": loss.detach()}
+
+
+def bc_loss(
+    policy: StackNet, idm: StackNet, batch: Batch, keys: tuple[str, ...]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE of policy(o_t-k..o_t-1) against the IDM's label for a_t-1 (demonstrations)."""
+    obs = observation(batch, keys)
+    with torch.no_grad():  # AIME paper, section 4.1: the trained IDM labels the demonstrations
+        labels = idm(obs)
+    action = policy(obs[:-1])
+    # AIME paper, section 4.1 and Appendix B: behavioural cloning on the labelled demonstrations
+    loss = ((action - labels) ** 2).mean()
+    metrics = {"loss": loss.detach()}
+    if "pre_action" in batch:  # analysis only: never part of the loss
+        metrics["idm_label_mse"] = ((labels - batch["pre_action"][-1]) ** 2).mean()
+        metrics["policy_action_mse"] = ((action.detach() - batch["pre_action"][-1]) ** 2).mean()
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Training on a 7:3 split, keeping the model of lowest validation loss (Appendix B)
+# ---------------------------------------------------------------------------------------------
 def split(data: WindowSampler, seed: int) -> tuple[WindowSampler, WindowSampler]:
     """7:3 train/validation split by trajectory (a trajectory's windows stay on one side)."""
     order = np.random.default_rng(seed).permutation(len(data))
@@ -158,33 +222,18 @@ def split(data: WindowSampler, seed: int) -> tuple[WindowSampler, WindowSampler]
     return data.subset(sorted(order[:cut]), seed), data.subset(sorted(order[cut:]), seed + 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------------------------
-def idm_loss(idm: StackNet, batch: dict[str, Tensor], keys: tuple[str, ...]) -> Tensor:
-    """MSE of IDM(o_t-k..o_t) against the action a_t-1 that led to o_t (embodiment data)."""
-    return ((idm(observation(batch, keys)) - batch["pre_action"][-1]) ** 2).mean()
-
-
-def bc_loss(
-    policy: StackNet, idm: StackNet, batch: dict[str, Tensor], keys: tuple[str, ...]
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """MSE of policy(o_t-k..o_t-1) against the IDM's label for a_t-1 (demonstrations)."""
-    obs = observation(batch, keys)
-    with torch.no_grad():
-        label = idm(obs)
-    action = policy(obs[:-1])
-    loss = ((action - label) ** 2).mean()
-    metrics = {"loss": loss.detach()}
-    if "pre_action" in batch:  # analysis only: never part of the loss
-        metrics["idm_label_mse"] = ((label - batch["pre_action"][-1]) ** 2).mean()
-        metrics["policy_action_mse"] = ((action.detach() - batch["pre_action"][-1]) ** 2).mean()
-    return loss, metrics
+def fixed_windows(
+    data: WindowSampler, frames: int, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most `n` windows of `data`, drawn once: the validation loss is measured on them."""
+    traj, start = data.windows(frames)
+    pick = np.sort(np.random.default_rng(seed).permutation(len(traj))[:n])
+    return traj[pick], start[pick]
 
 
 @torch.no_grad()
 def validation_loss(
-    loss: Callable[[dict[str, Tensor]], Tensor],
+    loss: Callable[[Batch], Tensor],
     data: WindowSampler,
     windows: tuple[np.ndarray, np.ndarray],
     frames: int,
@@ -202,288 +251,159 @@ def validation_loss(
     return total / len(traj)
 
 
-def fixed_windows(
-    data: WindowSampler, frames: int, n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    traj, start = data.windows(frames)
-    pick = np.sort(np.random.default_rng(seed).permutation(len(traj))[:n])
-    return traj[pick], start[pick]
+def train(
+    phase: Literal[1, 2],
+    net: StackNet,
+    opt: torch.optim.Optimizer,
+    loss: Loss,
+    data: tuple[WindowSampler, WindowSampler],
+    keys: list[str],
+    cfg: Config,
+    run: Run,
+    progress: Progress,
+    parts: Mapping[str, Stateful],
+    samplers: Sequence[WindowSampler],
+) -> None:
+    """Adam on `loss` over windows of the training split of `data` (train, validation), each of
+    the `stack` + 1 records `keys`, until the validation loss stops improving; `net` ends with
+    its weights of lowest validation loss. Each epoch updates `progress` and ends with a
+    checkpoint of `progress`, `parts` and the random streams of `samplers`."""
+    train_data, val_data = data
+    frames, device = cfg.stack + 1, torch.device(cfg.device)
+    epochs, name = (cfg.phase1_epochs, "idm") if phase == 1 else (cfg.phase2_epochs, "policy")
+    val = fixed_windows(val_data, frames, cfg.val_windows, cfg.seed)
+    desc = f"phase {phase} ({'IDM' if phase == 1 else 'BC'})"
+    bar = tqdm(range(progress.epoch, epochs), desc=desc, initial=progress.epoch, total=epochs)
+    for epoch in bar:
+        done = progress.epoch * cfg.steps_per_epoch >= cfg.min_steps
+        if done and progress.bad_epochs >= cfg.patience:
+            break  # no better validation loss for `patience` epochs
+        start = time.time()
+        sums: dict[str, Tensor] = {}
+        for _ in range(cfg.steps_per_epoch):
+            value, metrics = loss(train_data.sample(cfg.batch_size, frames, device, keys))
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            add_to(sums, metrics)
+        step = (epoch + 1) * cfg.steps_per_epoch
+        means = run.log(name, sums, cfg.steps_per_epoch, step)
+        run.check_finite({"loss": means["loss"]}, f"in phase {phase}, epoch {epoch}")
+        val_loss = validation_loss(lambda b: loss(b)[0], val_data, val, frames, keys, device)
+        run.writer.add_scalar(f"{name}/val_loss", val_loss, step)
+        bar.set_postfix(loss=f"{means['loss']:.4f}", val=f"{val_loss:.4f}")
+        if val_loss < progress.best:
+            progress.best, progress.bad_epochs = val_loss, 0
+            progress.best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            progress.bad_epochs += 1
+        progress.epoch = epoch + 1
+        progress.wall[f"phase{phase}"] += time.time() - start
+        run.checkpoint(asdict(progress), samplers, **parts)
+    if progress.best_weights is not None:
+        net.load_state_dict(progress.best_weights)  # the model of lowest validation loss
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation (as aime.py)
+# Evaluation (common/run.py's, as aime.py's)
 # ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(
-    policy: StackNet,
-    args: Args,
-    stack: int,
-    episodes: int,
-    device: torch.device,
-    video: Optional[Path] = None,
-) -> list[float]:
-    """Episode returns of the policy acting on its stack of the last `stack` observations, filled
-    with the first observation at reset. Up to 10 episodes run in lockstep (one batch)."""
-    returns: list[float] = []
-    repeat = args.action_repeat or 2  # main fills it from the datasets
-    for first in range(0, episodes, 10):
-        n = min(10, episodes - first)
-        render = args.obs == "visual" or (video is not None and first == 0)
-        envs: list[DMCEnv] = [
-            make_env(f"{args.env}-{args.task}", args.obs, render=render, action_repeat=repeat)
-            for _ in range(n)
-        ]
-        recs = [env.reset(seed=args.seed + 100 + first + i) for i, env in enumerate(envs)]
-        keys = envs[0].obs_keys
-        total, frames, history = np.zeros(n), [], None
-        while True:
-            batch = {
-                k: torch.as_tensor(np.stack([r[k] for r in recs]), device=device)[None]
-                for k in keys
-            }
-            if "image" in batch:
-                batch["image"] = batch["image"].permute(0, 1, 4, 2, 3).float() / 255
-            obs = observation(batch, keys)  # [1, n, ...]
-            history = (
-                obs.expand(stack, *obs.shape[1:])
-                if history is None
-                else torch.cat([history[1:], obs])
-            )
-            if recs[0]["is_last"]:
-                break
-            action = policy(history).cpu().numpy()
-            recs = [env.step(a) for env, a in zip(envs, action, strict=True)]
-            total += [r["reward"] for r in recs]
-            if video is not None and first == 0:
-                frames.append(recs[0]["image"])
-        returns += total.tolist()
-        if frames and video is not None:
-            from PIL import Image
+class StackActor:
+    """The policy acting on its stack of the last `stack` observations of a batch of episodes,
+    filled with the first observation at reset."""
 
-            video.parent.mkdir(parents=True, exist_ok=True)
-            images = [Image.fromarray(f) for f in frames]
-            images[0].save(video, save_all=True, append_images=images[1:], duration=40, loop=0)
-    return returns
+    def __init__(
+        self, policy: StackNet, keys: tuple[str, ...], stack: int, device: torch.device
+    ) -> None:
+        self.policy, self.keys, self.stack, self.device = policy, keys, stack, device
+        self.history: Optional[Tensor] = None  # [stack, n, ...]
+
+    @torch.no_grad()
+    def __call__(self, recs: list[Record]) -> np.ndarray:
+        batch = {
+            k: torch.as_tensor(np.stack([r[k] for r in recs]), device=self.device)[None]
+            for k in self.keys
+        }
+        if "image" in batch:
+            batch["image"] = batch["image"].permute(0, 1, 4, 2, 3).float() / 255
+        obs = observation(batch, self.keys)  # [1, n, ...]
+        if self.history is None:
+            self.history = obs.expand(self.stack, *obs.shape[1:])
+        else:
+            self.history = torch.cat([self.history[1:], obs])
+        return self.policy(self.history).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
 def main(args: Args) -> dict[str, Any]:
-    task = args.task or Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0]
-    stack = args.stack or (1 if args.obs == "mdp" else 5)
-    args = Args(**{**asdict(args), "task": task, "stack": stack})
-    body_name = Path(args.body_data).name if Path(args.body_data).is_dir() else args.body_data
-    demo_name = Path(args.demo).name if Path(args.demo).is_dir() else args.demo
-    run_name = (
-        f"{args.env}-{task}__{args.obs}__{body_name}__{demo_name}__{args.exp_name}__{args.seed}"
+    cfg = resolve(args)
+
+    # -- data: both datasets opened and checked before anything is written ----------------------
+    env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
+    keys, shapes = env.obs_keys, env.record_shapes
+    body = open_dataset(cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed)
+    demo = open_dataset(  # the demonstrations' actions are read, where held, for analysis only
+        cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None, cfg.seed + 1
     )
-    run_dir = Path(args.runs_dir) / run_name
-    ckpt_path = run_dir / "checkpoint.pt"
-    if (ckpt_path.exists() or (run_dir / "results.json").exists()) and not args.resume:
-        raise SystemExit(
-            f"error: {run_dir} holds a run already; pass --resume to continue it, "
-            "or another --exp-name"
-        )
+    body_split, demo_split = split(body.data, cfg.seed), split(demo.data, cfg.seed + 1)
+    samplers = [body_split[0], demo_split[0]]  # the training splits draw the batches
+    body_name, demo_name = label(cfg.body_data), label(cfg.demo)
+    name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{body_name}__{demo_name}__{cfg.exp_name}__{cfg.seed}"
+    run = Run(cfg.runs_dir, name, cfg, cfg.resume)  # refuses a used folder unless --resume
 
-    # -- data: every dataset is checked before any training ----------------------------------
-    env = make_env(f"{args.env}-{task}", args.obs)
-    keys = env.obs_keys
-    shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
-    body_folders = dataset_folders(args.data_dir, args.env, args.body_data, "body")
-    demo_folders = dataset_folders(args.data_dir, args.env, args.demo, "demo")
-    for folder in body_folders:
-        trajectory_files(folder)
-    demo_files = [f for folder in demo_folders for f in trajectory_files(folder)]
-    if len(demo_files) < args.num_demos:
-        raise DatasetError(f"--num-demos {args.num_demos}, but {args.demo} holds {len(demo_files)}")
-    if f"{args.env}-{task}" in EXPERT_RETURNS:
-        expert, expert_source = (
-            EXPERT_RETURNS[f"{args.env}-{task}"],
-            "published expert return (AIME Appendix D)",
-        )
-    else:
-        demo_returns = [
-            load_trajectory(f, ["reward"])["reward"].sum() for f in demo_files[: args.num_demos]
-        ]
-        expert, expert_source = float(np.mean(demo_returns)), "mean return of the demonstrations"
-    repeat = dataset_action_repeat([*body_folders, *demo_folders], args.action_repeat)
-    args = Args(**{**asdict(args), "action_repeat": repeat})
+    # -- the IDM (on o_t-k..o_t) and the policy (on o_t-k..o_t-1) --------------------------------
+    seed_everything(cfg.seed)
+    device, visual = torch.device(cfg.device), cfg.obs == "visual"
+    idm = StackNet(env.obs_dim, visual, cfg.stack + 1, env.action_dim).to(device)
+    policy = StackNet(env.obs_dim, visual, cfg.stack, env.action_dim).to(device)
+    idm_opt = torch.optim.Adam(idm.parameters(), lr=cfg.lr)
+    policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    parts: dict[str, Stateful] = {
+        "idm": idm,
+        "policy": policy,
+        "idm_opt": idm_opt,
+        "policy_opt": policy_opt,
+    }
+    progress = Progress()
+    if run.resumed is not None:
+        progress = Progress(**run.resumed["state"])
+        run.restore(**parts)
+        run.restore_rng(samplers)
+        print(f"resuming {run.dir} at phase {progress.phase}, epoch {progress.epoch}")
 
-    # -- seeding ---------------------------------------------------------------------------------
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
-    visual = args.obs == "visual"
-    idm = StackNet(env.obs_dim, visual, stack + 1, env.action_dim).to(device)
-    policy = StackNet(env.obs_dim, visual, stack, env.action_dim).to(device)
-    idm_opt = torch.optim.Adam(idm.parameters(), lr=args.lr)
-    policy_opt = torch.optim.Adam(policy.parameters(), lr=args.lr)
-    fresh = {"epoch": 0, "best": float("inf"), "bad_epochs": 0, "best_weights": None}
-    state: dict[str, Any] = {"phase": 1, **fresh, "wall": {"phase1": 0.0, "phase2": 0.0}}
-    resumed, resume_phase = None, 0
-    if args.resume and ckpt_path.exists():
-        resumed = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if {k: v for k, v in resumed["args"].items() if k != "resume"} != {
-            k: v for k, v in asdict(args).items() if k != "resume"
-        }:
-            raise SystemExit(
-                f"error: {ckpt_path} was written with other flags; resume with the same flags"
-            )
-        state, resume_phase = resumed["state"], resumed["state"]["phase"]
-        for net, key in (
-            (idm, "idm"),
-            (policy, "policy"),
-            (idm_opt, "idm_opt"),
-            (policy_opt, "policy_opt"),
-        ):
-            net.load_state_dict(resumed[key])
-        torch.set_rng_state(resumed["torch_rng"])
-        print(f"resuming {run_dir} at phase {state['phase']}, epoch {state['epoch']}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in asdict(args).items()),
-    )
+    # -- phase 1: the IDM on the embodiment data -------------------------------------------------
+    if progress.phase == 1:
+        idm_objective = partial(idm_loss, idm, keys=keys)
+        train(1, idm, idm_opt, idm_objective, body_split, body.data.keys,
+              cfg, run, progress, parts, samplers)  # fmt: skip
+        progress = Progress(phase=2, wall=progress.wall)
+        policy.encoder.load_state_dict(idm.encoder.state_dict())  # the policy's starts as the IDM's
 
-    def train(
-        phase: int,
-        net: StackNet,
-        opt: torch.optim.Optimizer,
-        train_data: WindowSampler,
-        val_data: WindowSampler,
-        loss: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]],
-        data_keys: list[str],
-        max_epochs: int,
-    ) -> None:
-        """Adam on `loss` until the validation loss stops improving; keep the best weights."""
-        frames = stack + 1
-        val = fixed_windows(val_data, frames, args.val_windows, args.seed)
-        if resumed is not None and resume_phase == phase:  # the sampler where the run stopped
-            train_data.rng.bit_generator.state = resumed["data_rng"]
-        bar = tqdm(
-            range(state["epoch"], max_epochs),
-            desc=f"phase {phase} ({'IDM' if phase == 1 else 'BC'})",
-            initial=state["epoch"],
-            total=max_epochs,
-        )
-        for epoch in bar:
-            done = state["epoch"] * args.steps_per_epoch >= args.min_steps
-            if done and state["bad_epochs"] >= args.patience:
-                break  # no better validation loss for `patience` epochs
-            start = time.time()
-            sums: dict[str, Tensor] = {}
-            for _ in range(args.steps_per_epoch):
-                batch = train_data.sample(args.batch_size, frames, device, data_keys)
-                value, metrics = loss(batch)
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                opt.step()
-                for k, v in metrics.items():
-                    sums[k] = v + sums[k] if k in sums else v
-            values: dict[str, float] = {k: float(v) / args.steps_per_epoch for k, v in sums.items()}
-            if not np.isfinite(values["loss"]):
-                raise SystemExit(
-                    f"error: non-finite loss in phase {phase}, epoch {epoch}; "
-                    f"the last good checkpoint {ckpt_path} is kept"
-                )
-            values["val_loss"] = validation_loss(
-                lambda b: loss(b)[0], val_data, val, frames, data_keys, device
-            )
-            prefix = "idm" if phase == 1 else "policy"
-            for k, x in values.items():
-                writer.add_scalar(f"{prefix}/{k}", x, (epoch + 1) * args.steps_per_epoch)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", val=f"{values['val_loss']:.4f}")
-            if values["val_loss"] < state["best"]:
-                state.update(best=values["val_loss"], bad_epochs=0)
-                state["best_weights"] = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            else:
-                state["bad_epochs"] += 1
-            state["epoch"] = epoch + 1
-            state["wall"][f"phase{phase}"] += time.time() - start
-            save(train_data)
-        net.load_state_dict(state["best_weights"])  # the model of lowest validation loss
-
-    def save(data: WindowSampler) -> None:
-        payload = {
-            "args": asdict(args), "state": state, "torch_rng": torch.get_rng_state(),
-            "data_rng": data.rng.bit_generator.state,
-            "idm": idm.state_dict(), "policy": policy.state_dict(),
-            "idm_opt": idm_opt.state_dict(), "policy_opt": policy_opt.state_dict(),
-        }  # fmt: skip
-        atomic_write(ckpt_path, lambda tmp: torch.save(payload, tmp))
-
-    # -- phase 1: the inverse dynamics model on the embodiment data ------------------------------
-    body_keys = [*keys, "pre_action"]
-    if state["phase"] == 1:
-        body = TrajectoryDataset(body_folders, body_keys, expected_shapes=shapes, seed=args.seed)
-        body_train, body_val = split(body, args.seed)
-        train(
-            1,
-            idm,
-            idm_opt,
-            body_train,
-            body_val,
-            lambda b: (loss := idm_loss(idm, b, keys), {"loss": loss.detach()}),
-            body_keys,
-            args.phase1_epochs,
-        )
-        state.update(phase=2, **fresh)
-        policy.encoder.load_state_dict(
-            idm.encoder.state_dict()
-        )  # the policy's encoder starts as the IDM's
-
-    # -- phase 2: label the demonstrations with the IDM, clone the labels ------------------------
+    # -- phase 2: the frozen IDM labels the demonstrations, the policy clones the labels ---------
     idm.requires_grad_(False)
-    with np.load(demo_files[0]) as first:
-        demo_keys = (
-            [*keys, "pre_action"] if {"pre_action", "action"} & set(first.files) else list(keys)
-        )
-    demo = TrajectoryDataset(demo_folders, demo_keys, args.num_demos, shapes, seed=args.seed + 1)
-    if state["phase"] == 2:
-        demo_train, demo_val = split(demo, args.seed + 1)
-        train(
-            2,
-            policy,
-            policy_opt,
-            demo_train,
-            demo_val,
-            lambda b: bc_loss(policy, idm, b, keys),
-            demo_keys,
-            args.phase2_epochs,
-        )
-        state.update(phase=3, epoch=0)
-        save(demo)
+    if progress.phase == 2:
+        bc_objective = partial(bc_loss, policy, idm, keys=keys)
+        train(2, policy, policy_opt, bc_objective, demo_split, demo.data.keys,
+              cfg, run, progress, parts, samplers)  # fmt: skip
+        progress.phase, progress.epoch = 3, 0
+        run.checkpoint(asdict(progress), samplers, **parts)
 
     # -- evaluation ------------------------------------------------------------------------------
     start = time.time()
-    video = run_dir / "videos" / "final.gif" if args.capture_video else None
-    returns = evaluate(policy, args, stack, args.eval_episodes, device, video)
-    scores = 100 * np.asarray(returns) / expert
+    video = run.dir / "videos" / "final.gif" if cfg.capture_video else None
+    returns = evaluate(f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
+                       cfg.eval_episodes, lambda n: StackActor(policy, keys, cfg.stack, device),
+                       video)  # fmt: skip
+    expert, source = expert_return(cfg.env, cfg.task, demo.mean_return())
     results = {
         "algorithm": "bco0",
-        "env": args.env, "task": task, "obs": args.obs,
-        "body_data": args.body_data, "demo": args.demo, "num_demos": args.num_demos,
-        "seed": args.seed, "returns": returns,
-        "mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
-        "normalised_score": float(scores.mean()), "normalised_score_std": float(scores.std()),
-        "expert_return": expert, "expert_return_source": expert_source,
-        "wall_time_s": {**state["wall"], "evaluation": time.time() - start},
-        "args": asdict(args),
+        "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
+        "body_data": cfg.body_data, "demo": cfg.demo, "num_demos": cfg.num_demos,
+        "seed": cfg.seed, **scores(returns, expert, source),
+        "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
     }  # fmt: skip
-    atomic_write(
-        run_dir / "results.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2))
-    )
-    writer.add_scalar("eval/final_normalised_score", results["normalised_score"], 0)
-    writer.close()
-    print(
-        f"return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
-        f"{len(returns)} episodes; results in {run_dir}"
-    )
-    print(f"normalised score: {results['normalised_score']:.2f}")
-    return results
+    return run.finish(results)
 
 
 if __name__ == "__main__":

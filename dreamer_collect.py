@@ -16,51 +16,47 @@ agent itself observes. Each folder's `info.json` tells how it was made and its m
 Dreamer (Hafner et al., ICLR 2020, "Dream to Control", Algorithm 1) and where each line lives:
     initialise the buffer with S random episodes          `train`: first `--prefill-episodes`
     while not converged, per collected episode:
-      C update steps, each:                               `train_step`
+      C update steps (`update`), each:                    `train_step`
         draw B sequences {(o_t, a_t, r_t)} ~ D            buffer.sample(...)
         dynamics learning: s_t ~ q(s_t | s_t-1, a_t-1, o_t),
-          loss = reconstruction + reward + KL             `world_model_loss`
+          loss = reconstruction + reward + KL, eq. (10)   `world_model_loss`
         behaviour learning: imagine {(s_tau, a_tau)}
           from every s_t with a_tau ~ q(a_tau | s_tau)    `imagine`
         lambda-returns V_lambda(s_tau), eq. (6)           `lambda_return`
-        actor: maximise sum V_lambda (through the model)  `actor_critic_loss`
-        value: regress v(s_tau) to V_lambda               `actor_critic_loss`
+        actor: maximise sum V_lambda (through the model)  `actor_critic_loss`, eq. (7)
+        value: regress v(s_tau) to V_lambda               `actor_critic_loss`, eq. (8)
       environment interaction: act on the filtered state  `run_episodes`
 Plan2Explore (Sekar et al., ICML 2020) replaces the task reward in imagination by the
 disagreement (variance) of an ensemble of one-step predictors of the next embedding
 (`intrinsic_reward`); the ensemble is trained with the world model (`world_model_loss`).
 
-Implementation details (the AIME authors' data-collection configuration, SPEC.md):
+Implementation details (the AIME authors' data-collection configs dreamer.yaml, plan2explore.yaml
+and world_model/rssmo.yaml, in aime/configs/ of github.com/argmax-ai/aime; docs/dreamer_collect.md
+sets each beside the papers' choice):
  1. RSSM `DREAMER_RSSM` (GRU 512, s of 30 dims, LayerNorm SiLU layers of 512, std = 2 sigmoid
     (x/2) + 0.1), free nats 1 and KL balancing 0.8; images: the 4-layer convolutional encoder and
-    transposed decoder; low-dimensional observations: MLP encoder and decoder 2x512 LayerNorm SiLU;
-    unit-variance Gaussian decoders for observations and reward. Losses are averaged over time
-    and batch (summed over a record's dimensions).
+    transposed decoder (their `cnn_ha`); low-dimensional observations: MLP encoder and decoder
+    2x512 LayerNorm SiLU; unit-variance Gaussian decoders for observations and reward. Losses are
+    averaged over time and batch (summed over a record's dimensions).
  2. Actor: tanh-Gaussian, mean and std from MLPs 2x128 ELU, std = softplus + 1e-6. Value: MLP
     2x128 ELU predicting (1 - gamma) v, i.e. the value in units of a per-step reward.
- 3. Imagination starts from every posterior state of the batch (50 x 50 = 2500), 15 steps; the
-    reward of step tau + 1 is the reward head at s_tau+1; actor loss -sum_tau gamma^tau V_lambda
-    - entropy_scale * H (entropy estimated by -log pi of the sampled action); gradients reach
-    the actor through the learned dynamics, and only the actor's parameters take them.
- 4. Training episodes sample the policy (its own noise explores; `--expl-noise` adds Gaussian
-    noise on top, 0 by default as in the authors' runs); expert episodes act with the mode.
- 5. One environment episode is 1000 simulator steps (500 agent steps at action repeat 2, 501
-    records); after each collected episode from the last prefill episode on, C = 100 updates.
- 6. Plan2Explore: 5 predictors, MLPs 2x1024 ELU from [s_t, a_t] to the next embedding (trained
-    on detached inputs and targets); intrinsic reward = mean over dimensions of the log variance
-    across the ensemble.
- 7. The image decoder's first layer maps the features straight to 128 x 5 x 5: the same function
-    class as a linear layer to 1024 x 1 x 1 followed by a 5x5 transposed convolution (two linear
-    maps with nothing between them), with fewer operations.
+ 3. Imagination starts from every posterior state of the batch (50 x 50), 15 steps; the reward
+    of step tau + 1 is the reward head at s_tau+1; actor loss -sum_tau gamma^tau V_lambda -
+    entropy_scale * H (H estimated by -log pi of the sampled action); only the actor's
+    parameters take the actor's gradient, which reaches them through the learned dynamics.
+ 4. Training episodes sample the policy (`--expl-noise` adds Gaussian noise on top, 0 by default
+    as their `epsilon: 0.0`); expert episodes act with the mode. An episode is 1000 simulator
+    steps; after each from the last prefill episode on, C = 100 updates.
+ 5. Plan2Explore: 5 predictors, MLPs 2x1024 ELU from [s_t, a_t] to the next embedding (on
+    detached inputs and targets); its reward is the mean log-variance across the ensemble.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Optional
 
@@ -69,10 +65,10 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch import Tensor, nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.envs import DMCEnv, make_env
+from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
     ReplayBuffer,
@@ -84,6 +80,7 @@ from common.replay import (
     trajectory_files,
 )
 from common.rssm import DREAMER_RSSM, RSSM, TanhNormal, kl_loss
+from common.run import Run, add_to, save_gif, seed_everything
 
 # Equation tags `# eq. (N)` number the equations of Dreamer (Hafner et al., ICLR 2020).
 
@@ -171,67 +168,29 @@ class Args:
     """simulator steps per agent step"""
 
 
+@dataclass
+class Config(Args):
+    """The flags after `resolve`: the task filled in."""
+
+    task: str = ""
+
+
+def resolve(args: Args) -> Config:
+    """Fill the task whose reward the records hold (`DEFAULT_TASK` for a task-free agent)."""
+    task = args.task or DEFAULT_TASK.get(args.env)
+    if task is None:
+        raise SystemExit(f"error: --task is needed for the embodiment {args.env!r}")
+    return Config(**{**asdict(args), "task": task})
+
+
 # ---------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------
-def mlp(
-    inp: int, out: int, hidden: int, layers: int, act: type[nn.Module] = nn.ELU, norm: bool = False
-) -> nn.Sequential:
-    """`layers` hidden layers of `hidden` units (optionally LayerNorm), then a linear head."""
-    mods: list[nn.Module] = []
-    for i in range(layers):
-        mods += [nn.Linear(inp if i == 0 else hidden, hidden)]
-        mods += [nn.LayerNorm(hidden)] if norm else []
-        mods += [act()]
-    mods.append(nn.Linear(hidden if layers else inp, out))
-    return nn.Sequential(*mods)
-
-
-class ConvEncoder(nn.Module):
-    """64x64 image -> 1024: convolutions of kernel 4, stride 2, 32-64-128-256 channels."""
-
-    def __init__(self, depth: int = 32) -> None:
-        super().__init__()
-        d = depth
-        self.net = nn.Sequential(
-            nn.Conv2d(3, d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(d, 2 * d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.Flatten(),
-        )  # fmt: skip
-        self.out_dim = 32 * d
-
-    def forward(self, image: Tensor) -> Tensor:  # [..., 3, 64, 64] -> [..., 1024]
-        return self.net(image.flatten(0, -4)).unflatten(0, image.shape[:-3])
-
-
-class ConvDecoder(nn.Module):
-    """features -> 64x64 image mean: a linear layer to 128 x 5 x 5 (implementation detail 7),
-    then transposed convolutions of kernels 5-6-6, stride 2."""
-
-    def __init__(self, feature_dim: int, depth: int = 32) -> None:
-        super().__init__()
-        d = depth
-        self.first = nn.Linear(feature_dim, 4 * d * 5 * 5)
-        self.rest = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(d, 3, 6, 2), nn.Sigmoid(),
-        )  # fmt: skip
-        self.depth = d
-
-    def forward(self, features: Tensor) -> Tensor:  # [..., feature] -> [..., 3, 64, 64]
-        x = self.first(features.flatten(0, -2)).unflatten(1, (4 * self.depth, 5, 5))
-        x = self.rest(x.contiguous(memory_format=torch.channels_last))
-        return x.unflatten(0, features.shape[:-1])
-
-
 class WorldModel(nn.Module):
     """Encoder f(o_t), RSSM, observation decoder p(o_t | s_t), reward head p(r_t | s_t) and, for
     Plan2Explore, the ensemble of one-step embedding predictors."""
 
-    def __init__(self, obs_dim: int, action_dim: int, visual: bool, args: Args) -> None:
+    def __init__(self, obs_dim: int, action_dim: int, visual: bool, args: Config) -> None:
         super().__init__()
         self.visual = visual
         self.cfg = replace(DREAMER_RSSM, deter=args.deter, stoch=args.stoch, hidden=args.hidden)
@@ -253,14 +212,9 @@ class WorldModel(nn.Module):
         else:
             self.decoder = mlp(feat, obs_dim, args.hidden, 2, nn.SiLU, norm=True)
         self.reward = mlp(feat, 1, args.hidden, 2, nn.SiLU, norm=True)
-        self.ensemble = nn.ModuleList(
-            [
-                mlp(feat + action_dim, embed_dim, args.ensemble_hidden, 2)
-                for _ in range(args.ensemble)
-            ]
-            if args.agent == "p2e"
-            else []
-        )
+        heads = args.ensemble if args.agent == "p2e" else 0  # Plan2Explore's predictors
+        predictor = partial(mlp, feat + action_dim, embed_dim, args.ensemble_hidden, 2)
+        self.ensemble = nn.ModuleList([predictor() for _ in range(heads)])
 
 
 class Actor(nn.Module):
@@ -275,18 +229,15 @@ class Actor(nn.Module):
         return TanhNormal(self.mean(features), F.softplus(self.std(features)) + 1e-6)
 
 
-def observation(batch: dict[str, Tensor], keys: tuple[str, ...]) -> Tensor:
-    """The setting's observation o_t: the image, or the low-dimensional keys concatenated."""
-    return batch["image"] if keys == ("image",) else torch.cat([batch[k] for k in keys], -1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Dynamics learning
 # ---------------------------------------------------------------------------------------------
 def world_model_loss(
-    model: WorldModel, batch: dict[str, Tensor], keys: tuple[str, ...], args: Args
+    model: WorldModel, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
 ) -> tuple[Tensor, tuple[Tensor, Tensor], dict[str, Tensor]]:
-    """The negative ELBO with the reward (and for Plan2Explore the ensemble's) loss.
+    """Dreamer's model loss, the negative of its objective eq. (10) (section 4: the observation's
+    and the reward's log-likelihoods and the KL between posterior and prior), per record; for
+    Plan2Explore plus the ensemble's regression loss.
 
     Returns the loss, the posterior states (h, s) [T, B, ...] to imagine from, and metrics.
     """
@@ -295,15 +246,17 @@ def world_model_loss(
     post = model.rssm.observe(embed, actions)
     feat = post.features()  # [T, B, deter + stoch]
     dims = tuple(range(2, obs.ndim))
-    rec_loss = 0.5 * (model.decoder(feat) - obs).square().sum(dims).mean()  # -log N(o; mean, 1)
+    # -ln q(o_t | s_t) and -ln q(r_t | s_t) of eq. (10): unit-variance Gaussians, no constant
+    rec_loss = 0.5 * (model.decoder(feat) - obs).square().sum(dims).mean()
     # Plan2Explore's states never learn from the task reward: its reward head reads them detached.
     reward_in = feat.detach() if len(model.ensemble) else feat
     reward_loss = 0.5 * (model.reward(reward_in).squeeze(-1) - batch["reward"]).square().mean()
+    # the KL term of eq. (10), with free nats and KL balancing (`common/rssm.py::kl_loss`)
     kl = kl_loss(
         post.post_mean, post.post_std, post.prior_mean, post.prior_std,
         args.free_nats, args.kl_balance,
     ).mean()  # fmt: skip
-    loss = rec_loss + reward_loss + kl
+    loss = rec_loss + reward_loss + kl  # eq. (10)
     metrics = {"rec_loss": rec_loss, "reward_loss": reward_loss, "kl": kl}
     if len(model.ensemble):  # predict f(o_t+1) from (s_t, a_t); a_t is the record t+1's pre_action
         inputs = torch.cat([feat[:-1], actions[1:]], -1).detach()
@@ -354,7 +307,9 @@ def lambda_return(reward: Tensor, value: Tensor, gamma: float, lam: float) -> Te
 
 
 def intrinsic_reward(model: WorldModel, features: Tensor, actions: Tensor) -> Tensor:
-    """Plan2Explore: the ensemble's disagreement about f(o_tau+1) given (s_tau, a_tau) [H, N]."""
+    """Plan2Explore's latent disagreement (Sekar et al. 2020, section "Planning to Explore"): the
+    ensemble's variance about f(o_tau+1) given (s_tau, a_tau) [H, N], as a mean log-variance over
+    the embedding's dimensions (the authors' scripts; the paper uses the variance itself)."""
     inputs = torch.cat([features, actions], -1)
     predictions = torch.stack([head(inputs) for head in model.ensemble])  # [K, H, N, embed]
     return predictions.var(0).log().mean(-1)
@@ -365,7 +320,7 @@ def actor_critic_loss(
     actor: Actor,
     value: nn.Module,
     start: tuple[Tensor, Tensor],
-    args: Args,
+    args: Config,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Actor and value losses from imagined trajectories starting at every posterior state."""
     h, s = (x.flatten(0, 1) for x in start)  # [T * B, ...]
@@ -404,7 +359,7 @@ class Agent(NamedTuple):
     value_opt: torch.optim.Adam
 
 
-def make_agent(env: DMCEnv, args: Args, device: torch.device) -> Agent:
+def make_agent(env: DMCEnv, args: Config, device: torch.device) -> Agent:
     model = WorldModel(env.obs_dim, env.action_dim, args.obs == "visual", args).to(device)
     actor = Actor(model.rssm.feature_dim, env.action_dim).to(device)
     value = mlp(model.rssm.feature_dim, 1, 128, 2).to(device)
@@ -417,7 +372,7 @@ def make_agent(env: DMCEnv, args: Args, device: torch.device) -> Agent:
 
 
 def train_step(
-    agent: Agent, batch: dict[str, Tensor], keys: tuple[str, ...], args: Args
+    agent: Agent, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
 ) -> dict[str, Tensor]:
     """One update of the world model, then of the actor and the value net (Dreamer Algorithm 1)."""
     model_loss, start, metrics = world_model_loss(agent.model, batch, keys, args)
@@ -464,7 +419,8 @@ def run_episodes(
 
     The agent filters the posterior state from the real observations and the actions taken
     (`obs_step`) and acts on it: a sample of the policy (plus `expl_noise`) or its mode.
-    `random` draws uniform actions from the action seeds of `seeds`.
+    `random` draws uniform actions from the action seeds of `seeds`. Of `args` only
+    `expl_noise` is read.
     """
     n = len(envs)
     keys = envs[0].obs_keys
@@ -499,25 +455,12 @@ def run_episodes(
     return [stack_records(r) for r in records]
 
 
-def save_gif(path: Path, frames: np.ndarray) -> None:
-    """frames [T, H, W, 3] uint8 -> an animated GIF (25 frames/s)."""
-    from PIL import Image
-
-    images = [Image.fromarray(f) for f in frames]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        path,
-        lambda tmp: images[0].save(
-            tmp, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0
-        ),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------
-def write_info(folder: Path, settings: dict[str, Any]) -> None:
-    """Record the dataset's settings and its trajectories' mean return in `info.json`."""
+def write_info(folder: Path, settings: dict[str, Any], what: str = "trajectories") -> str:
+    """Record the dataset's settings and its trajectories' mean return in `info.json`; returns
+    the line that tells it on the terminal."""
     files = trajectory_files(folder) if any(folder.glob("*.npz")) else []
     returns = [float(load_trajectory(p, ["reward"])["reward"].sum()) for p in files]
     info = {
@@ -528,6 +471,15 @@ def write_info(folder: Path, settings: dict[str, Any]) -> None:
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     atomic_write(folder / "info.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    spread = f"{np.mean(returns):.1f} +- {np.std(returns):.1f}" if returns else "none"
+    return f"{folder}: {len(files)} {what}, return {spread}"
+
+
+def folder_settings(args: Config, agent: str, render: bool, **more: str) -> dict[str, Any]:
+    """How a dataset folder is made, as its `info.json` records it (`obs`: not for random)."""
+    observes = {} if agent == "random" else {"obs": args.obs}
+    made = {"render": render, "action_repeat": args.action_repeat, "seed": args.seed}
+    return {"agent": agent, "env": f"{args.env}-{args.task}", **observes, **made, **more}
 
 
 def check_settings(folder: Path, settings: dict[str, Any]) -> None:
@@ -543,42 +495,37 @@ def check_settings(folder: Path, settings: dict[str, Any]) -> None:
         )
 
 
-def task_of(args: Args) -> str:
-    task = args.task or DEFAULT_TASK.get(args.env)
-    if task is None:
-        raise SystemExit(f"error: --task is needed for the embodiment {args.env!r}")
-    return task
+def fill_folder(folder: Path, settings: dict[str, Any], count: int, what: str) -> list[int]:
+    """Open a dataset folder that is filled up to `count` trajectories `{i}.npz`: remove what a
+    killed write left, check its settings, and return the indices still missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a collection that was killed mid-write
+        stale.unlink()
+    check_settings(folder, settings)
+    done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
+    todo = [i for i in range(count) if i not in done]
+    print(f"{folder}: {len(done)} {what} present, collecting {len(todo)}")
+    return todo
 
 
 def collect_random(args: Args) -> Path:
     """Fill `{data_dir}/{env}-random/` up to `num_trajectories` random-action trajectories.
 
     Trajectory i depends only on (seed, i), so re-running adds only the missing ones and a
-    resumed dataset equals an uninterrupted one."""
-    task = task_of(args)
-    folder = Path(args.data_dir) / f"{args.env}-random"
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.tmp"):  # left by a collection that was killed mid-write
-        stale.unlink()
-    settings = {
-        "agent": "random",
-        "env": f"{args.env}-{task}",
-        "render": args.render,
-        "action_repeat": args.action_repeat,
-        "seed": args.seed,
-    }
-    check_settings(folder, settings)
-    done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
-    todo = [i for i in range(args.num_trajectories) if i not in done]
-    print(f"{folder}: {len(done)} trajectories present, collecting {len(todo)}")
+    resumed dataset equals an uninterrupted one. `args` is resolved here (the tests' fixtures
+    call this with the command line's `Args`)."""
+    cfg = resolve(args)
+    folder = Path(cfg.data_dir) / f"{cfg.env}-random"
+    settings = folder_settings(cfg, "random", cfg.render)
+    todo = fill_folder(folder, settings, cfg.num_trajectories, "trajectories")
     if todo:
         env = make_env(
-            f"{args.env}-{task}", obs="mdp", seed=args.seed,
-            action_repeat=args.action_repeat, render=args.render,
+            f"{cfg.env}-{cfg.task}", obs="mdp", seed=cfg.seed,
+            action_repeat=cfg.action_repeat, render=cfg.render,
         )  # fmt: skip
-        bar = tqdm(todo, desc=f"random {args.env}-{task}", unit="traj")
+        bar = tqdm(todo, desc=f"random {cfg.env}-{cfg.task}", unit="traj")
         for i in bar:
-            env_seed, action_seed = np.random.SeedSequence([args.seed, i]).generate_state(2)
+            env_seed, action_seed = np.random.SeedSequence([cfg.seed, i]).generate_state(2)
             rng = np.random.default_rng(action_seed)
             records = [env.reset(seed=int(env_seed))]
             while not records[-1]["is_last"]:
@@ -587,43 +534,25 @@ def collect_random(args: Args) -> Path:
             trajectory = stack_records(records)
             save_trajectory(folder / f"{i}.npz", trajectory)
             bar.set_postfix(ret=f"{trajectory['reward'].sum():.1f}")
-    write_info(folder, settings)
-    info = dataset_info(folder)
-    print(
-        f"{folder}: {info['num_trajectories']} trajectories, return {info['mean_return']:.1f} "
-        f"+- {info['std_return']:.1f}"
-    )
+    print(write_info(folder, settings))
     return folder
 
 
-def collect_expert(agent: Agent, args: Args, agent_path: Path, device: torch.device) -> Path:
+def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.device) -> Path:
     """Fill `{data_dir}/{env}-{task}-expert/` up to `num_demos` trajectories of the policy's
     mode (no exploration noise). Demonstration i depends only on (seed, i) and the agent."""
-    task = task_of(args)
-    folder = Path(args.data_dir) / f"{args.env}-{task}-expert"
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.tmp"):
-        stale.unlink()
-    settings = {
-        "agent": "dreamer-expert",
-        "env": f"{args.env}-{task}",
-        "obs": args.obs,
-        "render": args.render,
-        "action_repeat": args.action_repeat,
-        "seed": args.seed,
-        "source": str(agent_path),
-    }
-    check_settings(folder, settings)
-    done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
-    todo = [i for i in range(args.num_demos) if i not in done]
-    print(f"{folder}: {len(done)} demonstrations present, collecting {len(todo)}")
+    folder = Path(args.data_dir) / f"{args.env}-{args.task}-expert"
+    settings = folder_settings(args, "dreamer-expert", args.render, source=str(agent_path))
+    todo = fill_folder(folder, settings, args.num_demos, "demonstrations")
     chunk = 10  # episodes in lockstep: one batched policy call per step
     render = args.render or args.obs == "visual"
     envs = [
-        make_env(f"{args.env}-{task}", args.obs, render=render, action_repeat=args.action_repeat)
+        make_env(
+            f"{args.env}-{args.task}", args.obs, render=render, action_repeat=args.action_repeat
+        )
         for _ in range(min(chunk, len(todo)))
     ]
-    bar = tqdm(total=len(todo), desc=f"expert {args.env}-{task}", unit="traj")
+    bar = tqdm(total=len(todo), desc=f"expert {args.env}-{args.task}", unit="traj")
     for first in range(0, len(todo), chunk):
         index = todo[first : first + chunk]
         seeds = [episode_seed(args.seed, EXPERT, i) for i in index]
@@ -635,41 +564,13 @@ def collect_expert(agent: Agent, args: Args, agent_path: Path, device: torch.dev
         bar.update(len(index))
         bar.set_postfix(ret=f"{np.mean([e['reward'].sum() for e in episodes]):.1f}")
     bar.close()
-    write_info(folder, settings)
-    info = dataset_info(folder)
-    print(
-        f"{folder}: {info['num_trajectories']} expert trajectories, return "
-        f"{info['mean_return']:.1f} +- {info['std_return']:.1f}"
-    )
+    print(write_info(folder, settings, "expert trajectories"))
     return folder
 
 
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def save_agent(
-    path: Path, agent: Agent, args: Args, state: dict[str, Any], buffer: ReplayBuffer
-) -> None:
-    payload = {
-        "args": asdict(args),
-        "state": state,
-        **{name: getattr(agent, name).state_dict() for name in Agent._fields},
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "buffer": buffer.rng.bit_generator.state,
-        },
-    }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-
-
-def load_agent(path: Path, agent: Agent) -> dict[str, Any]:
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    for name in Agent._fields:
-        getattr(agent, name).load_state_dict(ckpt[name])
-    return ckpt
-
-
 # Flags a resumed run must share with the run it continues (budgets and logging may change).
 RUN_SETTINGS = (
     "agent", "env", "task", "obs", "seed", "render", "action_repeat", "deter", "stoch", "hidden",
@@ -677,181 +578,170 @@ RUN_SETTINGS = (
 )  # fmt: skip
 
 
-def train(args: Args) -> Path:
+@dataclass
+class Progress:
+    """How far a run is (checkpointed as a dict): the episodes trained on, the simulator steps
+    collected (prefill included) and the gradient updates taken."""
+
+    episodes_trained: int = 0
+    env_steps: int = 0
+    updates: int = 0
+
+
+def update(
+    run: Run,
+    agent: Agent,
+    buffer: ReplayBuffer,
+    keys: tuple[str, ...],
+    progress: Progress,
+    episode: int,
+    args: Config,
+    device: torch.device,
+) -> None:
+    """The C updates that follow collecting `episode` (none before the last prefill episode),
+    then the checkpoint, which records that the episode was trained on."""
+    if episode >= args.prefill_episodes - 1:
+        sums: dict[str, Tensor] = {}
+        for _ in range(args.train_steps_per_episode):
+            batch = buffer.sample(
+                args.batch_size, args.horizon, device, [*keys, "pre_action", "reward"]
+            )
+            add_to(sums, train_step(agent, batch, keys, args))
+        means = run.log("train", sums, args.train_steps_per_episode, progress.env_steps)
+        run.check_finite(means, f"after episode {episode}")
+        progress.updates += args.train_steps_per_episode
+    progress.episodes_trained = episode + 1
+    run.checkpoint(asdict(progress), [buffer], **agent._asdict())
+
+
+def train(args: Config) -> Path:
     """Train Dreamer or Plan2Explore; every episode goes to the buffer folder as it is collected.
 
     Returns the saved agent's path. After each episode's updates the agent is checkpointed; a
     resumed run trains on any episode saved after the last checkpoint, then collects the next."""
-    task = task_of(args)
-    name = f"{args.env}-{task}-buffer" if args.agent == "dreamer" else f"{args.env}-p2e"
+    name = f"{args.env}-{args.task}-buffer" if args.agent == "dreamer" else f"{args.env}-p2e"
     folder = Path(args.data_dir) / name
-    run_dir = Path(args.runs_dir) / f"{args.env}-{task}__{args.agent}__{args.obs}__{args.seed}"
-    ckpt_path = run_dir / "agent.pt"
     if folder.exists() and any(folder.glob("*.npz")) and not args.resume:
         raise SystemExit(
             f"error: {folder} holds episodes already; pass --resume to continue that run, "
             f"or choose another --data-dir"
         )
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    seed_everything(args.seed)
     device = torch.device(args.device)
     render = args.render or args.obs == "visual"
-    settings = {
-        "agent": args.agent,
-        "env": f"{args.env}-{task}",
-        "obs": args.obs,
-        "render": render,
-        "action_repeat": args.action_repeat,
-        "seed": args.seed,
-    }
+    settings = folder_settings(args, args.agent, render)
     check_settings(folder, settings)
+    run_name = f"{args.env}-{args.task}__{args.agent}__{args.obs}__{args.seed}"
+    run = Run(args.runs_dir, run_name, args, args.resume, "agent.pt", RUN_SETTINGS)
 
     env = make_env(
-        f"{args.env}-{task}", args.obs, seed=args.seed,
+        f"{args.env}-{args.task}", args.obs, seed=args.seed,
         action_repeat=args.action_repeat, render=render,
     )  # fmt: skip
     eval_env = make_env(
-        f"{args.env}-{task}", args.obs, action_repeat=args.action_repeat,
+        f"{args.env}-{args.task}", args.obs, action_repeat=args.action_repeat,
         render=args.capture_video or args.obs == "visual",
     )  # fmt: skip
     keys = env.obs_keys
     agent = make_agent(env, args, device)
     buffer = ReplayBuffer(folder, seed=args.seed, keys=[*keys, "pre_action", "reward"])
-    state: dict[str, Any] = {"episodes_trained": 0, "env_steps": 0, "updates": 0}
-    if ckpt_path.exists():
-        ckpt = load_agent(ckpt_path, agent)
-        clashes = {
-            k: (ckpt["args"][k], getattr(args, k))
-            for k in RUN_SETTINGS
-            if ckpt["args"][k] != getattr(args, k)
-        }
-        if clashes:
-            raise SystemExit(
-                f"error: {ckpt_path} was trained with other flags (its, yours): {clashes}"
-            )
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        buffer.rng.bit_generator.state = ckpt["rng"]["buffer"]
-    if len(buffer) < state["episodes_trained"]:
+    progress = Progress()
+    if run.resumed is not None:
+        run.restore(**agent._asdict())
+        run.restore_rng([buffer])
+        progress = Progress(**run.resumed["state"])
+    if len(buffer) < progress.episodes_trained:
         raise SystemExit(
-            f"error: {ckpt_path} was trained on {state['episodes_trained']} episodes but {folder} "
-            f"holds {len(buffer)}; the buffer lost files"
+            f"error: {run.ckpt_path} was trained on {progress.episodes_trained} episodes but "
+            f"{folder} holds {len(buffer)}; the buffer lost files"
         )
-    state["env_steps"] = int((buffer.lengths - 1).sum()) * args.action_repeat
+    progress.env_steps = int((buffer.lengths - 1).sum()) * args.action_repeat
     if len(buffer):
         print(
-            f"resuming: {len(buffer)} episodes in {folder}, {state['episodes_trained']} trained on"
+            f"resuming: {len(buffer)} episodes in {folder}, {progress.episodes_trained} trained on"
         )
     write_info(folder, settings)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
-        f"|{k}|{v}|" for k, v in asdict(args).items()
-    ))  # fmt: skip
-    bar = tqdm(total=args.total_steps, initial=state["env_steps"], desc=name, unit="step")
-
-    def update(episode: int) -> None:
-        """The updates that follow collecting `episode` (none during the prefill)."""
-        if episode >= args.prefill_episodes - 1:
-            sums: dict[str, Tensor] = {}
-            for _ in range(args.train_steps_per_episode):
-                batch = buffer.sample(
-                    args.batch_size, args.horizon, device, [*keys, "pre_action", "reward"]
-                )
-                for k, v in train_step(agent, batch, keys, args).items():
-                    sums[k] = v + sums[k] if k in sums else v
-            means = {k: float(v) / args.train_steps_per_episode for k, v in sums.items()}
-            if not all(math.isfinite(v) for v in means.values()):
-                raise SystemExit(
-                    f"error: non-finite losses after episode {episode}: {means}; the last good "
-                    f"checkpoint {ckpt_path} is kept"
-                )
-            state["updates"] += args.train_steps_per_episode
-            for k, mean in means.items():
-                writer.add_scalar(f"train/{k}", mean, state["env_steps"])
-        state["episodes_trained"] = episode + 1
-        save_agent(ckpt_path, agent, args, state, buffer)
+    bar = tqdm(total=args.total_steps, initial=progress.env_steps, desc=name, unit="step")
 
     # Episodes saved after the last checkpoint (a kill between saving and updating) are trained
     # on now, so that none is lost and none is collected twice.
-    for episode in range(state["episodes_trained"], len(buffer)):
-        update(episode)
-    while state["env_steps"] < args.total_steps:
+    for episode in range(progress.episodes_trained, len(buffer)):
+        update(run, agent, buffer, keys, progress, episode, args, device)
+    while progress.env_steps < args.total_steps:
         episode = len(buffer)
-        env_seed = episode_seed(args.seed, BUFFER, episode)
+        seed = episode_seed(args.seed, BUFFER, episode)
         mode: Literal["random", "sample"] = (
             "random" if episode < args.prefill_episodes else "sample"
         )
         agent.model.eval()
-        (trajectory,) = run_episodes([env], [env_seed], agent, mode, args, device)
+        (trajectory,) = run_episodes([env], [seed], agent, mode, args, device)
         agent.model.train()
         buffer.add(trajectory)
         steps = (len(trajectory["reward"]) - 1) * args.action_repeat
-        state["env_steps"] += steps
-        bar.update(steps)
+        progress.env_steps += steps
         ret = float(trajectory["reward"].sum())
-        writer.add_scalar("train/return", ret, state["env_steps"])
+        run.writer.add_scalar("train/return", ret, progress.env_steps)
+        bar.update(steps)
         bar.set_postfix(episode=episode, ret=f"{ret:.1f}")
-        update(episode)
+        update(run, agent, buffer, keys, progress, episode, args, device)
         if args.eval_every and (episode + 1) % args.eval_every == 0 and args.agent == "dreamer":
-            (ep,) = run_episodes(
-                [eval_env], [episode_seed(args.seed, EVAL, episode)], agent, "mode", args, device
-            )
-            writer.add_scalar("eval/return", float(ep["reward"].sum()), state["env_steps"])
+            seed = episode_seed(args.seed, EVAL, episode)
+            (ep,) = run_episodes([eval_env], [seed], agent, "mode", args, device)
+            run.writer.add_scalar("eval/return", float(ep["reward"].sum()), progress.env_steps)
             if args.capture_video:
-                save_gif(run_dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
+                save_gif(run.dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
     bar.close()
-    write_info(folder, settings)
-    info = dataset_info(folder)
-    print(
-        f"{folder}: {info['num_trajectories']} episodes, return {info['mean_return']:.1f} "
-        f"+- {info['std_return']:.1f}; agent saved to {ckpt_path}"
-    )
-    writer.close()
-    return ckpt_path
+    print(f"{write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
+    run.writer.close()
+    return run.ckpt_path
 
 
-def expert_only(args: Args) -> Path:
-    """Load a saved agent and (re)collect its expert demonstrations."""
+def load_agent(path: Path, agent: Agent) -> dict[str, Any]:
+    """Load a checkpoint written by `train` into `agent`; returns the checkpoint."""
+    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    for name in Agent._fields:
+        getattr(agent, name).load_state_dict(ckpt[name])
+    return ckpt
+
+
+def expert_only(args: Config) -> Path:
+    """Load a saved agent (`--load-agent`) and (re)collect its expert demonstrations."""
     assert args.load_agent is not None
     path = Path(args.load_agent)
     if not path.is_file():
         raise SystemExit(f"error: --load-agent {path} does not exist")
-    saved = Args(**torch.load(path, map_location="cpu", weights_only=False)["args"])
+    saved = resolve(Args(**torch.load(path, map_location="cpu", weights_only=False)["args"]))
     if saved.agent != "dreamer":
         raise SystemExit(f"error: {path} is a {saved.agent} agent; only Dreamer has a task policy")
-    if (args.env, task_of(args)) != (saved.env, task_of(saved)):
+    if (args.env, args.task) != (saved.env, saved.task):
         raise SystemExit(
-            f"error: {path} was trained on {saved.env}-{task_of(saved)}, "
-            f"not {args.env}-{task_of(args)}"
+            f"error: {path} was trained on {saved.env}-{saved.task}, not {args.env}-{args.task}"
         )
-    run = replace(
+    # The agent's own settings, with this command's budget, folders and device.
+    acting = replace(
         saved, num_demos=args.num_demos, data_dir=args.data_dir, runs_dir=args.runs_dir,
         capture_video=args.capture_video, device=args.device, render=args.render,
     )  # fmt: skip
     device = torch.device(args.device)
-    env = make_env(f"{run.env}-{task_of(run)}", run.obs)
-    agent = make_agent(env, run, device)
+    env = make_env(f"{acting.env}-{acting.task}", acting.obs)
+    agent = make_agent(env, acting, device)
     load_agent(path, agent)
     agent.model.eval()
-    return collect_expert(agent, run, path, device)
+    return collect_expert(agent, acting, path, device)
 
 
 def main(args: Args) -> None:
-    print(json.dumps(asdict(args)))
+    cfg = resolve(args)
+    print(json.dumps(asdict(cfg)))
     try:
-        if args.load_agent is not None:
-            expert_only(args)
-        elif args.agent == "random":
-            collect_random(args)
+        if cfg.load_agent is not None:
+            expert_only(cfg)
+        elif cfg.agent == "random":
+            collect_random(cfg)
         else:
-            path = train(args)
-            if args.agent == "dreamer" and args.num_demos > 0:
-                expert_only(replace(args, load_agent=str(path)))
+            path = train(cfg)
+            if cfg.agent == "dreamer" and cfg.num_demos > 0:
+                expert_only(replace(cfg, load_agent=str(path)))
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from e
 

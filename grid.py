@@ -27,7 +27,7 @@ Jobs (name: script; what it waits for; the files whose existence marks it finish
     bco0:{env}-{body}->{task}-{obs}-s{seed}
                             bco0.py, after the body's datasets and the demonstrations; results.json
     vmail:{env}-{body}->{task}-{obs}-s{seed}
-                            vmail.py --obs-only --world-model <the wm job's world_model.pt> (with
+                            vmail_obs.py --world-model <the wm job's world_model.pt> (with
                             `--methods ... vmail`), after the wm job and the demonstrations;
                             results.json
     table                   results_table.py over every results.json, after all runs; results.md
@@ -86,6 +86,7 @@ ROOT = Path(__file__).resolve().parent
 Env = Literal["walker", "cheetah"]
 Obs = Literal["mdp", "lpomdp", "visual"]
 Method = Literal["aime", "bco0", "vmail"]
+SCRIPTS: dict[str, str] = {"aime": "aime.py", "bco0": "bco0.py", "vmail": "vmail_obs.py"}
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Args:
     seeds: tuple[int, ...] = (1,)
     """seeds of the world models and runs (the paper pools 100 evaluation episodes of one)"""
     methods: tuple[Method, ...] = ("aime", "bco0")
-    """methods of the grid (add vmail: V-MAIL's observation-only mode on the same world models)"""
+    """methods of the grid (add vmail: vmail_obs.py, V-MAIL on the same world models)"""
     cells: tuple[str, ...] = ()
     """only these cells, as 'body->task', e.g. 'mix->run' 'random->runb' (none given: all)"""
     dry_run: bool = False
@@ -141,7 +142,7 @@ class Args:
     bco0_args: str = ""
     """extra flags of every bco0.py job, e.g. --bco0-args='--patience 20'"""
     vmail_args: str = ""
-    """extra flags of every vmail.py job, e.g. --vmail-args='--reward d'"""
+    """extra flags of every vmail_obs.py job, e.g. --vmail-args='--reward d'"""
 
     # -- SLURM -------------------------------------------------------------------------------------
     slurm_partition: Optional[str] = None
@@ -348,8 +349,8 @@ def run_job(
     args: Args, method: Method, env: str, body: str, task: str, obs: str, seed: int,
     deps: list[Job],
 ) -> Job:  # fmt: skip
-    """A phase-2 AIME run on its world model (deps[0]), or a BCO(0) run; both after the
-    demonstrations (deps[-1])."""
+    """A phase-2 AIME run or a vmail_obs.py run on its world model (deps[0]), or a BCO(0) run;
+    all after the demonstrations (deps[-1])."""
     runs = Path(args.grid_dir) / "results"
     run_dir = runs / f"{env}-{task}__{obs}__{body}__{task}__{method}__{seed}"
     own: dict[str, object] = dict(
@@ -362,8 +363,8 @@ def run_job(
         budget = value(args, "phase2_epochs", "aime_phase2_epochs") / DEFAULTS["aime_phase2_epochs"]
         hours, extra = HOURS_AIME_PHASE2[obs] * budget, args.aime_args
         if method == "vmail":  # no V-MAIL figure of ours: AIME's phase-2 hours stand in
-            own.update(obs_only=True, task=task)
-            extra = args.vmail_args
+            del own["body_data"]  # vmail_obs.py reads it from the world model
+            own["task"], extra = task, args.vmail_args
     else:
         own["phase1_epochs"] = args.phase1_epochs
         epochs = value(args, "phase1_epochs", "bco0_phase1_epochs")
@@ -372,7 +373,7 @@ def run_job(
         hours, extra = HOURS_BCO0[obs] * budget, args.bco0_args
     return Job(
         f"{method}:{env}-{cell_name(body, task)}-{obs}-s{seed}",
-        command(f"{method}.py", extra, **own),
+        command(SCRIPTS[method], extra, **own),
         markers=(str(run_dir / "results.json"),),
         deps=tuple(j.name for j in deps),
         hours=hours * steps_scale(args),

@@ -12,7 +12,7 @@ Cases:
 - vmail-mdp, vmail-visual: one V-MAIL training iteration of Algorithm 1 per second at the
   default sizes (a model step on 50 x 50, the expert latents of 50 x 50 demonstration records,
   then discriminator, actor and value steps on K = 15 rollouts from all 2500 posterior states).
-- vmail-obsonly-mdp: one iteration of `vmail.py --obs-only` on AIME's (frozen) world model.
+- vmail-obsonly-mdp: one iteration of `vmail_obs.py` on AIME's (frozen) world model.
 - dataset: batches of 50 x 50 64x64 images per second from a memory-mapped dataset.
 - collect-mdp, collect-visual: `dreamer_collect.py --agent dreamer` on walker-walk at the default
   sizes: environment steps per second of the whole collect-and-train loop, from the timed parts
@@ -40,6 +40,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import aime
 import dreamer_collect
 import vmail
+import vmail_obs
 from common.envs import make_env
 from common.replay import TrajectoryDataset, save_trajectory
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, kl_loss
@@ -136,28 +137,29 @@ def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], obje
     """One V-MAIL training iteration on a synthetic walker batch with the script's functions."""
     obs = "visual" if case == "vmail-visual" else "mdp"
     T, B = args.horizon, args.batch_size
-    v_args = vmail.Args(obs=obs, device=str(device))  # type: ignore[arg-type]
     batch, keys = walker_batch(obs, T, B, device)
     if case == "vmail-obsonly-mdp":
+        o_args = vmail_obs.Config(obs="mdp", device=str(device))
         frozen = aime.WorldModel(24, 6, False, "aime", False).to(device).requires_grad_(False)
-        learner = vmail.make_learner(frozen.rssm.feature_dim, 6, False, v_args)
+        learner = vmail.make_learner(frozen.rssm.feature_dim, 6, False, o_args)
         demo = {k: v for k, v in batch.items() if k != "pre_action"}
         deter = frozen.rssm.cfg.deter
 
         def obs_only() -> None:
-            feat, _ = vmail.expert_latents(frozen, demo, keys, learner.actor)
+            feat = vmail_obs.expert_latents(frozen.encoder, frozen.rssm, demo, keys, learner.actor)
             start = (feat[..., :deter], feat[..., deter:])
-            vmail.imitation_step(frozen, learner, start, feat, None, v_args)
+            vmail.imitation_step(frozen.rssm, learner, start, feat, None, o_args)
 
         return obs_only
+    v_args = vmail.Config(obs=obs, device=str(device))  # type: ignore[arg-type]
     model = vmail.WorldModel(24, 6, obs == "visual", v_args).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=v_args.model_lr)
     learner = vmail.make_learner(model.rssm.feature_dim, 6, True, v_args)
 
     def step() -> None:
         start, _ = vmail.model_step(model, opt, batch, keys, v_args)
-        feat, actions = vmail.expert_latents(model, batch, keys, None)
-        vmail.imitation_step(model, learner, start, feat, actions, v_args)
+        feat, actions = vmail.expert_latents(model.encoder, model.rssm, batch, keys)
+        vmail.imitation_step(model.rssm, learner, start, feat, actions, v_args)
 
     return step
 
@@ -208,10 +210,10 @@ def dataset_rate(args: Args, device: torch.device) -> float:
 def collect_rate(case: str, args: Args, device: torch.device) -> tuple[float, float, float]:
     """(environment steps/s of collect-and-train, updates/s, seconds per acted episode)."""
     obs = case.split("-")[1]
-    dargs = dreamer_collect.Args(
+    dargs = dreamer_collect.resolve(dreamer_collect.Args(
         agent="dreamer", env="walker", task="walk", obs=obs,  # type: ignore[arg-type]
         batch_size=args.batch_size, horizon=args.horizon, device=str(device),
-    )  # fmt: skip
+    ))  # fmt: skip
     env = make_env("walker-walk", obs, render=True)  # type: ignore[arg-type]
     agent = dreamer_collect.make_agent(env, dargs, device)
     keys = env.obs_keys

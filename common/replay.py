@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Optional, Union, cast
+from typing import Any, NamedTuple, Optional, Union, cast
 
 import numpy as np
 import torch
@@ -606,3 +606,57 @@ class ReplayBuffer(WindowSampler):
         kept = episode if self.keys is None else {k: episode[k] for k in self.keys}
         self.trajectories.append(kept)
         return path
+
+
+# --------------------------------------------------------------------------------------------
+# A dataset opened for training, in one call
+# --------------------------------------------------------------------------------------------
+class Dataset(NamedTuple):
+    """A dataset named on a script's command line, opened and checked, with its facts."""
+
+    name: str  # as given: `random`, `mix`, `run`, `a+b` or a path
+    folders: list[Path]  # the folders it resolves to, in order
+    files: list[Path]  # the trajectory files used (the first `num` over all folders)
+    data: TrajectoryDataset  # the chosen keys of those files, read through the cache
+    has_actions: bool  # whether the files hold the actions (`pre_action`)
+
+    def mean_return(self) -> float:
+        """The mean return of the trajectories used (their rewards are read from the files)."""
+        return float(np.mean([load_trajectory(f, ["reward"])["reward"].sum() for f in self.files]))
+
+
+def open_dataset(
+    data_dir: PathLike,
+    env: str,
+    name: str,
+    kind: str,
+    keys: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    num: Optional[int] = None,
+    actions: Optional[bool] = True,
+    seed: Optional[int] = None,
+    flag: str = "--num-demos",
+) -> Dataset:
+    """Resolve a `--body-data` (kind "body") or `--demo` (kind "demo") name (`dataset_folders`),
+    read and check every file used, and return the dataset with its facts.
+
+    keys     the observation keys to read; `shapes` the per-record shapes the files must have
+             (`DMCEnv.record_shapes`), so a dataset of another embodiment is refused
+    num      use the first `num` trajectories over all folders (None: all); `flag` is the
+             command-line flag named in the error when there are fewer
+    actions  True: `pre_action` is read and must be there; None: read where the files hold it
+             (for analysis only); False: never read
+    seed     the seed of the dataset's window sampler
+    The folders' recorded action repeat is `dataset_action_repeat(dataset.folders)`.
+    """
+    folders = dataset_folders(data_dir, env, name, kind)
+    files = [f for folder in folders for f in trajectory_files(folder)]
+    if num is not None and len(files) < num:
+        raise DatasetError(f"{flag} {num}, but {name} holds {len(files)}")
+    files = files[:num]
+    with np.load(files[0]) as first:
+        held = "pre_action" in first.files or "action" in first.files
+    read_actions = held if actions is None else actions
+    wanted = [*keys, "pre_action"] if read_actions else list(keys)
+    data = TrajectoryDataset(folders, wanted, num, shapes, seed=seed)
+    return Dataset(name, folders, files, data, held)

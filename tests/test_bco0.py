@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +53,17 @@ def test_idm_validation_error_falls_far_below_the_mean_action() -> None:
 
     def val_loss() -> float:
         return bco0.validation_loss(
-            lambda b: bco0.idm_loss(idm, b, keys), val, windows, 2, data_keys, torch.device("cpu")
+            lambda b: bco0.idm_loss(idm, b, keys)[0],
+            val,
+            windows,
+            2,
+            data_keys,
+            torch.device("cpu"),
         )
 
     before = val_loss()
     for _ in range(600):
-        loss = bco0.idm_loss(idm, train.sample(64, 2, keys=data_keys), keys)
+        loss, _ = bco0.idm_loss(idm, train.sample(64, 2, keys=data_keys), keys)
         opt.zero_grad(), loss.backward(), opt.step()
     after = val_loss()
     mean_action = np.concatenate([t["pre_action"][1:] for t in train.trajectories]).mean(0)
@@ -80,6 +86,35 @@ def test_labels_never_see_the_demonstration_actions() -> None:
         assert "policy_action_mse" in metrics
     for g, h in zip(*grads, strict=True):
         torch.testing.assert_close(g, h)
+
+
+def test_resolve_fills_every_default(tmp_path: Path) -> None:
+    folder = tmp_path / "walker-random"
+    folder.mkdir()
+    (folder / "info.json").write_text(json.dumps({"action_repeat": 4}))
+    args = bco0.Args(
+        env="walker", body_data="random", demo="run", obs="mdp", data_dir=str(tmp_path)
+    )
+    cfg = bco0.resolve(args)
+    assert (cfg.task, cfg.stack, cfg.action_repeat) == ("run", 1, 4)
+    assert list(asdict(cfg)) == list(asdict(bco0.Args()))  # the same flags, in the same order
+    visual = bco0.resolve(bco0.Args(demo=str(tmp_path / "walker-walk-expert"), data_dir="none"))
+    assert (visual.task, visual.stack, visual.action_repeat) == ("walk", 5, 2)
+
+
+def test_actor_stacks_the_last_observations_from_the_first() -> None:
+    seen: list[torch.Tensor] = []
+
+    def policy(history: torch.Tensor) -> torch.Tensor:
+        seen.append(history.clone())
+        return torch.zeros(history.shape[1], 1)
+
+    actor = bco0.StackActor(policy, ("position",), 3, torch.device("cpu"))  # type: ignore[arg-type]
+    for t in range(4):
+        actions = actor([{"position": np.full(2, 10.0 * t + i, np.float32)} for i in range(2)])
+        assert actions.shape == (2, 1)
+    assert seen[0][:, 1, 0].tolist() == [1, 1, 1]  # the first observation fills the stack
+    assert seen[3][:, 1, 0].tolist() == [11, 21, 31]  # then the last three, oldest first
 
 
 @pytest.mark.slow

@@ -32,14 +32,14 @@ def run_script(*flags: str, timeout: int = 600) -> subprocess.CompletedProcess[s
     )  # fmt: skip
 
 
-def tiny_args(tmp_path: Path, **kw: object) -> dc.Args:
+def tiny_args(tmp_path: Path, **kw: object) -> dc.Config:
     args = dc.Args(
         agent="dreamer", env="cartpole", task="balance", obs="mdp", render=False,
         deter=32, stoch=8, hidden=32, batch_size=4, horizon=10, prefill_episodes=1,
         train_steps_per_episode=2, eval_every=0, num_demos=0, device="cpu",
         data_dir=str(tmp_path / "data"), runs_dir=str(tmp_path / "runs"),
     )  # fmt: skip
-    return replace(args, **kw)  # type: ignore[arg-type]
+    return dc.resolve(replace(args, **kw))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_lambda_return_matches_the_textbook_definition(lam: float) -> None:
 # ---------------------------------------------------------------------------------------------
 # Learning, piece by piece
 # ---------------------------------------------------------------------------------------------
-def collected_buffer(args: dc.Args, episodes: int) -> ReplayBuffer:
+def collected_buffer(args: dc.Config, episodes: int) -> ReplayBuffer:
     env = make_env("cartpole-balance", "mdp", render=False)
     buffer = ReplayBuffer(seed=0)
     for i in range(episodes):
@@ -301,6 +301,20 @@ def test_resume_trains_on_episodes_saved_after_the_last_checkpoint(tmp_path: Pat
     with pytest.raises(SystemExit, match="other settings"):
         dc.main(replace(args, total_steps=7000, resume=True, obs="lpomdp"))
     assert episode_files(folder) == now
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = tiny_args(tmp_path, total_steps=2000)
+    dc.main(args)
+    ckpt_path = tmp_path / "runs" / "cartpole-balance__dreamer__mdp__0" / "agent.pt"
+    good = ckpt_path.read_bytes()
+    monkeypatch.setattr(dc, "train_step", lambda *a: {"loss": torch.tensor(float("nan"))})
+    with pytest.raises(SystemExit, match="non-finite loss after episode 2; the last good"):
+        dc.main(replace(args, total_steps=3000, resume=True))
+    assert ckpt_path.read_bytes() == good
+    assert len(list((tmp_path / "data" / "cartpole-balance-buffer").glob("*.npz"))) == 3
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The DMC environments match SPEC.md: observation sizes, rewards, episode length, rendering."""
+"""The DMC environments match the AIME benchmark (paper section 4, Appendix D, and the authors'
+environment configs): observation sizes, rewards, episode length, rendering."""
 
 from __future__ import annotations
 

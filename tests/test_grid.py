@@ -106,7 +106,8 @@ def test_dry_run_of_a_small_grid_lists_each_job_once_after_its_dependencies(
     assert set(vm.deps) == {wm.name, "data:walker-run"}
     command = list(vm.command)
     assert command[command.index("--world-model") + 1] == with_vmail[wm.name].markers[0]
-    assert "--obs-only" in command and command[command.index("--task") + 1] == "run"
+    assert command[1] == str(ROOT / "vmail_obs.py") and "--body-data" not in command
+    assert command[command.index("--task") + 1] == "run"
 
 
 def test_full_grid_size_and_cost() -> None:
@@ -124,7 +125,7 @@ def test_budget_defaults_are_the_scripts() -> None:
     import aime
     import bco0
     import dreamer_collect
-    import vmail
+    import vmail_obs
 
     a, b, d = aime.Args(), bco0.Args(), dreamer_collect.Args()
     expected = {
@@ -136,8 +137,9 @@ def test_budget_defaults_are_the_scripts() -> None:
     }  # fmt: skip
     assert expected == grid.DEFAULTS
     assert b.num_demos == a.num_demos and b.steps_per_epoch == a.steps_per_epoch
-    v = vmail.resolve(vmail.Args(obs_only=True))  # its run's budgets are AIME's phase 2
-    assert (v.num_demos, v.phase2_epochs, v.steps_per_epoch) == (100, a.phase2_epochs, 100)
+    v = vmail_obs.Args()  # its run's budgets are AIME's phase 2
+    assert v.num_demos == a.num_demos and v.eval_episodes == a.eval_episodes
+    assert v.phase2_epochs == a.phase2_epochs and v.steps_per_epoch == a.steps_per_epoch
 
 
 def test_unknown_cell_is_refused() -> None:

@@ -13,7 +13,15 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["aime.py", "vmail.py", "bco0.py", "dreamer_collect.py", "results_table.py", "grid.py"]
+SCRIPTS = [
+    "aime.py",
+    "vmail.py",
+    "vmail_obs.py",
+    "bco0.py",
+    "dreamer_collect.py",
+    "results_table.py",
+    "grid.py",
+]
 
 
 def quick_start_commands() -> list[str]:

@@ -1,0 +1,285 @@
+"""Run plumbing shared by the training scripts, so that each script's `main` is its algorithm.
+
+A run lives in `{runs_dir}/{name}/`: TensorBoard events (with a table of the flags),
+`checkpoint.pt` (every network, optimiser and random stream, written atomically after each
+epoch or episode) and, when it ends, `results.json`. The rules:
+  - a folder that holds a run already is refused unless `--resume` is passed;
+  - `--resume` continues from the checkpoint only with the flags it was written with (the flags
+    that differ are named); with no checkpoint yet it starts from scratch;
+  - a non-finite loss stops the run and keeps the last good checkpoint.
+
+Scores are normalised as in the AIME paper (section 4.1): 100 * return / the expert's return,
+with the published expert returns of its Appendix D where the task has one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+from common.envs import EXPERT_RETURNS, ObsSetting, Record, make_env
+from common.replay import WindowSampler, atomic_write
+
+Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def label(dataset: str) -> str:
+    """A dataset's name in a run's folder name: the folder's name where `dataset` is a path."""
+    return Path(dataset).name if Path(dataset).is_dir() else dataset
+
+
+def rng_state(samplers: Sequence[WindowSampler]) -> dict[str, Any]:
+    """Every random stream training draws from: torch's (CPU, CUDA) and each window sampler's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "samplers": [s.rng.bit_generator.state for s in samplers],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any], samplers: Sequence[WindowSampler]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for sampler, s in zip(samplers, state["samplers"], strict=True):
+        sampler.rng.bit_generator.state = s
+
+
+def save_gif(path: Path, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> None:
+    """frames [T, H, W, 3] uint8 -> an animated GIF at 25 frames/s, written atomically."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.asarray(f)) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(
+        path,
+        lambda tmp: images[0].save(
+            tmp, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0
+        ),
+    )
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+# An actor for a batch of episodes: the current record of each environment -> actions [n, A].
+# It is called on every record, the last one too (whose actions are not taken), so that a
+# stateful actor (one filtering a latent state) sees each observation exactly once.
+BatchActor = Callable[[list[Record]], np.ndarray]
+
+
+def eval_seed(seed: int, episode: int) -> int:
+    """The initial-state seed of evaluation episode `episode`, the same in every script, so that
+    the scores of the algorithms run with one `--seed` are paired episode by episode."""
+    return seed + 100 + episode
+
+
+def evaluate(
+    env: str,
+    obs: ObsSetting,
+    action_repeat: int,
+    seed: int,
+    episodes: int,
+    new_actor: Callable[[int], BatchActor],
+    video: Optional[Path] = None,
+    lockstep: int = 10,
+) -> list[float]:
+    """The returns of `episodes` episodes of the task `env` ('walker-run'), episode i starting
+    from `eval_seed(seed, i)`; up to `lockstep` run side by side, acting through one call of
+    the actor `new_actor(n)` per step. With `video`, the first episode is saved as a GIF."""
+    returns: list[float] = []
+    for first in range(0, episodes, lockstep):
+        n = min(lockstep, episodes - first)
+        render = obs == "visual" or (video is not None and first == 0)
+        envs = [make_env(env, obs, render=render, action_repeat=action_repeat) for _ in range(n)]
+        recs = [e.reset(seed=eval_seed(seed, first + i)) for i, e in enumerate(envs)]
+        act, total, frames = new_actor(n), np.zeros(n), []
+        while True:
+            actions = act(recs)
+            if recs[0]["is_last"]:
+                break
+            recs = [e.step(a) for e, a in zip(envs, actions, strict=True)]
+            total += [r["reward"] for r in recs]
+            if video is not None and first == 0:
+                frames.append(recs[0]["image"])
+        returns += total.tolist()
+        if video is not None and frames:
+            save_gif(video, frames)
+    return returns
+
+
+def expert_return(env: str, task: str, demo_mean_return: float) -> tuple[float, str]:
+    """The return that normalises scores, and where it comes from: the published expert return
+    (AIME Appendix D) where the task has one, else the demonstrations' mean return."""
+    if f"{env}-{task}" in EXPERT_RETURNS:
+        return EXPERT_RETURNS[f"{env}-{task}"], "published expert return (AIME Appendix D)"
+    return demo_mean_return, "mean return of the demonstrations"
+
+
+def scores(returns: Sequence[float], expert: float, source: str) -> dict[str, Any]:
+    """The evaluation's part of results.json: returns and normalised scores (mean and std)."""
+    normalised = 100 * np.asarray(returns) / expert
+    return {
+        "returns": list(returns),
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "normalised_score": float(normalised.mean()),
+        "normalised_score_std": float(normalised.std()),
+        "expert_return": expert,
+        "expert_return_source": source,
+    }
+
+
+class Run:
+    """The folder, TensorBoard writer and checkpoint of one run (module docstring).
+
+    `resumed` holds the checkpoint a `--resume` continues from (None for a fresh run); the
+    script reads its `state` and passes it to `restore` and `restore_rng`.
+    """
+
+    def __init__(
+        self,
+        runs_dir: Union[str, Path],
+        name: str,
+        args: Any,
+        resume: bool = False,
+        checkpoint_name: str = "checkpoint.pt",
+        settings: Optional[Sequence[str]] = None,
+    ) -> None:
+        """`args` is the script's (resolved) flags dataclass; `settings` the flags a resumed run
+        must share with the checkpoint (None: every flag but --resume)."""
+        self.dir = Path(runs_dir) / name
+        self.ckpt_path = self.dir / checkpoint_name
+        self.args = asdict(args)
+        if (self.ckpt_path.exists() or (self.dir / "results.json").exists()) and not resume:
+            raise SystemExit(
+                f"error: {self.dir} holds a run already; pass --resume to continue it, "
+                "or another --exp-name"
+            )
+        self.resumed: Optional[dict[str, Any]] = None
+        if resume and self.ckpt_path.exists():
+            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+            shared = set(settings) if settings is not None else {*ckpt["args"], *self.args}
+            theirs = {k: v for k, v in ckpt["args"].items() if k in shared and k != "resume"}
+            ours = {k: v for k, v in self.args.items() if k in shared and k != "resume"}
+            if theirs != ours:
+                differ = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
+                flags = ", ".join(
+                    f"--{k.replace('_', '-')} {theirs.get(k)!r} (now {ours.get(k)!r})"
+                    for k in differ
+                )
+                raise SystemExit(
+                    f"error: {self.ckpt_path} was written with other flags: {flags}; "
+                    "resume with the same flags"
+                )
+            self.resumed = ckpt
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.dir))
+        self.writer.add_text(
+            "hyperparameters",
+            "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in self.args.items()),
+        )
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint(
+        self,
+        state: Any,
+        samplers: Sequence[WindowSampler],
+        **parts: Union[Stateful, Mapping[str, Any], None],
+    ) -> None:
+        """Write checkpoint.pt atomically: the flags, the progress `state` (a dataclass is saved
+        as a dict), every random stream
+        (torch's and `samplers`') and the state dict of each of `parts` (None stays None)."""
+        payload = {
+            "args": self.args,
+            "state": asdict(state)
+            if is_dataclass(state) and not isinstance(state, type)
+            else state,
+            "rng": rng_state(samplers),
+            **{
+                k: p if p is None or isinstance(p, Mapping) else p.state_dict()
+                for k, p in parts.items()
+            },
+        }
+        atomic_write(self.ckpt_path, lambda tmp: torch.save(payload, tmp))
+
+    def restore(self, **parts: Optional[Stateful]) -> None:
+        """Load each of `parts` from the resumed checkpoint (where it holds one)."""
+        assert self.resumed is not None
+        for k, p in parts.items():
+            if p is not None and self.resumed.get(k) is not None:
+                p.load_state_dict(self.resumed[k])
+
+    def restore_rng(self, samplers: Sequence[WindowSampler]) -> None:
+        """Put every random stream back where the checkpoint left it (no-op for a fresh run)."""
+        if self.resumed is not None:
+            set_rng_state(self.resumed["rng"], samplers)
+
+    # -- training ----------------------------------------------------------------------------
+    def check_finite(
+        self, values: Union[Tensor, Mapping[str, float]], where: str, first_step: int = 0
+    ) -> None:
+        """Stop at a non-finite loss, keeping the last good checkpoint.
+
+        `values` is either the loss of every gradient step of an epoch [N], the first of them
+        step `first_step` of `where` (one host sync; the first bad step is named), or a mapping
+        of metric means (the bad ones are named)."""
+        if isinstance(values, Tensor):
+            finite = torch.isfinite(values)
+            if bool(finite.all()):
+                return
+            what = f"loss at {where} gradient step {first_step + int((~finite).nonzero()[0, 0])}"
+        else:
+            bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+            if not bad:
+                return
+            what = f"{', '.join(bad)} {where}"
+        if self.ckpt_path.exists():
+            kept = f"the last good checkpoint {self.ckpt_path} is kept"
+        else:
+            kept = "no checkpoint yet"
+        raise SystemExit(f"error: non-finite {what}; {kept}")
+
+    def log(self, prefix: str, sums: Mapping[str, Tensor], n: int, step: int) -> dict[str, float]:
+        """Average metrics summed over `n` steps (one host sync), write them to TensorBoard."""
+        means = {k: float(v) / n for k, v in sums.items()}
+        for k, v in means.items():
+            self.writer.add_scalar(f"{prefix}/{k}", v, step)
+        return means
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self, results: dict[str, Any], step: int = 0) -> dict[str, Any]:
+        """Write results.json atomically, log the final score, print it, close the writer."""
+        text = json.dumps({**results, "args": self.args}, indent=2)
+        atomic_write(self.dir / "results.json", lambda tmp: tmp.write_text(text))
+        if "normalised_score" in results:
+            self.writer.add_scalar("eval/final_normalised_score", results["normalised_score"], step)
+            print(
+                f"return {results['mean_return']:.1f} +- {results['std_return']:.1f} over "
+                f"{len(results['returns'])} episodes; results in {self.dir}"
+            )
+            print(f"normalised score: {results['normalised_score']:.2f}")
+        self.writer.close()
+        return {**results, "args": self.args}
+
+
+def add_to(sums: dict[str, Tensor], metrics: Mapping[str, Tensor]) -> None:
+    """Accumulate an iteration's metrics on the device (no host synchronisation)."""
+    for k, v in metrics.items():
+        sums[k] = v + sums[k] if k in sums else v

@@ -1,0 +1,77 @@
+"""vmail_obs.py: V-MAIL on AIME's frozen world model from observation-only demonstrations, end to
+end with real optimiser steps and AIME's evaluation episodes; the refusal of a missing or absent
+--world-model (it never trains phase 1 itself)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import aime
+import vmail_obs
+from common.rssm import AIME_RSSM
+from tests.test_vmail import demos_dir, recorded_resets, without_actions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(root: Path, runs: Path, **kwargs: Any) -> vmail_obs.Args:
+    """Budgets that take real optimiser steps in seconds."""
+    settings: dict[str, Any] = dict(
+        obs="mdp", data_dir=str(root), runs_dir=str(runs), device="cpu", num_demos=3,
+        phase2_epochs=2, steps_per_epoch=3, batch_size=4, horizon=12, imag_horizon=5,
+        eval_episodes=2, eval_every=0, hidden=32,
+    )  # fmt: skip
+    settings.update(kwargs)
+    return vmail_obs.Args(**settings)
+
+
+def test_imitates_with_aimes_frozen_world_model(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = demos_dir(data_dir, tmp_path, tasks=())
+    demo = without_actions(data_dir, root / "walker-walk-expert")
+    runs = tmp_path / "runs"
+    # an AIME phase-1 model, made by aime.py
+    aime.main(aime.Args(
+        env="walker", obs="mdp", body_data="random", data_dir=str(root), runs_dir=str(runs),
+        device="cpu", phase1_only=True, exp_name="phase1", phase1_epochs=1, steps_per_epoch=3,
+        batch_size=4, horizon=12,
+    ))  # fmt: skip
+    wm = runs / "walker__mdp__random__phase1__phase1__1" / "world_model.pt"
+    seeds = recorded_resets(monkeypatch)
+    results = vmail_obs.main(tiny(root, runs, demo=str(demo), task="walk", world_model=str(wm)))
+    assert results["algorithm"] == "vmail" and results["mode"] == "obs_only"  # results_table.py
+    assert results["world_model"] == str(wm) and results["env_steps"] == {}
+    assert results["body_data"] == "random"  # the embodiment dataset the model recorded
+    assert seeds == [101, 102]  # only the evaluation, on aime.py's initial states (seed 1)
+    run_dir = runs / "walker-walk__mdp__random__walker-walk-expert__vmail__1"
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["epoch"] == 2
+    aime_state = torch.load(wm, weights_only=False)["model"]
+    for k, v in ckpt["model"].items():  # the very same model, untouched
+        assert torch.equal(v, aime_state[k]), k
+    disc_in = ckpt["walk/disc"]["0.weight"].shape[1]
+    assert disc_in == AIME_RSSM.deter + AIME_RSSM.stoch  # AIME's [h, s]: D reads states only
+
+
+def test_refuses_a_missing_or_absent_world_model(data_dir: Path, tmp_path: Path) -> None:
+    root = demos_dir(data_dir, tmp_path)
+    with pytest.raises(SystemExit, match="--world-model is required"):
+        vmail_obs.main(tiny(root, tmp_path / "runs", demo="walk"))
+    with pytest.raises(SystemExit, match="does not exist"):
+        vmail_obs.main(tiny(root, tmp_path / "runs", demo="walk", world_model=str(tmp_path / "no")))
+    assert not (tmp_path / "runs").exists()  # no phase 1 in-process, no run started
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "vmail_obs.py"), "--data-dir", str(root), "--runs-dir",
+         str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")},
+    )  # fmt: skip
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: --world-model is required")

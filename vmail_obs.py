@@ -1,0 +1,298 @@
+"""V-MAIL on AIME's benchmark: demonstrations without actions, AIME's frozen world model.
+
+    python aime.py --env walker --body-data mix --obs visual --phase1-only --exp-name phase1
+    python vmail_obs.py --env walker --demo run --obs visual \
+        --world-model runs/walker__visual__mix__phase1__phase1__1/world_model.pt
+
+AIME's benchmark gives demonstrations of observations alone and allows no interaction before the
+evaluation; V-MAIL's Algorithm 1 (vmail.py) needs both, and the V-MAIL paper leaves this setting to
+future work (sections 5 and 6). Here V-MAIL's learner (vmail.py: the discriminator of eq. (23),
+the policy's value expansion of eq. (22)) learns inside the world model that `aime.py
+--phase1-only` trained on an embodiment dataset, frozen: V-MAIL and AIME imitate with the very same
+model, and are evaluated on the same initial states (seed + 100 + i), so their scores are paired.
+
+Per iteration, and where each step lives:
+    sample x^E_0:T-1 from the demonstrations               `imitate`: demo.sample(...)
+    for t: a_t-1 ~ pi(. | z^E_t-1),
+           z^E_t ~ q(z_t | x^E_t, z^E_t-1, a_t-1)          `expert_latents`
+    latent rollouts of pi from every z^E_t                 `vmail.imagine`
+    update D(z) with z^E and the rollouts' z^pi_1:K        `vmail.discriminator_loss`, eq. (23)
+    update pi with the reward log D(z^pi_tau+1)            `vmail.policy_losses`, eq. (22)
+
+Choices (vmail.py's implementation details 2-4 and 7-9 hold here too):
+ 1. Expert latents without actions: the frozen model filters each demonstration window from the
+    zero state with a_t-1 drawn from the current policy at z_t-1 (no gradient), the way AIME's
+    phase 2 fills in the missing actions; each observation corrects the state.
+ 2. The discriminator reads states only, D(z). The rollouts start from the expert latents; their
+    states z_1..z_K (the ones the policy's actions reach) are the policy's samples, and the reward
+    of a step is log D of the state it reaches.
+ 3. The world model is `--world-model`, required and never trained here; aime.py refuses one
+    trained for another embodiment, setting or action repeat. The embodiment dataset it records
+    names the run and the results' cell (`results_table.py`: V-MAIL-MDP, V-MAIL-Visual, ...).
+ 4. Budgets are AIME's phase 2: 500 epochs of 100 iterations, 100 demonstrations, 100 evaluation
+    episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+import tyro
+from torch import Tensor, nn
+from tqdm import tqdm
+
+import aime
+import vmail
+from common.envs import DMCEnv, make_env
+from common.replay import (
+    DatasetError,
+    TrajectoryDataset,
+    dataset_action_repeat,
+    dataset_folders,
+    open_dataset,
+)
+from common.rssm import RSSM
+from common.run import Run, add_to, evaluate, expert_return, label, scores, seed_everything
+
+
+@dataclass
+class Args:
+    exp_name: str = "vmail"
+    """name of this experiment, part of the run's folder name"""
+    env: str = "walker"
+    """embodiment (dm_control domain): walker or cheetah (or another suite domain)"""
+    task: Optional[str] = None
+    """task to imitate and evaluate (default: the --demo task, else walk; cheetah run)"""
+    demo: Optional[str] = None
+    """demonstrations: a task name (run -> {env}-run-expert) or a path (default: the task's);
+    their actions, where held, are never read"""
+    obs: Literal["mdp", "lpomdp", "visual"] = "visual"
+    """observation setting: true state, positions only, or 64x64 images"""
+    num_demos: int = 100
+    """demonstration trajectories used, the first N (AIME's 100)"""
+    world_model: Optional[str] = None
+    """required: the frozen world model, a world_model.pt of `aime.py --phase1-only`"""
+    phase2_epochs: int = 500
+    """imitation epochs, in the model (AIME's phase-2 budget)"""
+    steps_per_epoch: int = 100
+    """iterations per epoch"""
+    batch_size: int = 50
+    """demonstration sequences per batch"""
+    horizon: int = 50
+    """records per sequence"""
+    imag_horizon: int = 15
+    """K: steps of the latent rollouts and of the value expansion, eq. (22)"""
+    gamma: float = 0.99
+    """discount of eq. (22)"""
+    reward: Literal["log_d", "d"] = "log_d"
+    """the policy's reward: log D (the paper, eq. 22) or D (the authors' code)"""
+    value_bootstrap: bool = True
+    """add gamma^K V(z_K) to the expansion (eq. 22); --no-value-bootstrap: the authors' DMC runs"""
+    grad_penalty: Literal["inputs", "params", "none"] = "inputs"
+    """discriminator gradient penalty: over its inputs, over its parameters (the code's), none"""
+    gp_weight: float = 1.0
+    """weight of the gradient penalty"""
+    actor_init_std: float = 5.0
+    """the actor's std before the tanh where its net outputs 0 (Dreamer-v1's and the authors' 5)"""
+    disc_lr: float = 8e-5
+    """Adam learning rate of the discriminator"""
+    actor_lr: float = 8e-5
+    """Adam learning rate of the actor"""
+    value_lr: float = 8e-5
+    """Adam learning rate of the value net"""
+    grad_clip: float = 100.0
+    """gradient-norm clip of every optimiser"""
+    hidden: int = 400
+    """width of the actor's, value net's and discriminator's dense layers"""
+    action_repeat: Optional[int] = None
+    """simulator steps per action (default: the demonstrations' info.json, else 2)"""
+    eval_episodes: int = 100
+    """evaluation episodes at the end (as aime.py)"""
+    eval_every: int = 10
+    """evaluate every this many epochs (0: never)"""
+    eval_episodes_during: int = 5
+    """episodes of each evaluation during training"""
+    data_dir: str = "datasets"
+    """folder that holds the datasets"""
+    runs_dir: str = "runs"
+    """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
+    seed: int = 1
+    """seed of torch, numpy, sampling and the evaluation environments"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device"""
+    resume: bool = False
+    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
+    capture_video: bool = False
+    """save a GIF of the first episode of the final evaluation to {run_dir}/videos/"""
+
+
+@dataclass
+class Config(Args):
+    """The flags with every default filled in (`resolve`)."""
+
+    task: str = ""
+    demo: str = ""
+    world_model: str = ""
+    action_repeat: int = 2
+
+
+def resolve(args: Args) -> Config:
+    """Check the flags and fill the defaults: the task, its demonstrations, and the action repeat
+    (the demonstrations' info.json)."""
+    if not args.world_model:
+        raise SystemExit(
+            "error: --world-model is required: a world_model.pt made by `aime.py --phase1-only`"
+        )
+    if not Path(args.world_model).is_file():
+        raise SystemExit(f"error: --world-model {args.world_model} does not exist")
+    if args.actor_init_std <= 0:
+        raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
+    demo_task = (
+        Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0] if args.demo else None
+    )
+    task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
+    folders = dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
+    repeat = dataset_action_repeat(folders, args.action_repeat)
+    return Config(
+        **{**asdict(args), "task": task, "demo": args.demo or task, "action_repeat": repeat}
+    )
+
+
+@dataclass
+class Progress:
+    """How far a run got, saved in each checkpoint: epochs done, seconds spent training."""
+
+    epoch: int = 0
+    wall: dict[str, float] = field(default_factory=lambda: {"imitation": 0.0})
+
+
+def trained_on(path: str) -> str:
+    """The embodiment dataset (`--body-data`) that aime.py recorded in a world_model.pt."""
+    settings = torch.load(path, map_location="cpu", weights_only=False).get("settings", {})
+    if "body_data" not in settings:
+        raise SystemExit(f"error: {path} records no embodiment dataset; is it aime.py's?")
+    return str(settings["body_data"])
+
+
+def aime_world_model(cfg: Config, env: DMCEnv) -> aime.WorldModel:
+    """AIME's network in the layout aime.py uses for this embodiment, loaded from --world-model
+    (refused by `aime.load_world_model` if trained with other settings)."""
+    settings = aime.resolve(
+        aime.Args(env=cfg.env, obs=cfg.obs, demo=cfg.demo, action_repeat=cfg.action_repeat)
+    )
+    model = aime.WorldModel(
+        env.obs_dim, env.action_dim, cfg.obs == "visual", settings.layout, False
+    )
+    aime.load_world_model(Path(cfg.world_model), model, settings)
+    return model
+
+
+@torch.no_grad()
+def expert_latents(
+    encoder: nn.Module,
+    rssm: RSSM,
+    batch: dict[str, Tensor],
+    keys: tuple[str, ...],
+    actor: nn.Module,
+) -> Tensor:
+    """z^E_0:T-1 without the expert's actions (choice 1): from the zero state,
+    a_t-1 ~ pi(a_t-1 | z_t-1), then z_t ~ q(z_t | x_t, z_t-1, a_t-1). Features [T, B, F]."""
+    embed = encoder(aime.observation(batch, keys))  # [T, B, embed]
+    h, s = rssm.initial(embed.shape[1], embed.device)
+    proj = rssm.project_embed(embed)
+    feats = []
+    for t in range(len(embed)):
+        action = actor(torch.cat([h, s], -1)).rsample()  # a_t-1 ~ pi(a_t-1 | z_t-1)
+        h, s, _, _ = rssm.obs_step(h, s, action, proj[t])  # z_t ~ q(z_t | x_t, z_t-1, a_t-1)
+        feats.append(torch.cat([h, s], -1))
+    return torch.stack(feats)
+
+
+def imitate(
+    run: Run, cfg: Config, progress: Progress, demo: TrajectoryDataset,
+    model: aime.WorldModel, learner: vmail.Learner, keys: tuple[str, ...],
+) -> None:  # fmt: skip
+    """`phase2_epochs` x `steps_per_epoch` iterations in the frozen model, a checkpoint after
+    each epoch."""
+    device, deter = torch.device(cfg.device), model.rssm.cfg.deter
+    bar = tqdm(
+        range(progress.epoch, cfg.phase2_epochs), initial=progress.epoch,
+        total=cfg.phase2_epochs, desc="V-MAIL in AIME's model",
+    )  # fmt: skip
+    for epoch in bar:
+        start_time = time.time()
+        sums: dict[str, Tensor] = {}
+        for _ in range(cfg.steps_per_epoch):
+            expert = demo.sample(cfg.batch_size, cfg.horizon, device)
+            feat = expert_latents(model.encoder, model.rssm, expert, keys, learner.actor)
+            start = (feat[..., :deter], feat[..., deter:])  # rollouts from every expert latent
+            add_to(sums, vmail.imitation_step(model.rssm, learner, start, feat, None, cfg))
+        n = cfg.steps_per_epoch
+        means = run.log("imitation", sums, n, (epoch + 1) * n)
+        run.check_finite(means, f"in epoch {epoch}")
+        bar.set_postfix(expert_d=f"{means['expert_d']:.2f}", policy_d=f"{means['policy_d']:.2f}")
+        progress.wall["imitation"] += time.time() - start_time
+        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.phase2_epochs:
+            returns = evaluate(
+                f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
+                cfg.eval_episodes_during,
+                partial(vmail.LatentActor, model.encoder, model.rssm, learner.actor, keys, device),
+            )  # fmt: skip
+            run.writer.add_scalar("eval/return", np.mean(returns), epoch + 1)
+        progress.epoch = epoch + 1
+        parts = vmail.learner_parts({cfg.task: learner})
+        run.checkpoint(asdict(progress), [demo], model=model, **parts)
+
+
+def main(args: Args) -> dict[str, Any]:
+    cfg = resolve(args)
+    env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
+    keys = env.obs_keys
+    shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
+    # the demonstrations' observations, every file checked before any training; never actions
+    demo = open_dataset(
+        cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1
+    )
+    expert = expert_return(cfg.env, cfg.task, demo.mean_return())
+    body = trained_on(cfg.world_model)
+    name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{label(body)}__{label(cfg.demo)}__{cfg.exp_name}"
+    run = Run(cfg.runs_dir, f"{name}__{cfg.seed}", cfg, cfg.resume)
+
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    model = aime_world_model(cfg, env).to(device).requires_grad_(False)  # frozen
+    learner = vmail.make_learner(model.rssm.feature_dim, env.action_dim, False, cfg)  # D(z)
+    progress = Progress()
+    if run.resumed is not None:
+        progress = Progress(**run.resumed["state"])
+        run.restore(**vmail.learner_parts({cfg.task: learner}))
+        print(f"resuming {run.dir} at epoch {progress.epoch}")
+    run.restore_rng([demo.data])
+    imitate(run, cfg, progress, demo.data, model, learner, keys)
+
+    start = time.time()
+    video = run.dir / "videos" / "final.gif" if cfg.capture_video else None
+    returns = evaluate(
+        f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed, cfg.eval_episodes,
+        partial(vmail.LatentActor, model.encoder, model.rssm, learner.actor, keys, device), video,
+    )  # fmt: skip
+    return run.finish({
+        "algorithm": "vmail", "mode": "obs_only", "env": cfg.env, "task": cfg.task,
+        "obs": cfg.obs, "body_data": body, "demo": cfg.demo, "num_demos": cfg.num_demos,
+        "seed": cfg.seed, **scores(returns, *expert), "env_steps": {},  # no interaction
+        "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
+        "world_model": cfg.world_model,
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except DatasetError as e:  # a missing or malformed dataset: the file and the problem, no trace
+        raise SystemExit(f"error: {e}") from e
