@@ -168,9 +168,9 @@ class Run:
         self.ckpt_path = self.dir / checkpoint_name
         self.args = asdict(args)
         if (self.ckpt_path.exists() or (self.dir / "results.json").exists()) and not resume:
+            other = ", or another --exp-name" if "exp_name" in self.args else ""
             raise SystemExit(
-                f"error: {self.dir} holds a run already; pass --resume to continue it, "
-                "or another --exp-name"
+                f"error: {self.dir} holds a run already; pass --resume to continue it{other}"
             )
         self.resumed: Optional[dict[str, Any]] = None
         if resume and self.ckpt_path.exists():
