@@ -61,6 +61,7 @@ from common.replay import (
     atomic_write,
     dataset_action_repeat,
     open_dataset,
+    records_batch,
 )
 from common.rssm import (
     AIME_RSSM,
@@ -397,12 +398,7 @@ class FilteringPolicy:
 
     @torch.no_grad()
     def __call__(self, recs: list[Record]) -> np.ndarray:
-        batch = {
-            k: torch.as_tensor(np.stack([r[k] for r in recs]), device=self.device)[None]
-            for k in self.keys
-        }
-        if "image" in batch:
-            batch["image"] = batch["image"].permute(0, 1, 4, 2, 3).float() / 255
+        batch = records_batch(recs, self.keys, self.device)  # [1, n, ...]
         action = torch.as_tensor(np.stack([r["pre_action"] for r in recs]), device=self.device)
         embed = self.model.encoder(observation(batch, self.keys))[0]
         noise = torch.randn(

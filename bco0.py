@@ -55,6 +55,7 @@ from common.replay import (
     dataset_action_repeat,
     dataset_folders,
     open_dataset,
+    records_batch,
     to_torch_batch,
 )
 from common.run import (
@@ -319,12 +320,7 @@ class StackActor:
 
     @torch.no_grad()
     def __call__(self, recs: list[Record]) -> np.ndarray:
-        batch = {
-            k: torch.as_tensor(np.stack([r[k] for r in recs]), device=self.device)[None]
-            for k in self.keys
-        }
-        if "image" in batch:
-            batch["image"] = batch["image"].permute(0, 1, 4, 2, 3).float() / 255
+        batch = records_batch(recs, self.keys, self.device)  # [1, n, ...]
         obs = observation(batch, self.keys)  # [1, n, ...]
         if self.history is None:
             self.history = obs.expand(self.stack, *obs.shape[1:])

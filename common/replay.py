@@ -274,6 +274,16 @@ def to_torch_batch(
     return batch
 
 
+def records_batch(
+    records: Sequence[Mapping[str, np.ndarray]],
+    keys: Sequence[str],
+    device: Union[str, torch.device],
+) -> dict[str, torch.Tensor]:
+    """The current records of n environments as a batch of one step [1, n, ...] (images
+    [1, n, 3, H, W] float in [0, 1]), the layout `to_torch_batch` gives sampled windows."""
+    return to_torch_batch({k: np.stack([r[k] for r in records])[None] for k in keys}, device)
+
+
 class WindowSampler:
     """Uniform sampling of windows of `horizon` consecutive records of one trajectory.
 

@@ -1,4 +1,4 @@
-"""The README's quick start, run as written (`bash quickstart.sh`, about 15 minutes on 2 CPU
+"""The README's quick start, run as written (`bash quickstart.sh`, about 9 minutes on 2 CPU
 cores). It is also the Dreamer learning check: the quick start's expert is a short Dreamer run."""
 
 from __future__ import annotations
