@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -60,6 +60,8 @@ from common.replay import (
     TrajectoryDataset,
     atomic_write,
     dataset_action_repeat,
+    dataset_folders,
+    dataset_task,
     open_dataset,
     records_batch,
 )
@@ -155,7 +157,7 @@ class Config(Args):
     free_nats: float = 0.0
     kl_balance: Optional[float] = None  # None: no KL balancing
     kl_scale: float = 1.0
-    action_repeat: int = 2  # main replaces it by the datasets' recorded repeat
+    action_repeat: int = 2
 
 
 def resolve(args: Args) -> Config:
@@ -169,7 +171,12 @@ def resolve(args: Args) -> Config:
     if args.phase1_only and args.world_model:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
     cheetah = args.env == "cheetah"
-    task = args.task or Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0]
+    task = args.task or dataset_task(args.env, args.demo)
+    # the action repeat the datasets this run reads were recorded at (their info.json)
+    body = (
+        [] if args.world_model else dataset_folders(args.data_dir, args.env, args.body_data, "body")
+    )
+    demo = [] if args.phase1_only else dataset_folders(args.data_dir, args.env, args.demo, "demo")
     lpomdp_scale = 2e-4 if cheetah and args.obs == "lpomdp" else 1.0
     return Config(
         **{
@@ -181,7 +188,7 @@ def resolve(args: Args) -> Config:
             if args.kl_balance is not None
             else (0.8 if cheetah else None),
             "kl_scale": args.kl_scale if args.kl_scale is not None else lpomdp_scale,
-            "action_repeat": args.action_repeat or 2,
+            "action_repeat": dataset_action_repeat([*body, *demo], args.action_repeat),
         }
     )
 
@@ -398,15 +405,14 @@ class FilteringPolicy:
 
     @torch.no_grad()
     def __call__(self, recs: list[Record]) -> np.ndarray:
-        batch = records_batch(recs, self.keys, self.device)  # [1, n, ...]
-        action = torch.as_tensor(np.stack([r["pre_action"] for r in recs]), device=self.device)
+        batch = records_batch(recs, (*self.keys, "pre_action"), self.device)  # [1, n, ...]
         embed = self.model.encoder(observation(batch, self.keys))[0]
         noise = torch.randn(
             len(recs), self.model.cfg.stoch, device=self.device, generator=self.noise
         )
         rssm = self.model.rssm
         self.h, self.s, _, _ = rssm.obs_step(
-            self.h, self.s, action, rssm.project_embed(embed), noise
+            self.h, self.s, batch["pre_action"][0], rssm.project_embed(embed), noise
         )
         return self.policy(torch.cat([self.h, self.s], -1)).mode.cpu().numpy()
 
@@ -549,11 +555,7 @@ def main(args: Args) -> dict[str, Any]:
         demo = open_dataset(
             cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None, cfg.seed + 1
         )
-    folders = [f for d in (body, demo) if d is not None for f in d.folders]
-    cfg = replace(cfg, action_repeat=dataset_action_repeat(folders, args.action_repeat))
-    expert, expert_source = (
-        expert_return(cfg.env, cfg.task, demo.mean_return()) if demo else (0.0, "")
-    )
+    expert, expert_source = expert_return(cfg.env, cfg.task, demo) if demo else (0.0, "")
     run = Run(cfg.runs_dir, run_name(cfg), cfg, cfg.resume)
     model_path, n_steps = run.dir / "world_model.pt", cfg.steps_per_epoch
 
@@ -591,11 +593,11 @@ def main(args: Args) -> dict[str, Any]:
             bar.set_postfix(elbo=f"{values['elbo']:.1f}")
             progress.wall["phase1"] += time.time() - start
             progress.epoch = epoch + 1
-            run.checkpoint(progress, [body.data], **parts)
+            run.checkpoint(asdict(progress), [body.data], **parts)
         save_world_model(model_path, model, cfg)
         progress.phase, progress.epoch = 2, 0
         if cfg.phase1_only:
-            run.checkpoint(progress, [body.data], **parts)
+            run.checkpoint(asdict(progress), [body.data], **parts)
     if cfg.phase1_only:
         run.writer.close()
         return {"world_model": str(model_path), "wall_time_s": progress.wall}
@@ -627,9 +629,9 @@ def main(args: Args) -> dict[str, Any]:
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
                 evaluate_during(run, model, policy, keys, cfg, expert, epoch + 1, device)
             progress.epoch = epoch + 1
-            run.checkpoint(progress, [demo.data], **parts)
+            run.checkpoint(asdict(progress), [demo.data], **parts)
         progress.phase, progress.epoch = 3, 0
-        run.checkpoint(progress, [demo.data], **parts)
+        run.checkpoint(asdict(progress), [demo.data], **parts)
 
     # -- final evaluation ------------------------------------------------------------------------
     start = time.time()

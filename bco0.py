@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
@@ -54,6 +53,7 @@ from common.replay import (
     WindowSampler,
     dataset_action_repeat,
     dataset_folders,
+    dataset_task,
     open_dataset,
     records_batch,
     to_torch_batch,
@@ -142,7 +142,7 @@ def resolve(args: Args) -> Config:
     return Config(
         **{
             **asdict(args),
-            "task": args.task or Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0],
+            "task": args.task or dataset_task(args.env, args.demo),
             "stack": args.stack or (1 if args.obs == "mdp" else 5),
             "action_repeat": dataset_action_repeat(folders, args.action_repeat),
         }
@@ -391,7 +391,7 @@ def main(args: Args) -> dict[str, Any]:
     returns = evaluate(f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
                        cfg.eval_episodes, lambda n: StackActor(policy, keys, cfg.stack, device),
                        video)  # fmt: skip
-    expert, source = expert_return(cfg.env, cfg.task, demo.mean_return())
+    expert, source = expert_return(cfg.env, cfg.task, demo)
     results = {
         "algorithm": "bco0",
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs,

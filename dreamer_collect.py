@@ -75,12 +75,13 @@ from common.replay import (
     atomic_write,
     dataset_info,
     load_trajectory,
+    records_batch,
     save_trajectory,
     stack_records,
     trajectory_files,
 )
 from common.rssm import DREAMER_RSSM, RSSM, TanhNormal, kl_loss
-from common.run import Run, add_to, save_gif, seed_everything
+from common.run import Run, add_to, episode_seed, save_gif, seed_everything
 
 # Equation tags `# eq. (N)` number the equations of Dreamer (Hafner et al., ICLR 2020).
 
@@ -401,11 +402,6 @@ def train_step(
 # ---------------------------------------------------------------------------------------------
 # Acting in the environment
 # ---------------------------------------------------------------------------------------------
-def episode_seed(seed: int, stream: int, index: int) -> int:
-    """The seed of episode `index` of a stream (its initial state and random actions)."""
-    return int(np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1)[0])
-
-
 @torch.no_grad()
 def run_episodes(
     envs: list[DMCEnv],
@@ -435,15 +431,10 @@ def run_episodes(
                 [rng.uniform(envs[0].action_low, envs[0].action_high) for rng in rngs]
             )
         else:
-            batch = {
-                k: torch.as_tensor(np.stack([r[k] for r in last]), device=device) for k in keys
-            }
-            if "image" in batch:
-                batch["image"] = batch["image"].permute(0, 3, 1, 2).float() / 255
-            pre_action = torch.as_tensor(np.stack([r["pre_action"] for r in last]), device=device)
-            embed = agent.model.encoder(observation(batch, keys))  # [n, embed]
+            batch = records_batch(last, (*keys, "pre_action"), device)  # [1, n, ...]
+            embed = agent.model.encoder(observation(batch, keys))[0]  # [n, embed]
             h, s, _, _ = agent.model.rssm.obs_step(
-                h, s, pre_action, agent.model.rssm.project_embed(embed)
+                h, s, batch["pre_action"][0], agent.model.rssm.project_embed(embed)
             )
             pi = agent.actor(torch.cat([h, s], -1))
             action = pi.mode if mode == "mode" else pi.rsample()

@@ -71,7 +71,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any, Literal, NamedTuple, Optional, Protocol
 
 import numpy as np
@@ -90,7 +89,9 @@ from common.replay import (
     WindowSampler,
     dataset_action_repeat,
     dataset_folders,
+    dataset_task,
     open_dataset,
+    records_batch,
     stack_records,
     to_torch_batch,
 )
@@ -100,6 +101,7 @@ from common.run import (
     Run,
     Stateful,
     add_to,
+    episode_seed,
     evaluate,
     expert_return,
     label,
@@ -209,9 +211,7 @@ class Config(Args):
 def resolve(args: Args) -> Config:
     """Check the flags and fill the defaults: the task, its demonstrations, and the action repeat
     (the demonstrations' info.json)."""
-    demo_task = (
-        Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0] if args.demo else None
-    )
+    demo_task = dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     if args.zero_shot and task in args.source_tasks:
         raise SystemExit(f"error: the target task {task} is one of --source-tasks")
@@ -545,12 +545,9 @@ class LatentActor:
     def __call__(self, records: list[Record]) -> np.ndarray:
         if records[0]["is_last"]:  # the episodes end: no action is taken, nothing is drawn
             return np.zeros((len(records), *records[0]["pre_action"].shape), np.float32)
-        stack = {k: np.stack([r[k] for r in records]) for k in (*self.keys, "pre_action")}
-        batch = {k: torch.as_tensor(v, device=self.device) for k, v in stack.items()}
-        if "image" in batch:
-            batch["image"] = batch["image"].permute(0, 3, 1, 2).float() / 255
-        embed = self.rssm.project_embed(self.encoder(observation(batch, self.keys)))  # [n, .]
-        self.h, self.s, _, _ = self.rssm.obs_step(self.h, self.s, batch["pre_action"], embed)
+        batch = records_batch(records, (*self.keys, "pre_action"), self.device)  # [1, n, ...]
+        embed = self.rssm.project_embed(self.encoder(observation(batch, self.keys))[0])  # [n, .]
+        self.h, self.s, _, _ = self.rssm.obs_step(self.h, self.s, batch["pre_action"][0], embed)
         pi = self.actor(torch.cat([self.h, self.s], -1))
         if self.noise is None:
             return pi.mode.cpu().numpy()
@@ -569,11 +566,6 @@ def collect(env: DMCEnv, seed: int, act: Optional[BatchActor]) -> dict[str, np.n
         a = rng.uniform(env.action_low, env.action_high) if act is None else act(records[-1:])[0]
         records.append(env.step(a.astype(np.float32)))
     return stack_records(records)
-
-
-def episode_seed(seed: int, stream: int, index: int) -> int:
-    """The initial-state seed of collection episode `index` of a stream (10 + the task's index)."""
-    return int(np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1)[0])
 
 
 def env_steps(buffer: ReplayBuffer, action_repeat: int) -> int:
@@ -743,7 +735,7 @@ def main(args: Args) -> dict[str, Any]:
         for i, (t, name) in enumerate(demonstrations(cfg).items())
     }
     demos = {t: d.data for t, d in datasets.items()}
-    expert = expert_return(cfg.env, cfg.task, datasets[cfg.task].mean_return())
+    expert = expert_return(cfg.env, cfg.task, datasets[cfg.task])
     body = f"zeroshot-{'+'.join(cfg.source_tasks)}" if cfg.zero_shot else "online"
     name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{body}__{label(cfg.demo)}__{cfg.exp_name}"
     run = Run(cfg.runs_dir, f"{name}__{cfg.seed}", cfg, cfg.resume)

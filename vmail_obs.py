@@ -50,11 +50,13 @@ from tqdm import tqdm
 import aime
 import vmail
 from common.envs import DMCEnv, make_env
+from common.nets import observation
 from common.replay import (
     DatasetError,
     TrajectoryDataset,
     dataset_action_repeat,
     dataset_folders,
+    dataset_task,
     open_dataset,
 )
 from common.rssm import RSSM
@@ -153,9 +155,7 @@ def resolve(args: Args) -> Config:
         raise SystemExit(f"error: --world-model {args.world_model} does not exist")
     if args.actor_init_std <= 0:
         raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
-    demo_task = (
-        Path(args.demo).name.removeprefix(f"{args.env}-").split("-")[0] if args.demo else None
-    )
+    demo_task = dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     folders = dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
     repeat = dataset_action_repeat(folders, args.action_repeat)
@@ -184,8 +184,11 @@ def aime_world_model(cfg: Config, env: DMCEnv) -> aime.WorldModel:
     """AIME's network in the layout aime.py uses for this embodiment, loaded from --world-model
     (refused by `aime.load_world_model` if trained with other settings)."""
     settings = aime.resolve(
-        aime.Args(env=cfg.env, obs=cfg.obs, demo=cfg.demo, action_repeat=cfg.action_repeat)
-    )
+        aime.Args(
+            env=cfg.env, obs=cfg.obs, demo=cfg.demo, data_dir=cfg.data_dir,
+            world_model=cfg.world_model, action_repeat=cfg.action_repeat,
+        )
+    )  # fmt: skip
     model = aime.WorldModel(
         env.obs_dim, env.action_dim, cfg.obs == "visual", settings.layout, False
     )
@@ -203,7 +206,7 @@ def expert_latents(
 ) -> Tensor:
     """z^E_0:T-1 without the expert's actions (choice 1): from the zero state,
     a_t-1 ~ pi(a_t-1 | z_t-1), then z_t ~ q(z_t | x_t, z_t-1, a_t-1). Features [T, B, F]."""
-    embed = encoder(aime.observation(batch, keys))  # [T, B, embed]
+    embed = encoder(observation(batch, keys))  # [T, B, embed]
     h, s = rssm.initial(embed.shape[1], embed.device)
     proj = rssm.project_embed(embed)
     feats = []
@@ -259,7 +262,7 @@ def main(args: Args) -> dict[str, Any]:
     demo = open_dataset(
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1
     )
-    expert = expert_return(cfg.env, cfg.task, demo.mean_return())
+    expert = expert_return(cfg.env, cfg.task, demo)
     body = trained_on(cfg.world_model)
     name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{label(body)}__{label(cfg.demo)}__{cfg.exp_name}"
     run = Run(cfg.runs_dir, f"{name}__{cfg.seed}", cfg, cfg.resume)

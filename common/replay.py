@@ -95,6 +95,12 @@ def dataset_folders(data_dir: PathLike, env: str, name: str, kind: str) -> list[
     return folders
 
 
+def dataset_task(env: str, name: str) -> str:
+    """The task a demonstration dataset's name tells: `run` -> run, and a path such as
+    .../walker-run-expert -> run."""
+    return Path(name).name.removeprefix(f"{env}-").split("-")[0]
+
+
 # --------------------------------------------------------------------------------------------
 # One trajectory on disk
 # --------------------------------------------------------------------------------------------
@@ -628,7 +634,6 @@ class Dataset(NamedTuple):
     folders: list[Path]  # the folders it resolves to, in order
     files: list[Path]  # the trajectory files used (the first `num` over all folders)
     data: TrajectoryDataset  # the chosen keys of those files, read through the cache
-    has_actions: bool  # whether the files hold the actions (`pre_action`)
 
     def mean_return(self) -> float:
         """The mean return of the trajectories used (their rewards are read from the files)."""
@@ -664,9 +669,9 @@ def open_dataset(
     if num is not None and len(files) < num:
         raise DatasetError(f"{flag} {num}, but {name} holds {len(files)}")
     files = files[:num]
-    with np.load(files[0]) as first:
-        held = "pre_action" in first.files or "action" in first.files
-    read_actions = held if actions is None else actions
-    wanted = [*keys, "pre_action"] if read_actions else list(keys)
+    if actions is None:  # read them where the files hold them
+        with np.load(files[0]) as first:
+            actions = "pre_action" in first.files or "action" in first.files
+    wanted = [*keys, "pre_action"] if actions else list(keys)
     data = TrajectoryDataset(folders, wanted, num, shapes, seed=seed)
-    return Dataset(name, folders, files, data, held)
+    return Dataset(name, folders, files, data)

@@ -18,7 +18,7 @@ import json
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from common.envs import EXPERT_RETURNS, ObsSetting, Record, make_env
-from common.replay import WindowSampler, atomic_write
+from common.replay import Dataset, WindowSampler, atomic_write
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
 
@@ -90,6 +90,12 @@ def eval_seed(seed: int, episode: int) -> int:
     return seed + 100 + episode
 
 
+def episode_seed(seed: int, stream: int, index: int) -> int:
+    """The initial-state (and random-action) seed of episode `index` of a collection stream:
+    episodes of different streams, and of different indices, never share a seed."""
+    return int(np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1)[0])
+
+
 def evaluate(
     env: str,
     obs: ObsSetting,
@@ -124,12 +130,13 @@ def evaluate(
     return returns
 
 
-def expert_return(env: str, task: str, demo_mean_return: float) -> tuple[float, str]:
+def expert_return(env: str, task: str, demo: Dataset) -> tuple[float, str]:
     """The return that normalises scores, and where it comes from: the published expert return
-    (AIME Appendix D) where the task has one, else the demonstrations' mean return."""
+    (AIME Appendix D) where the task has one, else the mean return of the demonstrations used
+    (their files are read for it only then)."""
     if f"{env}-{task}" in EXPERT_RETURNS:
         return EXPERT_RETURNS[f"{env}-{task}"], "published expert return (AIME Appendix D)"
-    return demo_mean_return, "mean return of the demonstrations"
+    return demo.mean_return(), "mean return of the demonstrations"
 
 
 def scores(returns: Sequence[float], expert: float, source: str) -> dict[str, Any]:
@@ -198,32 +205,23 @@ class Run:
 
     # -- checkpoints --------------------------------------------------------------------------
     def checkpoint(
-        self,
-        state: Any,
-        samplers: Sequence[WindowSampler],
-        **parts: Union[Stateful, Mapping[str, Any], None],
+        self, state: dict[str, Any], samplers: Sequence[WindowSampler], **parts: Stateful
     ) -> None:
-        """Write checkpoint.pt atomically: the flags, the progress `state` (a dataclass is saved
-        as a dict), every random stream
-        (torch's and `samplers`') and the state dict of each of `parts` (None stays None)."""
+        """Write checkpoint.pt atomically: the flags, the progress `state`, every random stream
+        (torch's and `samplers`') and the state dict of each of `parts`."""
         payload = {
             "args": self.args,
-            "state": asdict(state)
-            if is_dataclass(state) and not isinstance(state, type)
-            else state,
+            "state": state,
             "rng": rng_state(samplers),
-            **{
-                k: p if p is None or isinstance(p, Mapping) else p.state_dict()
-                for k, p in parts.items()
-            },
+            **{k: p.state_dict() for k, p in parts.items()},
         }
         atomic_write(self.ckpt_path, lambda tmp: torch.save(payload, tmp))
 
-    def restore(self, **parts: Optional[Stateful]) -> None:
+    def restore(self, **parts: Stateful) -> None:
         """Load each of `parts` from the resumed checkpoint (where it holds one)."""
         assert self.resumed is not None
         for k, p in parts.items():
-            if p is not None and self.resumed.get(k) is not None:
+            if self.resumed.get(k) is not None:
                 p.load_state_dict(self.resumed[k])
 
     def restore_rng(self, samplers: Sequence[WindowSampler]) -> None:
@@ -266,7 +264,8 @@ class Run:
     # -- the end -----------------------------------------------------------------------------
     def finish(self, results: dict[str, Any], step: int = 0) -> dict[str, Any]:
         """Write results.json atomically, log the final score, print it, close the writer."""
-        text = json.dumps({**results, "args": self.args}, indent=2)
+        results = {**results, "args": self.args}
+        text = json.dumps(results, indent=2)
         atomic_write(self.dir / "results.json", lambda tmp: tmp.write_text(text))
         if "normalised_score" in results:
             self.writer.add_scalar("eval/final_normalised_score", results["normalised_score"], step)
@@ -276,7 +275,7 @@ class Run:
             )
             print(f"normalised score: {results['normalised_score']:.2f}")
         self.writer.close()
-        return {**results, "args": self.args}
+        return results
 
 
 def add_to(sums: dict[str, Tensor], metrics: Mapping[str, Tensor]) -> None:
