@@ -183,12 +183,10 @@ def trained_on(path: str) -> str:
 def aime_world_model(cfg: Config, env: DMCEnv) -> aime.WorldModel:
     """AIME's network in the layout aime.py uses for this embodiment, loaded from --world-model
     (refused by `aime.load_world_model` if trained with other settings)."""
-    settings = aime.resolve(
-        aime.Args(
-            env=cfg.env, obs=cfg.obs, demo=cfg.demo, data_dir=cfg.data_dir,
-            world_model=cfg.world_model, action_repeat=cfg.action_repeat,
-        )
-    )  # fmt: skip
+    settings = aime.resolve(aime.Args(
+        env=cfg.env, obs=cfg.obs, demo=cfg.demo, data_dir=cfg.data_dir,
+        world_model=cfg.world_model, action_repeat=cfg.action_repeat,
+    ))  # fmt: skip
     model = aime.WorldModel(
         env.obs_dim, env.action_dim, cfg.obs == "visual", settings.layout, False
     )
