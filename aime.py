@@ -25,15 +25,21 @@ Implementation details (where this differs from the paper's text, following the 
  3. Every window starts from the zero state and filters all its records, including the first
     (whose action a_{t-1} is the dataset's `pre_action`, or in phase 2 a sample of the policy at
     the zero state).
- 4. The low-dimensional observation is one vector (the setting's keys concatenated) with one
-    decoder; the authors decode each key with its own network.
- 5. Cheetah uses the authors' original-Dreamer layout: RSSM `DREAMER_RSSM`, MLP encoder and
-    decoder 2x512 LayerNorm SiLU with fixed std, free nats 1, KL balancing 0.8 (phase 1 only),
-    and KL scale 2e-4 in LPOMDP.
+ 4. Each observation key has its own decoder (walker: a mean and a std MLP per key; cheetah: one
+    MLP per key, std 1); the encoder reads the keys concatenated in sensor order (walker: the
+    identity). The IDM's loss is averaged over time and summed over the batch, and its
+    tanh-Gaussian log-density clips actions to +-0.999, as the authors' code.
+ 5. Cheetah uses the authors' original-Dreamer layout: RSSM `DREAMER_RSSM`, an encoder of two
+    Linear-LayerNorm-SiLU blocks of 512 without head, decoders 2x512 LayerNorm SiLU with std 1,
+    free nats 1 (the KL's value reported, the clamped KL's gradient), KL balancing 0.8 (phase 1
+    only), and KL scale 2e-4 in LPOMDP (the paper's; no config file of the authors holds it).
  6. Phase 2 always optimises the true ELBO (free nats 0, no balancing); `--rec-only` sets the KL
     scale to 0 and `--kl-only` drops the reconstruction, as the authors' flags do.
  7. Evaluation: the policy's mode tanh(mean) acts on a posterior sample, environment seeds
-    seed + 100 + episode.
+    seed + 100 + episode. Scores are normalised by the demonstrations' mean return, with the
+    published expert return (Appendix D) beside it in results.json.
+ 8. `--world-model` also takes a folder of the authors' published form (model.pt + config.yaml);
+    tests/test_authors_parity.py checks this file against their code on their own weights.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from common.authors import is_published_form, map_policy, read_world_model
 from common.envs import Record, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
@@ -76,6 +83,8 @@ from common.rssm import (
     kl_normal,
 )
 from common.run import Run, add_to, evaluate, expert_return, label, scores, seed_everything
+
+Layout = Literal["aime", "dreamer"]
 
 
 @dataclass
@@ -119,7 +128,8 @@ class Args:
     eval_episodes_during: int = 5
     """episodes of each evaluation during phase 2"""
     world_model: Optional[str] = None
-    """a phase-1 checkpoint (world_model.pt) to load instead of running phase 1"""
+    """a world model to use instead of running phase 1: a world_model.pt of this script, or a
+    folder with the authors' published model.pt and config.yaml"""
     action_repeat: Optional[int] = None
     """environment steps per action (default: the datasets' info.json, else the benchmark's 2)"""
     phase1_only: bool = False
@@ -132,7 +142,7 @@ class Args:
     """Adam learning rate of both phases (the authors' configs; the paper's text says 1e-3)"""
     grad_clip: float = 100.0
     """gradient-norm clip"""
-    layout: Optional[Literal["aime", "dreamer"]] = None
+    layout: Optional[Layout] = None
     """world-model layout: aime (paper) or dreamer (original Dreamer); default by embodiment"""
     free_nats: Optional[float] = None
     """phase-1 free nats (default: 0, cheetah 1)"""
@@ -153,7 +163,7 @@ class Config(Args):
     """The flags after `resolve`: every default that depends on others filled in."""
 
     task: str = ""
-    layout: Literal["aime", "dreamer"] = "aime"
+    layout: Layout = "aime"
     free_nats: float = 0.0
     kl_balance: Optional[float] = None  # None: no KL balancing
     kl_scale: float = 1.0
@@ -198,59 +208,68 @@ def resolve(args: Args) -> Config:
 # ---------------------------------------------------------------------------------------------
 class WorldModel(nn.Module):
     """Encoder f(o_t), RSSM prior p(s_t | s_t-1, a_t-1) and posterior q(s_t | s_t-1, a_t-1, f(o_t)),
-    decoder p(o_t | s_t), and with `use_idm` the IDM q(a_t-1 | s_t-1, f(o_t)) of Appendix C."""
+    one decoder p(o^k_t | s_t) per observation key k, and with `use_idm` the IDM
+    q(a_t-1 | s_t-1, f(o_t)) of Appendix C. `dims` holds the keys (sensor order) and their sizes;
+    `width` is the tabular decoders' (and the Dreamer encoder's) width, `depth` the conv width."""
 
     def __init__(
         self,
-        obs_dim: int,
+        dims: dict[str, int],
         action_dim: int,
-        visual: bool,
-        layout: str,
+        layout: Layout,
         use_idm: bool,
         cfg: Optional[RSSMConfig] = None,
+        width: Optional[int] = None,
+        depth: int = 32,
     ) -> None:
         super().__init__()
-        self.visual, self.layout = visual, layout
+        self.visual, self.layout = "image" in dims, layout
         self.cfg: RSSMConfig = cfg or (AIME_RSSM if layout == "aime" else DREAMER_RSSM)
+        width = width or (128 if layout == "aime" else 512)
+        obs_dim = sum(dims.values())
         self.encoder: nn.Module
-        if visual:
-            self.encoder = ConvEncoder()
+        if self.visual:
+            self.encoder = ConvEncoder(depth)
             embed_dim = self.encoder.out_dim
         elif layout == "aime":  # the identity encoder of Appendix B
             self.encoder, embed_dim = nn.Identity(), obs_dim
-        else:  # the original Dreamer's MLP encoder, no head
-            self.encoder = mlp(obs_dim, 512, 512, 1, nn.SiLU, norm=True)
-            embed_dim = 512
+        else:  # the original Dreamer's: two blocks Linear-LayerNorm-SiLU, no head
+            block = [nn.LayerNorm(width), nn.SiLU()]
+            self.encoder = nn.Sequential(*mlp(obs_dim, width, width, 1, nn.SiLU, norm=True), *block)
+            embed_dim = width
         self.rssm = RSSM(action_dim, embed_dim, self.cfg)
         feat = self.rssm.feature_dim
-        self.decoder_mean: nn.Module
-        self.decoder_std: Optional[nn.Module] = None
-        if visual:  # channels-last memory: the fast layout for convolutions on CPU and GPU
-            cl = {"memory_format": torch.channels_last}  # accepted by Module.to, not in its stubs
-            self.encoder.to(**cl)  # type: ignore[call-overload]
-            self.decoder_mean = ConvDecoder(feat).to(**cl)  # type: ignore[call-overload]
-        elif layout == "aime":  # mean and std MLPs, 2 x 128 ELU
-            self.decoder_mean = mlp(feat, obs_dim, 128, 2)
-            self.decoder_std = mlp(feat, obs_dim, 128, 2)
-        else:
-            self.decoder_mean = mlp(feat, obs_dim, 512, 2, nn.SiLU, norm=True)
-        self.idm = Policy(feat + embed_dim, action_dim) if use_idm else None
+        self.decoder_mean, self.decoder_std = nn.ModuleDict(), nn.ModuleDict()  # no std: 1
+        for key, dim in dims.items():
+            if key == "image":  # channels-last memory: the fast layout for convolutions
+                cl = {"memory_format": torch.channels_last}  # accepted by Module.to
+                self.encoder.to(**cl)  # type: ignore[call-overload]
+                self.decoder_mean[key] = ConvDecoder(feat, depth).to(**cl)  # type: ignore[call-overload]
+            elif layout == "aime":  # a mean and a std MLP per key, 2 x 128 ELU
+                self.decoder_mean[key] = mlp(feat, dim, width, 2)
+                self.decoder_std[key] = mlp(feat, dim, width, 2)
+            else:  # an MLP per key, 2 x 512 LayerNorm SiLU, std 1
+                self.decoder_mean[key] = mlp(feat, dim, width, 2, nn.SiLU, norm=True)
+        self.idm = Policy(feat + embed_dim, action_dim, self.cfg.hidden) if use_idm else None
 
     def decode(self, features: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        """p(o_t | s_t): mean [T, B, obs_dim] or [T, B, 3, 64, 64], and std (None: fixed at 1)."""
-        mean = self.decoder_mean(features)
-        if self.decoder_std is None:
+        """p(o_t | s_t) = prod_k p(o^k_t | s_t): the keys' means concatenated in sensor order
+        [T, B, obs_dim] (or the image [T, B, 3, 64, 64]), and their stds (None: fixed at 1)."""
+        means = [net(features) for net in self.decoder_mean.values()]
+        mean = means[0] if len(means) == 1 else torch.cat(means, -1)
+        if not self.decoder_std:
             return mean, None
-        return mean, F.softplus(self.decoder_std(features)) + 1e-6
+        std = torch.cat([F.softplus(net(features)) for net in self.decoder_std.values()], -1)
+        return mean, std + 1e-6
 
 
 class Policy(nn.Module):
-    """pi(a_t | s_t): a tanh-Gaussian whose mean and std come from MLPs of 2 x 128 ELU units."""
+    """pi(a_t | s_t): a tanh-Gaussian whose mean and std come from MLPs of 2 x `hidden` ELU."""
 
-    def __init__(self, feature_dim: int, action_dim: int) -> None:
+    def __init__(self, feature_dim: int, action_dim: int, hidden: int = 128) -> None:
         super().__init__()
-        self.mean = mlp(feature_dim, action_dim, 128, 2)
-        self.std = mlp(feature_dim, action_dim, 128, 2)
+        self.mean = mlp(feature_dim, action_dim, hidden, 2)
+        self.std = mlp(feature_dim, action_dim, hidden, 2)
 
     def forward(self, features: Tensor) -> TanhNormal:
         return TanhNormal(self.mean(features), F.softplus(self.std(features)) + 1e-6)
@@ -293,24 +312,31 @@ def elbo_loss(
         "rec_term": rec_term,
         "kl_term": kl_term,
         "obs_mse": sq_err.mean(),
+        "rec_loss": rec_loss,
+        "kl_loss": kl_loss_,
         "loss": loss,
     }
     return loss, {k: v.detach() for k, v in metrics.items()}
 
 
 def phase1_step(
-    model: WorldModel, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
+    model: WorldModel,
+    batch: dict[str, Tensor],
+    keys: tuple[str, ...],
+    args: Config,
+    sample: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """eq. (4): the ELBO of embodiment windows, actions from the dataset."""
+    """eq. (4): the ELBO of embodiment windows, actions from the dataset (`sample=False`: every
+    state the posterior's mean, as the parity test with the authors' code runs it)."""
     obs, actions = observation(batch, keys), batch["pre_action"]
     embed = model.encoder(obs)  # f(o_t) for all t at once  [T, B, embed]
-    states = model.rssm.observe(embed, actions)  # s_t ~ q(s_t | s_t-1, a_t-1, f(o_t))
+    states = model.rssm.observe(embed, actions, sample=sample)  # s_t ~ q(s_t | s_t-1, a_t-1, o_t)
     # eq. (4): the ELBO of D_body windows under the dataset's actions, maximised in phi, theta
     loss, metrics = elbo_loss(model, obs, states, args.kl_scale, args.free_nats, args.kl_balance)
     if model.idm is not None:  # Appendix C: log q(a_t-1 | s_t-1, f(o_t)) on detached inputs
         feat = torch.cat([states.deter, states.stoch], -1)
         idm = model.idm(torch.cat([feat[:-1], embed[1:]], -1).detach())
-        idm_loss = -idm.log_prob(actions[1:]).sum(0).mean()
+        idm_loss = -idm.log_prob(actions[1:]).mean(0).sum()  # the authors': mean t, sum batch
         loss = loss + idm_loss
         metrics["idm_loss"] = idm_loss.detach()
     return loss, metrics
@@ -487,27 +513,55 @@ def save_world_model(path: Path, model: WorldModel, cfg: Config) -> None:
     print(f"world model saved to {path}")
 
 
-def load_world_model(path: Path, model: WorldModel, cfg: Config) -> None:
-    """Load a phase-1 checkpoint, refusing one trained with other settings."""
-    if not path.is_file():
+def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Config) -> WorldModel:
+    """The frozen world model of --world-model: a world_model.pt of aime.py, or a folder in the
+    authors' published form (model.pt + config.yaml, read by `common/authors.py`, sizes from
+    their config); refused if made for other settings or another observation."""
+    if is_published_form(path):
+        theirs = read_world_model(path)
+        settings: dict[str, Any] = {
+            "env": theirs.env, "obs": theirs.obs, "layout": theirs.layout, "use_idm": True,
+            "action_repeat": theirs.action_repeat,
+        }  # fmt: skip
+        model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm, theirs.rssm, theirs.width,
+                           theirs.depth)  # fmt: skip
+        state, unused = theirs.state, theirs.unused
+    elif path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        settings = {"action_repeat": 2, **ckpt.get("settings", {})}
+        model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm)
+        state, unused = ckpt["model"], []
+    elif not path.exists():
         raise SystemExit(f"error: --world-model {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    theirs = {"action_repeat": 2, **ckpt.get("settings", {})}
+    else:
+        raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml")
     clashes = {
-        k: (theirs.get(k), getattr(cfg, k))
+        k: (settings.get(k), getattr(cfg, k))
         for k in MODEL_SETTINGS
-        if theirs.get(k) != getattr(cfg, k)
+        if settings.get(k) != getattr(cfg, k)
     }
-    if cfg.use_idm is False and theirs.get("use_idm") is True:
+    if cfg.use_idm is False and settings.get("use_idm") is True:
         clashes.pop("use_idm")  # a model with an IDM serves plain AIME too
+        unused += [k for k in state if k.startswith("idm.")]
     if clashes:
         raise SystemExit(
             f"error: {path} was trained with other settings (checkpoint, this run): {clashes}"
         )
-    state = {
-        k: v for k, v in ckpt["model"].items() if model.idm is not None or not k.startswith("idm.")
-    }
-    model.load_state_dict(state)
+    if unused and is_published_form(path):
+        groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in unused})
+        print(f"notice: {path}: not used here, dropped: {', '.join(groups)}")
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if k not in unused})
+    except RuntimeError as e:  # other sizes: the first mismatch, no traceback
+        first = [line.strip() for line in str(e).splitlines()[1:]] or [str(e)]
+        raise SystemExit(f"error: {path} does not fit this run's model: {first[0]}") from e
+    return model
+
+
+def load_policy(path: Path, policy: Policy) -> None:
+    """Load a policy's weights: a policy.pt of the authors' AIME script (their names mapped)."""
+    theirs = torch.load(path, map_location="cpu", weights_only=True)
+    policy.load_state_dict(map_policy(theirs))
 
 
 def train_epoch(
@@ -542,7 +596,8 @@ def train_epoch(
 def main(args: Args) -> dict[str, Any]:
     cfg = resolve(args)
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
-    keys, obs_dim, action_dim = env.obs_keys, env.obs_dim, env.action_dim
+    keys, action_dim = env.obs_keys, env.action_dim
+    dims = {k: math.prod(env.record_shapes[k]) for k in keys}  # the observation's keys and sizes
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
 
     # -- data: every dataset opened and checked before any training --------------------------
@@ -555,18 +610,20 @@ def main(args: Args) -> dict[str, Any]:
         demo = open_dataset(
             cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None, cfg.seed + 1
         )
-    expert, expert_source = expert_return(cfg.env, cfg.task, demo) if demo else (0.0, "")
+    expert = expert_return(cfg.env, cfg.task, demo) if demo else (0.0, "", None)
     run = Run(cfg.runs_dir, run_name(cfg), cfg, cfg.resume)
     model_path, n_steps = run.dir / "world_model.pt", cfg.steps_per_epoch
 
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
-    model = WorldModel(obs_dim, action_dim, cfg.obs == "visual", cfg.layout, cfg.use_idm).to(device)
+    if cfg.world_model:
+        model = load_world_model(Path(cfg.world_model), dims, action_dim, cfg).to(device)
+    else:
+        model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm).to(device)
     model_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     parts: dict[str, Any] = {"model": model, "model_opt": model_opt}  # what a checkpoint holds
     progress = Progress()
     if cfg.world_model:
-        load_world_model(Path(cfg.world_model), model, cfg)
         progress.phase = 2
     if run.resumed:
         progress = Progress(**run.resumed["state"])
@@ -627,7 +684,7 @@ def main(args: Args) -> dict[str, Any]:
             progress.wall["phase2"] += time.time() - start
             last = epoch + 1 == cfg.phase2_epochs  # the final evaluation follows
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
-                evaluate_during(run, model, policy, keys, cfg, expert, epoch + 1, device)
+                evaluate_during(run, model, policy, keys, cfg, expert[0], epoch + 1, device)
             progress.epoch = epoch + 1
             run.checkpoint(asdict(progress), [demo.data], **parts)
         progress.phase, progress.epoch = 3, 0
@@ -640,7 +697,7 @@ def main(args: Args) -> dict[str, Any]:
     results = {
         "algorithm": "aime", "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
         "body_data": cfg.body_data, "demo": cfg.demo, "num_demos": cfg.num_demos, "seed": cfg.seed,
-        **scores(returns, expert, expert_source),
+        **scores(returns, *expert),
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
         "world_model": cfg.world_model or str(model_path),
     }  # fmt: skip

@@ -1,39 +1,56 @@
-"""BCO(0): behavioural cloning from observation (Torabi et al., 2018), as run in the AIME paper.
+"""BCO(0) and the AIME paper's other stacked-observation baselines, in one file.
 
-    python bco0.py --env walker --body-data mix --demo run --obs visual
+    python bco0.py --env walker --body-data mix --demo run --obs visual               # BCO(0)
+    python bco0.py --env walker --demo run --obs mdp --method bc                      # BC oracle
+    python bco0.py --env walker --body-data mix --demo run --obs mdp --method iidm    # IIDM
 
-BCO(0) as the AIME paper describes its baseline (section 4.1, Appendix B): an inverse dynamics
-model (IDM) trained on the embodiment dataset labels the demonstrations with actions, and
-behavioural cloning recovers the policy from the labels. Where each step lives here:
-    Phase 1  windows (o_t-k..o_t, a_t-1) ~ D_body        `train`: data.sample(...)
-             IDM(o_t-k..o_t) -> a_t-1 (the action that    `idm_loss`, Adam on the IDM
-             led to o_t; k = `stack`), maximum likelihood
-    Label    a^_t-1 = IDM(o_t-k..o_t) on each window of   `bc_loss`: the frozen IDM
-             the observation-only demonstrations D_demo
-    Phase 2  pi(o_t-k..o_t-1) -> a^_t-1, maximum          `bc_loss`, Adam on the policy
-             likelihood
+BCO(0) (Torabi et al., 2018) as the AIME paper runs it (section 4.1, Appendix B): an inverse
+dynamics model (IDM) trained on the embodiment dataset labels the demonstrations with actions,
+and behavioural cloning recovers the policy from the labels. The other two share its data,
+stacks, encoders, schedule and evaluation, so they live here:
+- `--method bc`, the oracle of Figure 4: behavioural cloning on the demonstrations' TRUE actions
+  (no embodiment data, no phase 1);
+- `--method iidm`, Figure 5: a forward model (o_t-k..o_t-1, a_t-1) -> o_t trained on the
+  embodiment data serves as an implicit IDM: the policy's action goes through the frozen forward
+  model, which is scored on the demonstration's next observation.
+Where each step lives here:
+    Phase 1  windows (o_t-k..o_t, a_t-1) ~ D_body        `train`: windows of the training split
+             bco0: IDM(o_t-k..o_t) -> a_t-1, MSE          `idm_loss`, Adam on the IDM
+             iidm: f(o_t-k..o_t-1, a_t-1) -> o_t, MSE     `forward_loss`, Adam on the model
+    Phase 2  windows o_t-k..o_t ~ D_demo
+             bco0: pi(o_t-k..o_t-1) -> IDM's label         `bc_loss`, Adam on the policy
+             bc:   pi(o_t-k..o_t-1) -> the true a_t-1      `oracle_loss`
+             iidm: f(o_t-k..o_t-1, pi(...)) -> o_t         `iidm_loss`, the model frozen
     Both     7:3 split, the model of lowest validation    `split`, `train`
              loss kept
 Evaluation in DMC exactly as `aime.py`'s (common/run.py), the stack filled with the first
 observation at reset (`StackActor`).
 
-Implementation details (the AIME paper's Appendix B and the authors' code):
+Implementation details (the AIME paper's Appendix B and the authors' code, `scripts/train_bco.py`,
+`train_bc.py`, `train_iidm.py` and their configs):
  1. Encoders as the world model's: identity for low-dimensional settings, the World Models CNN for
-    Visual; the IDM and the policy have their own encoder, the policy's starting from the IDM's.
+    Visual; each network has its own encoder, the policy's starting from phase 1's.
  2. Stacks of 5 encoded observations (`--stack`; the authors use 1 in MDP, where the state is
     complete), MLPs of 2 x 128 ELU with a tanh output trained by mean squared error, i.e. a
-    Gaussian action distribution of fixed variance, Adam with learning rate 1e-3.
- 3. 7:3 train/validation splits by trajectory (the authors split overlapping windows, which leaks
-    windows of one trajectory into both sides). The model kept is the one of lowest validation
-    loss; training stops after `--patience` epochs without improvement once `--min-steps`
-    gradient steps are done. The validation loss is measured on a fixed random set of at most
-    `--val-windows` windows.
- 4. Demonstration actions never reach training; where the files hold them, the errors of the
-    IDM's labels and of the policy against them are logged for analysis.
+    Gaussian action distribution of fixed variance, Adam with learning rate 1e-3. The forward
+    model decodes each observation key with its own MLP of 2 x 128 ELU (images: the
+    convolutional decoder); its loss is the sum over keys of their mean squared errors.
+ 3. The authors' schedule (`--schedule authors`, the default): an epoch is one pass over every
+    training window in a random order (the last batch may be smaller); training stops after
+    `--patience` 3 epochs without a lower validation loss, but never before `--min-epochs` 50
+    epochs and `--min-steps` 5000 gradient steps; the validation loss is the mean over every
+    validation window. `--schedule fast` runs `--steps-per-epoch` sampled batches per epoch and
+    validates on `--val-windows` windows.
+ 4. The 7:3 train/validation split is over windows (`--split windows`, the authors' random_split:
+    the overlapping windows of one trajectory fall on both sides); `--split trajectories` keeps
+    each trajectory on one side. The model kept is the one of lowest validation loss.
+ 5. Demonstration actions never reach training in bco0 and iidm; where the files hold them, the
+    errors of the labels and of the policy against them are logged for analysis.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +64,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from common.envs import Record, make_env
-from common.nets import ConvEncoder, mlp, observation
+from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
     WindowSampler,
@@ -69,17 +86,23 @@ from common.run import (
     seed_everything,
 )
 
+Method = Literal["bco0", "bc", "iidm"]
+
 
 @dataclass
 class Args:
-    exp_name: str = "bco0"
-    """name of this experiment, part of the run's folder name"""
+    method: Method = "bco0"
+    """bco0: IDM labels, then behavioural cloning; bc: cloning the demonstrations' true actions
+    (the oracle of AIME Figure 4); iidm: a forward model as implicit IDM (Figure 5)"""
+    exp_name: Optional[str] = None
+    """name of this experiment, part of the run's folder name (default: the method)"""
     env: str = "walker"
     """embodiment (dm_control domain): walker or cheetah (or another suite domain)"""
     task: Optional[str] = None
     """task the policy is evaluated on (default: the --demo task)"""
     body_data: str = "mix"
-    """embodiment dataset: random, p2e, a task (stand -> {env}-stand-buffer), mix, a+b, or a path"""
+    """embodiment dataset: random, p2e, a task (stand -> {env}-stand-buffer), mix, a+b, or a path
+    (not read by --method bc)"""
     demo: str = "run"
     """demonstration dataset: a task (run -> {env}-run-expert) or a path"""
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
@@ -94,12 +117,25 @@ class Args:
     """seed of torch, numpy, the splits, sampling and the evaluation environments"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """torch device"""
+    schedule: Literal["authors", "fast"] = "authors"
+    """authors: an epoch is one pass over the training windows, validation on all validation
+    windows; fast: --steps-per-epoch sampled batches, validation on --val-windows windows"""
+    split: Literal["windows", "trajectories"] = "windows"
+    """7:3 train/validation split of the windows (the authors') or of whole trajectories"""
     phase1_epochs: int = 1000
-    """most IDM epochs (training stops earlier on the validation loss)"""
+    """most phase-1 epochs (training stops earlier on the validation loss)"""
     phase2_epochs: int = 1000
-    """most behavioural-cloning epochs (training stops earlier on the validation loss)"""
+    """most phase-2 epochs (training stops earlier on the validation loss)"""
+    patience: int = 3
+    """epochs without a lower validation loss before training stops (the authors' 3)"""
+    min_epochs: int = 50
+    """epochs before training may stop (the authors' 50)"""
+    min_steps: int = 5000
+    """gradient steps before training may stop (the authors' 5000)"""
     steps_per_epoch: int = 100
-    """gradient steps per epoch"""
+    """--schedule fast: gradient steps per epoch"""
+    val_windows: int = 5000
+    """--schedule fast: validation windows the validation loss is measured on"""
     batch_size: int = 50
     """windows per batch"""
     eval_episodes: int = 100
@@ -109,39 +145,43 @@ class Args:
     capture_video: bool = False
     """save a GIF of the first evaluation episode to {run_dir}/videos/"""
     lr: float = 1e-3
-    """Adam learning rate of the IDM and the policy"""
+    """Adam learning rate of both phases (the authors' configs)"""
     stack: Optional[int] = None
     """encoded observations stacked (default: 5; 1 in MDP, as the authors)"""
     action_repeat: Optional[int] = None
     """environment steps per action (default: the datasets' info.json, else the benchmark's 2)"""
-    patience: int = 10
-    """epochs without a better validation loss before training stops"""
-    min_steps: int = 5000
-    """gradient steps before training may stop (the authors' minimum)"""
-    val_windows: int = 5000
-    """validation windows the validation loss is measured on"""
 
 
 @dataclass
 class Config(Args):
     """The flags after `resolve`: every default that depends on other flags filled in."""
 
+    exp_name: str = ""
     task: str = ""
     stack: int = 5
     action_repeat: int = 2
 
 
 def resolve(args: Args) -> Config:
-    """Fill the defaults that depend on other flags: the task from `--demo` (`run`, or a path
-    such as .../walker-run-expert -> run), the stack (5; 1 in MDP, as the authors' code) and the
-    action repeat the datasets were recorded at (their info.json; the benchmark's 2 without)."""
-    folders = [
-        *dataset_folders(args.data_dir, args.env, args.body_data, "body"),
-        *dataset_folders(args.data_dir, args.env, args.demo, "demo"),
-    ]
+    """Fill the defaults that depend on other flags: the run's name from the method, the task
+    from `--demo` (`run`, or a path such as .../walker-run-expert -> run), the stack (5; 1 in
+    MDP, as the authors' code) and the action repeat the datasets were recorded at (their
+    info.json; the benchmark's 2 without); refuse out-of-range flags."""
+    for flag in ("batch_size", "steps_per_epoch", "val_windows", "phase1_epochs", "phase2_epochs"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1")
+    if args.stack is not None and args.stack < 1:
+        raise SystemExit("error: --stack must be at least 1")
+    body = (
+        []
+        if args.method == "bc"
+        else dataset_folders(args.data_dir, args.env, args.body_data, "body")
+    )
+    folders = [*body, *dataset_folders(args.data_dir, args.env, args.demo, "demo")]
     return Config(
         **{
             **asdict(args),
+            "exp_name": args.exp_name or args.method,
             "task": args.task or dataset_task(args.env, args.demo),
             "stack": args.stack or (1 if args.obs == "mdp" else 5),
             "action_repeat": dataset_action_repeat(folders, args.action_repeat),
@@ -158,6 +198,7 @@ class Progress:
     best: float = float("inf")  # the phase's lowest validation loss so far
     bad_epochs: int = 0  # epochs since it last improved
     best_weights: Optional[dict[str, Tensor]] = None  # the weights that reached it
+    steps: int = 0  # gradient steps done in this phase
     wall: dict[str, float] = field(default_factory=lambda: {"phase1": 0.0, "phase2": 0.0})
 
 
@@ -178,6 +219,26 @@ class StackNet(nn.Module):
     def forward(self, obs: Tensor) -> Tensor:  # [frames, B, ...] -> [B, action]
         embed = self.encoder(obs)  # [frames, B, embed]
         return self.mlp(embed.transpose(0, 1).flatten(1))
+
+
+class ForwardModel(nn.Module):
+    """IIDM's forward model: encode each of `frames` observations, concatenate with the action,
+    and decode each observation key with its own network (MLP 2 x 128 ELU; images: the conv
+    decoder). `dims` holds the keys (sensor order) and their sizes."""
+
+    def __init__(self, dims: dict[str, int], frames: int, action_dim: int) -> None:
+        super().__init__()
+        visual = "image" in dims
+        self.encoder: nn.Module = ConvEncoder() if visual else nn.Identity()
+        inp = frames * (1024 if visual else sum(dims.values())) + action_dim
+        self.decoders = nn.ModuleDict(
+            {k: ConvDecoder(inp) if k == "image" else mlp(inp, d, 128, 2) for k, d in dims.items()}
+        )
+
+    def forward(self, obs: Tensor, action: Tensor) -> dict[str, Tensor]:
+        """[frames, B, ...] and [B, action] -> the next observation's keys, each [B, ...]."""
+        x = torch.cat([self.encoder(obs).transpose(0, 1).flatten(1), action], -1)
+        return {k: decoder(x) for k, decoder in self.decoders.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,51 +274,128 @@ def bc_loss(
     return loss, metrics
 
 
+def oracle_loss(
+    policy: StackNet, batch: Batch, keys: tuple[str, ...]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE of policy(o_t-k..o_t-1) against the demonstrator's true a_t-1 (the BC oracle)."""
+    # AIME paper, Figure 4: behavioural cloning with the true actions, an upper reference
+    loss = ((policy(observation(batch, keys)[:-1]) - batch["pre_action"][-1]) ** 2).mean()
+    return loss, {"loss": loss.detach(), "policy_action_mse": loss.detach()}
+
+
+def prediction_error(pred: dict[str, Tensor], batch: Batch) -> Tensor:
+    """The sum over keys of each key's MSE against the window's last record o_t."""
+    return sum((((p - batch[k][-1]) ** 2).mean() for k, p in pred.items()), torch.zeros(()))
+
+
+def forward_loss(
+    model: ForwardModel, batch: Batch, keys: tuple[str, ...]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE of f(o_t-k..o_t-1, a_t-1) against o_t (embodiment data)."""
+    # AIME paper, Figure 5: IIDM first trains a forward model on the embodiment data
+    loss = prediction_error(model(observation(batch, keys)[:-1], batch["pre_action"][-1]), batch)
+    return loss, {"loss": loss.detach()}
+
+
+def iidm_loss(
+    policy: StackNet, model: ForwardModel, batch: Batch, keys: tuple[str, ...]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MSE of f(o_t-k..o_t-1, pi(o_t-k..o_t-1)) against o_t, through the frozen forward model."""
+    obs = observation(batch, keys)
+    action = policy(obs[:-1])
+    # AIME paper, Figure 5: the forward model's error on the demonstration, back to the action
+    loss = prediction_error(model(obs[:-1], action), batch)
+    metrics = {"loss": loss.detach()}
+    if "pre_action" in batch:  # analysis only: never part of the loss
+        metrics["policy_action_mse"] = ((action.detach() - batch["pre_action"][-1]) ** 2).mean()
+    return loss, metrics
+
+
 # ---------------------------------------------------------------------------------------------
 # Training on a 7:3 split, keeping the model of lowest validation loss (Appendix B)
 # ---------------------------------------------------------------------------------------------
-def split(data: WindowSampler, seed: int) -> tuple[WindowSampler, WindowSampler]:
-    """7:3 train/validation split by trajectory (a trajectory's windows stay on one side)."""
-    order = np.random.default_rng(seed).permutation(len(data))
-    cut = max(1, min(len(data) - 1, round(0.7 * len(data))))
-    return data.subset(sorted(order[:cut]), seed), data.subset(sorted(order[cut:]), seed + 1)
+@dataclass
+class Windows:
+    """Windows of `frames` consecutive records of one dataset: trajectory indices and starts."""
+
+    data: WindowSampler
+    traj: np.ndarray
+    start: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.traj)
+
+    def batch(self, idx: np.ndarray, frames: int, keys: list[str], device: torch.device) -> Batch:
+        return to_torch_batch(
+            self.data.gather(self.traj[idx], self.start[idx], frames, keys), device
+        )
 
 
-def fixed_windows(
-    data: WindowSampler, frames: int, n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """At most `n` windows of `data`, drawn once: the validation loss is measured on them."""
+def split(data: WindowSampler, frames: int, by: str, seed: int) -> tuple[Windows, Windows]:
+    """7:3 train/validation split of the windows of `frames` records (the authors'
+    `random_split`), or of whole trajectories (`by="trajectories"`)."""
     traj, start = data.windows(frames)
-    pick = np.sort(np.random.default_rng(seed).permutation(len(traj))[:n])
-    return traj[pick], start[pick]
+    rng = np.random.default_rng(seed)
+    if by == "windows":
+        order = rng.permutation(len(traj))
+        cut = int(0.7 * len(traj))  # the authors' train size
+        train, val = np.sort(order[:cut]), np.sort(order[cut:])
+    else:
+        chosen = rng.permutation(len(data))[: round(0.7 * len(data))]
+        in_train = np.isin(traj, chosen)
+        train, val = np.flatnonzero(in_train), np.flatnonzero(~in_train)
+    if len(train) == 0 or len(val) == 0:
+        if by == "trajectories":
+            raise SystemExit(f"error: --split trajectories needs at least 2 trajectories, "
+                             f"{len(data)} given; use --split windows")  # fmt: skip
+        raise SystemExit(f"error: {len(data)} trajectories hold {len(traj)} windows of {frames} "
+                         "records, too few for a 7:3 split")  # fmt: skip
+    return Windows(data, traj[train], start[train]), Windows(data, traj[val], start[val])
+
+
+def epoch_batches(train: Windows, cfg: Config) -> list[np.ndarray]:
+    """The batches of one epoch, as indices into `train`: every window once in a random order
+    (`--schedule authors`), or `--steps-per-epoch` batches drawn uniformly (`fast`)."""
+    rng = train.data.rng  # the sampler's stream, saved in every checkpoint
+    if cfg.schedule == "authors":
+        order = rng.permutation(len(train))
+        return [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    return list(rng.integers(len(train), size=(cfg.steps_per_epoch, cfg.batch_size)))
 
 
 @torch.no_grad()
 def validation_loss(
     loss: Callable[[Batch], Tensor],
-    data: WindowSampler,
-    windows: tuple[np.ndarray, np.ndarray],
+    val: Windows,
+    idx: np.ndarray,
     frames: int,
     keys: list[str],
     device: torch.device,
 ) -> float:
-    """Mean loss over the fixed validation windows, in batches of 500."""
-    traj, start = windows
+    """Mean loss over the validation windows `idx`, in batches of 500."""
     total = 0.0
-    for i in range(0, len(traj), 500):
-        batch = to_torch_batch(
-            data.gather(traj[i : i + 500], start[i : i + 500], frames, keys), device
+    for i in range(0, len(idx), 500):
+        total += float(loss(val.batch(idx[i : i + 500], frames, keys, device))) * len(
+            idx[i : i + 500]
         )
-        total += float(loss(batch)) * len(traj[i : i + 500])
-    return total / len(traj)
+    return total / len(idx)
+
+
+def stopped(progress: Progress, cfg: Config) -> bool:
+    """`--patience` epochs without improvement, after `--min-epochs` and `--min-steps`."""
+    return (
+        progress.bad_epochs >= cfg.patience
+        and progress.epoch >= cfg.min_epochs
+        and progress.steps >= cfg.min_steps
+    )
 
 
 def train(
     phase: Literal[1, 2],
-    net: StackNet,
+    net: nn.Module,
     opt: torch.optim.Optimizer,
     loss: Loss,
-    data: tuple[WindowSampler, WindowSampler],
+    data: tuple[Windows, Windows],
     keys: list[str],
     cfg: Config,
     run: Run,
@@ -265,33 +403,39 @@ def train(
     parts: Mapping[str, Stateful],
     samplers: Sequence[WindowSampler],
 ) -> None:
-    """Adam on `loss` over windows of the training split of `data` (train, validation), each of
-    the `stack` + 1 records `keys`, until the validation loss stops improving; `net` ends with
-    its weights of lowest validation loss. Each epoch updates `progress` and ends with a
-    checkpoint of `progress`, `parts` and the random streams of `samplers`."""
-    train_data, val_data = data
+    """Adam on `loss` over the training windows of `data` (train, validation), each of the
+    `stack` + 1 records `keys`, until `stopped`; `net` ends with its weights of lowest
+    validation loss. Each epoch updates `progress` and ends with a checkpoint of `progress`,
+    `parts` and the random streams of `samplers`."""
+    train_w, val_w = data
     frames, device = cfg.stack + 1, torch.device(cfg.device)
-    epochs, name = (cfg.phase1_epochs, "idm") if phase == 1 else (cfg.phase2_epochs, "policy")
-    val = fixed_windows(val_data, frames, cfg.val_windows, cfg.seed)
-    desc = f"phase {phase} ({'IDM' if phase == 1 else 'BC'})"
-    bar = tqdm(range(progress.epoch, epochs), desc=desc, initial=progress.epoch, total=epochs)
+    epochs = cfg.phase1_epochs if phase == 1 else cfg.phase2_epochs
+    name = {"bco0": ("idm", "policy"), "bc": ("", "policy"), "iidm": ("model", "policy")}
+    tag = name[cfg.method][phase - 1]
+    val_idx = np.arange(len(val_w))
+    if cfg.schedule == "fast":  # a fixed random subset
+        val_idx = np.sort(
+            np.random.default_rng(cfg.seed).permutation(len(val_w))[: cfg.val_windows]
+        )
+    bar = tqdm(range(progress.epoch, epochs), desc=f"phase {phase} ({tag})",
+               initial=progress.epoch, total=epochs)  # fmt: skip
     for epoch in bar:
-        done = progress.epoch * cfg.steps_per_epoch >= cfg.min_steps
-        if done and progress.bad_epochs >= cfg.patience:
-            break  # no better validation loss for `patience` epochs
+        if stopped(progress, cfg):
+            break
         start = time.time()
         sums: dict[str, Tensor] = {}
-        for _ in range(cfg.steps_per_epoch):
-            value, metrics = loss(train_data.sample(cfg.batch_size, frames, device, keys))
+        batches = epoch_batches(train_w, cfg)
+        for idx in batches:
+            value, metrics = loss(train_w.batch(idx, frames, keys, device))
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()
             add_to(sums, metrics)
-        step = (epoch + 1) * cfg.steps_per_epoch
-        means = run.log(name, sums, cfg.steps_per_epoch, step)
+        progress.steps += len(batches)
+        means = run.log(tag, sums, len(batches), progress.steps)
         run.check_finite({"loss": means["loss"]}, f"in phase {phase}, epoch {epoch}")
-        val_loss = validation_loss(lambda b: loss(b)[0], val_data, val, frames, keys, device)
-        run.writer.add_scalar(f"{name}/val_loss", val_loss, step)
+        val_loss = validation_loss(lambda b: loss(b)[0], val_w, val_idx, frames, keys, device)
+        run.writer.add_scalar(f"{tag}/val_loss", val_loss, progress.steps)
         bar.set_postfix(loss=f"{means['loss']:.4f}", val=f"{val_loss:.4f}")
         if val_loss < progress.best:
             progress.best, progress.bad_epochs = val_loss, 0
@@ -335,52 +479,72 @@ class StackActor:
 def main(args: Args) -> dict[str, Any]:
     cfg = resolve(args)
 
-    # -- data: both datasets opened and checked before anything is written ----------------------
+    # -- data: the datasets opened and checked, and split, before anything is written ------------
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
-    keys, shapes = env.obs_keys, env.record_shapes
-    body = open_dataset(cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed)
-    demo = open_dataset(  # the demonstrations' actions are read, where held, for analysis only
-        cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None, cfg.seed + 1
-    )
-    body_split, demo_split = split(body.data, cfg.seed), split(demo.data, cfg.seed + 1)
-    samplers = [body_split[0], demo_split[0]]  # the training splits draw the batches
-    body_name, demo_name = label(cfg.body_data), label(cfg.demo)
+    keys, shapes, frames = env.obs_keys, env.record_shapes, cfg.stack + 1
+    body = None
+    if cfg.method != "bc":  # the embodiment data of phase 1
+        body = open_dataset(
+            cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed
+        )
+    demo = open_dataset(  # actions: the oracle's targets; otherwise read, where held, for analysis
+        cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos,
+        True if cfg.method == "bc" else None, cfg.seed + 1,
+    )  # fmt: skip
+    body_split = split(body.data, frames, cfg.split, cfg.seed) if body else None
+    demo_split = split(demo.data, frames, cfg.split, cfg.seed + 1)
+    samplers = [d.data for d in (body, demo) if d is not None]  # their streams draw the batches
+    body_name = label(cfg.body_data) if body else "none"
+    demo_name = label(cfg.demo)
     name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{body_name}__{demo_name}__{cfg.exp_name}__{cfg.seed}"
     run = Run(cfg.runs_dir, name, cfg, cfg.resume)  # refuses a used folder unless --resume
 
-    # -- the IDM (on o_t-k..o_t) and the policy (on o_t-k..o_t-1) --------------------------------
+    # -- networks: phase 1's (the IDM on o_t-k..o_t, or the forward model), the policy -----------
     seed_everything(cfg.seed)
     device, visual = torch.device(cfg.device), cfg.obs == "visual"
-    idm = StackNet(env.obs_dim, visual, cfg.stack + 1, env.action_dim).to(device)
+    dims = {k: math.prod(shapes[k]) for k in keys}
+    first: StackNet | ForwardModel | None = None
+    if cfg.method == "bco0":
+        first = StackNet(env.obs_dim, visual, frames, env.action_dim).to(device)
+    elif cfg.method == "iidm":
+        first = ForwardModel(dims, cfg.stack, env.action_dim).to(device)
     policy = StackNet(env.obs_dim, visual, cfg.stack, env.action_dim).to(device)
-    idm_opt = torch.optim.Adam(idm.parameters(), lr=cfg.lr)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-    parts: dict[str, Stateful] = {
-        "idm": idm,
-        "policy": policy,
-        "idm_opt": idm_opt,
-        "policy_opt": policy_opt,
-    }
-    progress = Progress()
+    parts: dict[str, Stateful] = {"policy": policy, "policy_opt": policy_opt}
+    if first is not None:
+        first_opt = torch.optim.Adam(first.parameters(), lr=cfg.lr)
+        parts.update(first=first, first_opt=first_opt)
+    progress = Progress(phase=1 if first is not None else 2)
     if run.resumed is not None:
         progress = Progress(**run.resumed["state"])
         run.restore(**parts)
         run.restore_rng(samplers)
         print(f"resuming {run.dir} at phase {progress.phase}, epoch {progress.epoch}")
 
-    # -- phase 1: the IDM on the embodiment data -------------------------------------------------
-    if progress.phase == 1:
-        idm_objective = partial(idm_loss, idm, keys=keys)
-        train(1, idm, idm_opt, idm_objective, body_split, body.data.keys,
+    # -- phase 1: the IDM (bco0) or the forward model (iidm) on the embodiment data -------------
+    if progress.phase == 1 and first is not None and body is not None and body_split is not None:
+        step1: Loss
+        if isinstance(first, StackNet):  # the IDM on the action that led to o_t
+            step1 = partial(idm_loss, first, keys=keys)
+        else:  # the forward model on o_t
+            step1 = partial(forward_loss, first, keys=keys)
+        train(1, first, first_opt, step1, body_split, body.data.keys,
               cfg, run, progress, parts, samplers)  # fmt: skip
         progress = Progress(phase=2, wall=progress.wall)
-        policy.encoder.load_state_dict(idm.encoder.state_dict())  # the policy's starts as the IDM's
+        policy.encoder.load_state_dict(first.encoder.state_dict())  # the policy's starts as it
 
-    # -- phase 2: the frozen IDM labels the demonstrations, the policy clones the labels ---------
-    idm.requires_grad_(False)
+    # -- phase 2: the policy on the demonstrations -----------------------------------------------
+    if first is not None:
+        first.requires_grad_(False)
     if progress.phase == 2:
-        bc_objective = partial(bc_loss, policy, idm, keys=keys)
-        train(2, policy, policy_opt, bc_objective, demo_split, demo.data.keys,
+        step2: Loss
+        if isinstance(first, StackNet):  # the frozen IDM labels, the policy clones the labels
+            step2 = partial(bc_loss, policy, first, keys=keys)
+        elif isinstance(first, ForwardModel):  # the policy's action through the frozen model
+            step2 = partial(iidm_loss, policy, first, keys=keys)
+        else:  # the oracle: the demonstrator's true actions
+            step2 = partial(oracle_loss, policy, keys=keys)
+        train(2, policy, policy_opt, step2, demo_split, demo.data.keys,
               cfg, run, progress, parts, samplers)  # fmt: skip
         progress.phase, progress.epoch = 3, 0
         run.checkpoint(asdict(progress), samplers, **parts)
@@ -391,12 +555,12 @@ def main(args: Args) -> dict[str, Any]:
     returns = evaluate(f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
                        cfg.eval_episodes, lambda n: StackActor(policy, keys, cfg.stack, device),
                        video)  # fmt: skip
-    expert, source = expert_return(cfg.env, cfg.task, demo)
+    expert = expert_return(cfg.env, cfg.task, demo)
     results = {
-        "algorithm": "bco0",
+        "algorithm": cfg.method,
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
-        "body_data": cfg.body_data, "demo": cfg.demo, "num_demos": cfg.num_demos,
-        "seed": cfg.seed, **scores(returns, expert, source),
+        "body_data": cfg.body_data if body else None, "demo": cfg.demo,
+        "num_demos": cfg.num_demos, "seed": cfg.seed, **scores(returns, *expert),
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
     }  # fmt: skip
     return run.finish(results)

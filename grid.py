@@ -205,7 +205,7 @@ QUICK_ARGS = {
     "collect": "--prefill-episodes 1 --train-steps-per-episode 1 --deter 32 --stoch 8 --hidden 32 "
     "--batch-size 4 --horizon 10 --ensemble 2 --ensemble-hidden 32 --eval-every 0",
     "aime": "--batch-size 4 --horizon 10 --eval-every 0",
-    "bco0": "--batch-size 4 --min-steps 0 --val-windows 20",
+    "bco0": "--batch-size 4 --schedule fast --min-epochs 0 --min-steps 0 --val-windows 20",
     "vmail": "--batch-size 4 --horizon 10 --imag-horizon 3 --eval-every 0",
 }
 

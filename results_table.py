@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import tyro
 
-ALGORITHMS = {"aime": "AIME", "bco0": "BCO(0)", "vmail": "V-MAIL"}
+ALGORITHMS = {"aime": "AIME", "bco0": "BCO(0)", "bc": "BC", "iidm": "IIDM", "vmail": "V-MAIL"}
 SETTINGS = {"mdp": "MDP", "lpomdp": "LPOMDP", "visual": "Visual"}
 SHORT_TASKS = {"runbackward": "runb", "flipbackward": "flipb"}  # the paper's abbreviations
 
@@ -48,8 +48,11 @@ class Cell:
     episodes: int
 
 
-def dataset_name(env: str, name: str) -> str:
-    """A --body-data or --demo value -> the paper's short name (walker-stand-buffer -> stand)."""
+def dataset_name(env: str, name: Optional[str]) -> str:
+    """A --body-data or --demo value -> the paper's short name (walker-stand-buffer -> stand);
+    `none` for the BC oracle, which reads no embodiment data."""
+    if name is None:
+        return "none"
     name = Path(name).name if "/" in name else name
     name = name.removeprefix(f"{env}-").removesuffix("-buffer").removesuffix("-expert")
     name = {"plan2explore": "p2e"}.get(name, name)

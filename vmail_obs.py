@@ -35,6 +35,7 @@ Choices (vmail.py's implementation details 2-4 and 7-9 hold here too):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -187,11 +188,8 @@ def aime_world_model(cfg: Config, env: DMCEnv) -> aime.WorldModel:
         env=cfg.env, obs=cfg.obs, demo=cfg.demo, data_dir=cfg.data_dir,
         world_model=cfg.world_model, action_repeat=cfg.action_repeat,
     ))  # fmt: skip
-    model = aime.WorldModel(
-        env.obs_dim, env.action_dim, cfg.obs == "visual", settings.layout, False
-    )
-    aime.load_world_model(Path(cfg.world_model), model, settings)
-    return model
+    dims = {k: math.prod(env.record_shapes[k]) for k in env.obs_keys}
+    return aime.load_world_model(Path(cfg.world_model), dims, env.action_dim, settings)
 
 
 @torch.no_grad()

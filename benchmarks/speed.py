@@ -45,6 +45,7 @@ from common.envs import make_env
 from common.replay import TrajectoryDataset, save_trajectory
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, kl_loss
 
+WALKER_MDP = {"orientations": 14, "height": 1, "velocity": 9}  # walker's keys and sizes
 CASES = (
     "phase1-mdp", "phase1-visual", "phase2-mdp", "phase2-visual",
     "rssm-aime", "rssm-dreamer", "env", "env-render", "dataset", "collect-mdp", "collect-visual",
@@ -104,7 +105,8 @@ def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], objec
     phase, obs = case.split("-")
     T, B = args.horizon, args.batch_size
     aime_args = aime.resolve(aime.Args(env="walker", obs=obs))  # type: ignore[arg-type]
-    model = aime.WorldModel(24, 6, obs == "visual", "aime", False).to(device)
+    dims = {"image": 3 * 64 * 64} if obs == "visual" else WALKER_MDP
+    model = aime.WorldModel(dims, 6, "aime", False).to(device)
     if args.compile:
         model.rssm.obs_step = torch.compile(model.rssm.obs_step)  # type: ignore[method-assign]
     batch, keys = walker_batch(obs, T, B, device)
@@ -140,7 +142,7 @@ def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], obje
     batch, keys = walker_batch(obs, T, B, device)
     if case == "vmail-obsonly-mdp":
         o_args = vmail_obs.Config(obs="mdp", device=str(device))
-        frozen = aime.WorldModel(24, 6, False, "aime", False).to(device).requires_grad_(False)
+        frozen = aime.WorldModel(WALKER_MDP, 6, "aime", False).to(device).requires_grad_(False)
         learner = vmail.make_learner(frozen.rssm.feature_dim, 6, False, o_args)
         demo = {k: v for k, v in batch.items() if k != "pre_action"}
         deter = frozen.rssm.cfg.deter

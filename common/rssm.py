@@ -97,6 +97,12 @@ class GaussianNet(nn.Module):
         self.first_e = nn.Linear(in_e, width, bias=False) if in_e > 0 else None
         out = cfg.stoch if cfg.separate_std else 2 * cfg.stoch
         self.rest = nn.ModuleList([self._rest(cfg, out) for _ in range(nets)])
+        # The split layer starts as the authors' single layer over [h, e] does: PyTorch's default
+        # initialisation U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in_h + in_e.
+        bound = 1 / math.sqrt(in_h + in_e)
+        halves = [self.first_h] if self.first_e is None else [self.first_h, self.first_e]
+        for p in (q for layer in halves for q in layer.parameters()):
+            nn.init.uniform_(p, -bound, bound)
 
     @staticmethod
     def _rest(cfg: RSSMConfig, out: int) -> nn.Sequential:
@@ -310,7 +316,8 @@ def kl_loss(
 
     balance=α (KL balancing, DreamerV2): α KL[sg(q) || p] + (1 - α) KL[q || sg(p)], which has the
     same value as the KL but moves the prior α and the posterior 1 - α of the way.
-    free_nats: max(KL, free_nats) per step and sequence: no gradient below `free_nats`.
+    free_nats: the gradient of max(KL, free_nats) per step and sequence (none below `free_nats`)
+    with the value of the KL, as the authors' code reports it (`aime/models/ssm.py`, forward).
     With the defaults (0, None) this is the true KL of the ELBO.
     """
     if balance is None:
@@ -319,7 +326,10 @@ def kl_loss(
         to_prior = kl_normal(q_mean.detach(), q_std.detach(), p_mean, p_std).sum(-1)
         to_post = kl_normal(q_mean, q_std, p_mean.detach(), p_std.detach()).sum(-1)
         kl = balance * to_prior + (1 - balance) * to_post
-    return kl.clamp(min=free_nats) if free_nats > 0 else kl
+    if free_nats <= 0:
+        return kl
+    clamped = kl.clamp(min=free_nats)
+    return clamped + (kl - clamped).detach()  # the KL's value, the clamped KL's gradient
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,10 +360,14 @@ class TanhNormal:
         u = self.mean + self.std * torch.randn_like(self.mean)
         return torch.tanh(u), self._log_prob_u(u, self.mean, self.std)
 
-    def log_prob(self, action: Tensor, eps: float = 1e-6) -> Tensor:
-        """log p(a) summed over action dims: [...]; a is clipped to +-(1 - eps) first."""
-        u = torch.atanh(action.clamp(-1 + eps, 1 - eps))
-        return self._log_prob_u(u, self.mean, self.std)
+    def log_prob(self, action: Tensor, clip: float = 0.999) -> Tensor:
+        """log p(a) summed over action dims: [...]. As the authors' `TanhNormal` (`aime/dist.py`,
+        TANH_CLIP = 0.999): a is clipped to +-clip first, then log N(atanh(a)) - log(1 - a^2), so
+        a saturated dimension (a = +-1, common in expert data) adds -log(1 - 0.999^2) = 6.2."""
+        a = action.clamp(-clip, clip)
+        u = torch.atanh(a)
+        log_normal = -0.5 * ((u - self.mean) / self.std) ** 2 - torch.log(self.std)
+        return (log_normal - 0.5 * math.log(2 * math.pi) - torch.log(1 - a**2)).sum(-1)
 
     @property
     def mode(self) -> Tensor:

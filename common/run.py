@@ -130,17 +130,34 @@ def evaluate(
     return returns
 
 
-def expert_return(env: str, task: str, demo: Dataset) -> tuple[float, str]:
-    """The return that normalises scores, and where it comes from: the published expert return
-    (AIME Appendix D) where the task has one, else the mean return of the demonstrations used
-    (their files are read for it only then)."""
-    if f"{env}-{task}" in EXPERT_RETURNS:
-        return EXPERT_RETURNS[f"{env}-{task}"], "published expert return (AIME Appendix D)"
-    return demo.mean_return(), "mean return of the demonstrations"
+def expert_return(env: str, task: str, demo: Dataset) -> tuple[float, str, Optional[float]]:
+    """The return that normalises scores, where it comes from, and the published expert return
+    (AIME Appendix D; None for tasks without one).
+
+    The normaliser is the mean return of the demonstrations used, as in the authors' code (their
+    experts' datasets reproduce Appendix D's returns); a warning says when it differs from the
+    published return by more than 10% (the demonstrations are then not the paper's expert). Only
+    where the demonstrations hold no positive return does the published one normalise instead.
+    """
+    published = EXPERT_RETURNS.get(f"{env}-{task}")
+    used = demo.mean_return()
+    if used <= 0 and published is not None:
+        print(f"warning: the demonstrations' mean return is {used:.1f}; scores are normalised by "
+              f"the published expert return {published:.1f}")  # fmt: skip
+        return published, "published expert return (AIME Appendix D)", published
+    if used <= 0:
+        raise SystemExit(f"error: the demonstrations' mean return is {used:.1f}: no normaliser")
+    if published is not None and abs(used - published) > 0.1 * published:
+        print(f"warning: the demonstrations' mean return {used:.1f} differs from the published "
+              f"expert return {published:.1f} by over 10%: not the paper's expert")  # fmt: skip
+    return used, "mean return of the demonstrations used", published
 
 
-def scores(returns: Sequence[float], expert: float, source: str) -> dict[str, Any]:
-    """The evaluation's part of results.json: returns and normalised scores (mean and std)."""
+def scores(
+    returns: Sequence[float], expert: float, source: str, published: Optional[float] = None
+) -> dict[str, Any]:
+    """The evaluation's part of results.json: returns and normalised scores (mean and std), the
+    normaliser and the published expert return beside it."""
     normalised = 100 * np.asarray(returns) / expert
     return {
         "returns": list(returns),
@@ -150,6 +167,7 @@ def scores(returns: Sequence[float], expert: float, source: str) -> dict[str, An
         "normalised_score_std": float(normalised.std()),
         "expert_return": expert,
         "expert_return_source": source,
+        "published_expert_return": published,
     }
 
 

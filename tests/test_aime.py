@@ -20,11 +20,13 @@ from torch import nn
 
 import aime
 from common.nets import PointDeconv
-from common.replay import ReplayBuffer, load_trajectory, save_trajectory
+from common.replay import ReplayBuffer, load_trajectory, save_trajectory, trajectory_files
 from common.rssm import RSSMConfig
 from tests.systems import point_mass, point_mass_data, random_actions
 
 ROOT = Path(__file__).resolve().parents[1]
+POINT_MASS = {"position": 2, "velocity": 2}  # tests/systems.py's observation keys and sizes
+WALKER_MDP = {"orientations": 14, "height": 1, "velocity": 9}
 TINY = [
     "--phase1-epochs", "2", "--phase2-epochs", "2", "--steps-per-epoch", "3",
     "--batch-size", "4", "--horizon", "10", "--eval-episodes", "2", "--eval-every", "1",
@@ -47,9 +49,9 @@ def call_main(**kwargs: Any) -> dict[str, Any]:
 # The ELBO and the networks
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["aime", "dreamer"])
-def test_elbo_terms_equal_torch_distributions(layout: str) -> None:
+def test_elbo_terms_equal_torch_distributions(layout: aime.Layout) -> None:
     torch.manual_seed(0)
-    model = aime.WorldModel(5, 2, False, layout, False, RSSMConfig(deter=16, stoch=4, hidden=16))
+    model = aime.WorldModel({"obs": 5}, 2, layout, False, RSSMConfig(deter=16, stoch=4, hidden=16))
     obs, actions = torch.randn(6, 3, 5), torch.rand(6, 3, 2) * 2 - 1
     states = model.rssm.observe(model.encoder(obs), actions)
     loss, m = aime.elbo_loss(model, obs, states)
@@ -83,7 +85,7 @@ def test_point_deconv_equals_the_transposed_convolution() -> None:
 
 
 def test_visual_model_shapes() -> None:
-    model = aime.WorldModel(0, 6, True, "aime", False)
+    model = aime.WorldModel({"image": 3 * 64 * 64}, 6, "aime", False)
     image = torch.rand(3, 2, 64, 64, 3).permute(0, 1, 4, 2, 3)  # channels last, as batches come
     embed = model.encoder(image)
     assert embed.shape == (3, 2, 1024)
@@ -108,7 +110,7 @@ def test_phase2_infers_the_actions_of_a_known_policy() -> None:
     torch.manual_seed(0)
     keys = ("position", "velocity")
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))
-    model = aime.WorldModel(4, 2, False, "aime", False, RSSMConfig(deter=64, stoch=8, hidden=64))
+    model = aime.WorldModel(POINT_MASS, 2, "aime", False, RSSMConfig(deter=64, stoch=8, hidden=64))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     elbo = []
     for _ in range(300):
@@ -144,7 +146,7 @@ def test_idm_learns_the_actions_on_detached_inputs() -> None:
     torch.manual_seed(0)
     keys = ("position", "velocity")
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))
-    model = aime.WorldModel(4, 2, False, "aime", True, RSSMConfig(deter=32, stoch=8, hidden=32))
+    model = aime.WorldModel(POINT_MASS, 2, "aime", True, RSSMConfig(deter=32, stoch=8, hidden=32))
     batch = body.sample(8, 10)
     torch.manual_seed(3)
     with_idm, _ = aime.phase1_step(model, batch, keys, args)
@@ -173,7 +175,7 @@ def test_phase1_elbo_rises_on_collected_walker_data(data_dir: Path) -> None:
         data_dir / "walker-random", [*keys, "pre_action"], seed=0, progress=False
     )
     torch.manual_seed(0)
-    model = aime.WorldModel(24, 6, False, "aime", False)  # the paper's sizes
+    model = aime.WorldModel(WALKER_MDP, 6, "aime", False)  # the paper's sizes
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))
     opt = torch.optim.Adam(model.parameters(), args.lr)
     elbo = []
@@ -187,7 +189,7 @@ def test_phase1_elbo_rises_on_collected_walker_data(data_dir: Path) -> None:
 
 def test_demonstration_actions_never_reach_training() -> None:
     torch.manual_seed(0)
-    model = aime.WorldModel(4, 2, False, "aime", True, RSSMConfig(deter=16, stoch=4, hidden=16))
+    model = aime.WorldModel(POINT_MASS, 2, "aime", True, RSSMConfig(deter=16, stoch=4, hidden=16))
     model.requires_grad_(False)
     policy = aime.Policy(model.rssm.feature_dim, 2)
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))
@@ -231,8 +233,13 @@ def test_user_command_runs_both_phases_and_writes_results(
     results = json.loads((run_dir / "results.json").read_text())
     assert results["algorithm"] == "aime" and results["obs"] == obs
     assert len(results["returns"]) == (1 if obs == "visual" else 2)
-    assert results["expert_return"] == 943.79
-    assert results["normalised_score"] == pytest.approx(100 * results["mean_return"] / 943.79)
+    # normalised by the demonstrations' mean return, the published expert's recorded beside it
+    demo_files = trajectory_files(data / "walker-random")[: 1 if obs == "visual" else 2]
+    demo_mean = np.mean([load_trajectory(f, ["reward"])["reward"].sum() for f in demo_files])
+    assert results["expert_return"] == pytest.approx(demo_mean)
+    assert results["published_expert_return"] == 943.79
+    assert "not the paper's expert" in r.stdout  # random demonstrations, far from 943.79
+    assert results["normalised_score"] == pytest.approx(100 * results["mean_return"] / demo_mean)
     assert set(results["wall_time_s"]) == {"phase1", "phase2", "evaluation"}
     assert (run_dir / "world_model.pt").exists() and (run_dir / "checkpoint.pt").exists()
     assert list(run_dir.glob("events.out.tfevents.*"))

@@ -1,4 +1,4 @@
-"""The README's quick start, run as written (`bash quickstart.sh`, about 9 minutes on 2 CPU
+"""The README's quick start, run as written (`bash quickstart.sh`, about 11 minutes on 2 CPU
 cores). It is also the Dreamer learning check: the quick start's expert is a short Dreamer run."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_aime_imitates_the_expert_and_the_table_is_printed(
     results = {
         r["algorithm"]: r for r in (json.loads(p.read_text()) for p in runs.glob("*/results.json"))
     }
-    assert set(results) == {"aime", "bco0"}
+    assert set(results) == {"aime", "bco0", "bc", "iidm"}
     random_ = json.loads((data / "cartpole-random" / "info.json").read_text())
     aime = results["aime"]
     assert len(aime["returns"]) == 10 and aime["args"]["action_repeat"] == 8
@@ -72,5 +72,7 @@ def test_aime_imitates_the_expert_and_the_table_is_printed(
     assert aime["mean_return"] > random_["mean_return"] + 2 * random_["std_return"]
     assert "| cartpole | random+balance->balance | AIME-MDP |" in stdout
     assert "| cartpole | random+balance->balance | BCO(0)-MDP |" in stdout
+    assert "| cartpole | random+balance->balance | IIDM-MDP |" in stdout
+    assert "| cartpole | none->balance | BC-MDP |" in stdout  # the oracle reads no body data
     assert stdout.strip().splitlines()[-1].startswith("random policy: return ")
     assert (runs / "results.md").is_file() and (runs / "results.png").is_file()

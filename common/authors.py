@@ -1,0 +1,172 @@
+"""The AIME authors' published checkpoints, read into aime.py's networks.
+
+The authors (github argmax-ai/aime) publish each world model as a folder holding `model.pt`, the
+model's `state_dict`, and `config.yaml`, the Hydra config their training script wrote beside it;
+their AIME script saves the policy's `state_dict` as `policy.pt`. `read_world_model` reads such a
+folder: the layout, setting, embodiment and sizes come from `config.yaml`, and every parameter is
+renamed to aime.py's `WorldModel`. What aime.py has no place for (the probe heads, the start-state
+buffers, a reward decoder) is returned apart, so the caller can name it in a notice.
+
+Facts from their code (`aime/models/ssm.py`, `base.py`, `policy.py`, `configs/`):
+- `world_model.name` is `rssm` (the paper's layout, aime.py's "aime") or `rssmo` (the original
+  Dreamer's, aime.py's "dreamer"); `state_dim` is [deter, stoch], `hidden_size` the width of the
+  transition MLPs; `min_std: null` means their global 1e-6.
+- Their prior and posterior each have one first layer over their whole input ([h] or [h, e]);
+  `common/rssm.py::GaussianNet` holds it split by input, with the mean and std networks' first
+  layers stacked, so those weights are cut and stacked here; the layers after it are renamed.
+- `environment_setup` is mdp, lpomdp or visual; `env.embodiment` the body; `env.action_repeat`
+  the environment steps per action.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+
+from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSMConfig
+
+LAYOUTS = {"rssm": "aime", "rssmo": "dreamer"}
+# their name -> ours, for every parameter that is only renamed (the layer index is kept); the prior
+# and posterior are `_rename_transition`'s.
+RENAMES = [
+    (r"memory_cell\.", "rssm.gru."),
+    (r"pre_memory\.net\.", "rssm.pre_gru."),
+    (r"encoders\.image\.net\.", "encoder.net."),
+    (r"encoders\.tabular\.net\.", "encoder."),
+    (r"decoders\.image\.net\.", "decoder_mean.image.net."),
+    (r"decoders\.(\w+)\.(?:mu_net|net)\.net\.", r"decoder_mean.\1."),
+    (r"decoders\.(\w+)\.std_net\.net\.", r"decoder_std.\1."),
+    (r"idm\.mean_net\.net\.", "idm.mean."),
+    (r"idm\.std_net\.net\.", "idm.std."),
+]
+UNUSED = re.compile(r"probes\.|initial_memory|initial_state|decoders\.reward\.")
+
+
+@dataclass
+class AuthorsModel:
+    """A published world model: its settings, sizes, and parameters in aime.py's names."""
+
+    env: str
+    obs: str
+    layout: str
+    action_repeat: int
+    rssm: RSSMConfig
+    width: int  # tabular decoders' (and the Dreamer encoder's) width
+    depth: int  # the conv encoder's and decoder's width
+    state: dict[str, Tensor]
+    unused: list[str]  # their parameters aime.py does not use (probe heads, buffers)
+
+
+def is_published_form(path: Path) -> bool:
+    """A folder holding `model.pt` and `config.yaml`."""
+    return (path / "model.pt").is_file() and (path / "config.yaml").is_file()
+
+
+def _rename_transition(key: str) -> tuple[str, str] | None:
+    """(our name, part) for a prior/posterior parameter: part is "first" (the first layer, to be
+    cut and stacked) or "rest", whose layer index moves down by one (`GaussianNet.rest` starts
+    after the first layer); None for any other parameter."""
+    m = re.match(r"(prior|posterior)_(mean|std|net)\.net\.(\d+)\.(\w+)$", key)
+    if m is None:
+        return None
+    which, net, index, param = m.groups()
+    if index == "0":
+        return f"rssm.{which}.first.{net}.{param}", "first"
+    return f"rssm.{which}.rest.{int(net == 'std')}.{int(index) - 1}.{param}", "rest"
+
+
+def map_state_dict(theirs: dict[str, Tensor], deter: int) -> tuple[dict[str, Tensor], list[str]]:
+    """Their world model's state_dict in aime.py's names, and the keys left unused."""
+    ours: dict[str, Tensor] = {}
+    first: dict[str, dict[str, Tensor]] = {}  # "prior.weight" -> {"mean": W, "std": W}
+    unused = []
+    for key, value in theirs.items():
+        if UNUSED.match(key):
+            unused.append(key)
+            continue
+        transition = _rename_transition(key)
+        if transition is not None:
+            name, part = transition
+            if part == "rest":
+                ours[name] = value
+            else:  # rssm.{which}.first.{net}.{param}
+                _, which, _, net, param = name.split(".")
+                first.setdefault(f"{which}.{param}", {})[net] = value
+            continue
+        for pattern, replacement in RENAMES:
+            if re.match(pattern, key):
+                ours[re.sub(pattern, replacement, key, count=1)] = value
+                break
+        else:
+            unused.append(key)
+    for name, nets in first.items():  # first layers: mean and std stacked, cut into h | e
+        which, param = name.split(".")
+        stacked = torch.cat([nets[n] for n in ("mean", "std", "net") if n in nets])
+        ours[f"rssm.{which}.first_h.{param}"] = stacked[:, :deter] if param == "weight" else stacked
+        if param == "weight" and stacked.shape[1] > deter:
+            ours[f"rssm.{which}.first_e.weight"] = stacked[:, deter:]
+    return ours, unused
+
+
+def map_policy(theirs: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Their `TanhGaussianPolicy` state_dict (policy.pt) in the names of aime.py's `Policy`."""
+    return {re.sub(r"^(mean|std)_net\.net\.", r"\1.", k): v for k, v in theirs.items()}
+
+
+def _get(config: dict[str, Any], path: str, where: Path) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise SystemExit(f"error: {where} has no `{path}`; is it the authors' config.yaml?")
+        node = node[part]
+    return node
+
+
+def read_world_model(folder: Path) -> AuthorsModel:
+    """Read a published world model folder (model.pt + config.yaml) into aime.py's form."""
+    config_path = folder / "config.yaml"
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as e:
+        raise SystemExit(f"error: {config_path} is not valid YAML: {e}") from e
+    name = _get(config, "world_model.name", config_path)
+    if name not in LAYOUTS:
+        raise SystemExit(f"error: {config_path}: world model `{name}`; aime.py reads rssm, rssmo")
+    deter, stoch = _get(config, "world_model.state_dim", config_path)
+    wm = config["world_model"]
+    base = AIME_RSSM if name == "rssm" else DREAMER_RSSM
+    rssm = replace(
+        base,
+        deter=int(deter),
+        stoch=int(stoch),
+        hidden=int(wm["hidden_size"]),
+        layers=int(wm["hidden_layers"]) if name == "rssm" else base.layers,
+        min_std=float(wm.get("min_std") or 1e-6),  # null: their global MIN_STD = 1e-6
+    )
+    width = int(_get(config, "world_model.decoders.tabular.hidden_size", config_path))
+    encoder = wm.get("encoders", {}).get("tabular", {})
+    if name == "rssmo" and int(encoder.get("hidden_size", width)) != width:
+        raise SystemExit(f"error: {config_path}: encoder and decoder widths differ; unsupported")
+    depth = int(wm.get("encoders", {}).get("visual", {}).get("width", 32))
+    try:
+        theirs = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which, no traceback
+        raise SystemExit(f"error: {folder / 'model.pt'} is not a readable state_dict: {e}") from e
+    state, unused = map_state_dict(theirs, rssm.deter)
+    return AuthorsModel(
+        env=str(_get(config, "env.embodiment", config_path)),
+        obs=str(_get(config, "environment_setup", config_path)),
+        layout=LAYOUTS[name],
+        action_repeat=int(_get(config, "env.action_repeat", config_path)),
+        rssm=rssm,
+        width=width,
+        depth=depth,
+        state=state,
+        unused=unused,
+    )

@@ -1,0 +1,200 @@
+"""aime.py computes what the AIME authors' code computes, on their own weights.
+
+Each folder under tests/fixtures/authors-aime/ (and each folder listed in the environment
+variable AIME_PARITY_DIRS, separated by os.pathsep, in the same form) holds a world model and a
+policy as the authors' code saves them (`model.pt` + `config.yaml`, `policy.pt`), a fixed batch
+(`batch.npz`, time-major, T = 8, B = 3) and what their code computed on it with every sample
+replaced by its mean (`outputs.npz`). The folders were made by running their unmodified code
+(github argmax-ai/aime, commit 3d2cd90) at small sizes; `meta.json` records how. Here the same
+batch goes through aime.py's loader (`load_world_model`, `load_policy`) and its own functions
+(`phase1_step`, `RSSM.observe`, `WorldModel.decode`, `RSSM.imagine`, `Policy`), and every array
+is compared at float32 tolerance, one test case per folder and group of arrays.
+
+Their phase-1 loss also trains probe heads (detached, in LPOMDP and Visual) that aime.py does
+not have: their `reconstruction_loss` and `total_loss` are compared less those probe terms.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import aime
+from common.rssm import kl_normal
+
+FIXTURES = Path(__file__).parent / "fixtures" / "authors-aime"
+FOLDERS = sorted(p for p in FIXTURES.iterdir() if p.is_dir()) + [
+    Path(p) for p in os.environ.get("AIME_PARITY_DIRS", "").split(os.pathsep) if p
+]
+GROUPS = ["states", "decoders", "loss", "idm", "policy", "openloop"]
+
+
+def decoded_keys(config: dict[str, Any]) -> tuple[str, ...]:
+    """The keys the model reads and decodes: MDP every tabular sensor, LPOMDP the first-order
+    ones, Visual the image (their config's `env.sensors`, in its order)."""
+    sensors = config["env"]["sensors"]
+    setting = config["environment_setup"]
+    if setting == "visual":
+        return ("image",)
+    tabular = [k for k, v in sensors.items() if v["modility"] == "tabular"]
+    if setting == "lpomdp":
+        return tuple(k for k in tabular if sensors[k]["order"] == "first")
+    return tuple(tabular)
+
+
+def ours(folder: Path) -> dict[str, np.ndarray]:
+    """Every array of outputs.npz, computed by aime.py's code from the folder's checkpoints."""
+    torch.set_num_threads(1)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    raw = np.load(folder / "batch.npz")
+    batch = {k: torch.from_numpy(raw[k]) for k in raw.files if k != "image_uint8_hwc"}
+    keys = decoded_keys(config)
+    dims = {k: math.prod(batch[k].shape[2:]) for k in keys}
+    wm = config["world_model"]
+    cfg = aime.Config(
+        env=config["env"]["embodiment"], obs=config["environment_setup"], use_idm=True,
+        layout="aime" if wm["name"] == "rssm" else "dreamer", action_repeat=2,
+        kl_scale=float(wm["kl_scale"]), free_nats=float(wm["free_nats"]),
+        kl_balance=wm["kl_rebalance"],
+    )  # fmt: skip
+    model = aime.load_world_model(folder, dims, 6, cfg)
+    policy = aime.Policy(model.rssm.feature_dim, 6)
+    aime.load_policy(folder / "policy.pt", policy)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        total, metrics = aime.phase1_step(model, batch, keys, cfg, sample=False)
+        obs, actions = aime.observation(batch, keys), batch["pre_action"]
+        emb = model.encoder(obs)
+        st = model.rssm.observe(emb, actions, sample=False)
+        feat = st.features()
+        kl_per_dim = kl_normal(st.post_mean, st.post_std, st.prior_mean, st.prior_std)
+        out.update(
+            h=st.deter, s=st.stoch, feat=feat, prior_mean=st.prior_mean, prior_std=st.prior_std,
+            post_mean=st.post_mean, post_std=st.post_std, kl_per_dim=kl_per_dim,
+            kl=kl_per_dim.sum(-1), emb=emb,
+        )  # fmt: skip
+        mean, std = model.decode(feat)
+        start = 0
+        for k in keys:  # the concatenated decoder outputs, cut back into keys
+            m = mean if k == "image" else mean[..., start : start + dims[k]]
+            sd = torch.ones(()) if std is None else std[..., start : start + dims[k]]
+            start += dims[k]
+            ll = torch.distributions.Normal(m, sd).log_prob(batch[k])
+            out[f"dec_mean.{k}"], out[f"dec_std.{k}"] = m, sd
+            out[f"rec_ll.{k}"] = ll.flatten(2).sum(-1)
+            out[f"rec_ll_weighted.{k}"] = (ll * sd).flatten(2).sum(-1)
+            out[f"loss.{k}_rec_term"] = ll.flatten(2).sum(-1).sum(0).mean()
+            out[f"loss.{k}_reconstruction_loss"] = -(ll * sd).flatten(2).sum(-1).sum(0).mean()
+        out["loss.rec_term"], out["loss.kl_term"] = metrics["rec_term"], metrics["kl_term"]
+        out["loss.elbo"], out["loss.kl_loss"] = metrics["elbo"], metrics["kl_loss"]
+        out["loss.reconstruction_loss"] = metrics["rec_loss"]
+        out["loss.idm_loss"] = metrics["idm_loss"]
+        out["loss.total_loss"] = total
+        assert model.idm is not None
+        idm = model.idm(torch.cat([feat[:-1], emb[1:]], -1))
+        out.update(idm_mean=idm.mean, idm_std=idm.std, idm_ll=idm.log_prob(actions[1:]))
+        pi = policy(feat)
+        out.update(policy_mean=pi.mean, policy_std=pi.std, policy_mode=pi.mode)
+        out["policy_ll"] = policy(feat[:-1]).log_prob(actions[1:])
+        pi0 = policy(torch.zeros(feat.shape[1], feat.shape[2]))
+        out.update(policy_mean_init=pi0.mean, policy_std_init=pi0.std)
+        rollout = model.rssm.imagine(
+            (st.deter[3], st.stoch[3]), 4, actions=actions[4:], sample=False
+        )
+        out.update({"openloop.h": rollout.deter, "openloop.s": rollout.stoch})
+        if "image" not in keys:
+            open_mean, _ = model.decode(rollout.features())
+            start = 0
+            for k in keys:
+                out[f"openloop.dec_mean.{k}"] = open_mean[..., start : start + dims[k]]
+                start += dims[k]
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def group_of(name: str) -> str | None:
+    if name.startswith(("grad_norm.", "stoch_loss.", "probe_")) or "probe_" in name:
+        return None  # gradients per their parameter, the sampling pass, the probe heads
+    if name.startswith("loss."):
+        return "loss" if not name.endswith("_mse") else None
+    if name.startswith(("dec_", "rec_ll")):
+        return "decoders"
+    if name.startswith("idm_"):
+        return "idm"
+    if name.startswith("policy_"):
+        return "policy"
+    if name.startswith("openloop."):
+        return "openloop"
+    return "states"
+
+
+CACHE: dict[Path, dict[str, np.ndarray]] = {}
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("folder", FOLDERS, ids=[p.name for p in FOLDERS])
+def test_matches_the_authors_code(folder: Path, group: str) -> None:
+    theirs = dict(np.load(folder / "outputs.npz"))
+    probes = sum(float(v) for k, v in theirs.items() if k.startswith("loss.") and "_probe_" in k
+                 and k.endswith("_reconstruction_loss"))  # fmt: skip
+    theirs["loss.reconstruction_loss"] = theirs["loss.reconstruction_loss"] - probes
+    theirs["loss.total_loss"] = theirs["loss.total_loss"] - probes
+    if folder not in CACHE:
+        CACHE[folder] = ours(folder)
+    mine = CACHE[folder]
+    names = sorted(k for k in theirs if group_of(k) == group)
+    assert names, f"{folder.name} has no arrays of group {group}"
+    for name in names:
+        assert name in mine, f"{folder.name}: {name} is not computed here"
+        expected = theirs[name].astype(np.float64)
+        # a loss scalar: relative 1e-5 (image log-likelihoods are sums of 12288 terms)
+        atol = 1e-5 * max(1.0, abs(float(expected))) if expected.ndim == 0 else 1e-5
+        np.testing.assert_allclose(
+            mine[name].astype(np.float64), expected, rtol=1e-5, atol=atol,
+            err_msg=f"{folder.name}: {name}",
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The published form through the command line: phase 2 on their model, refusals
+# ---------------------------------------------------------------------------------------------
+def tiny_run(data_dir: Path, tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(
+        env="walker", task="walk", demo=str(data_dir / "walker-random"), obs="mdp",
+        data_dir=str(data_dir), runs_dir=str(tmp_path), phase2_epochs=1, steps_per_epoch=2,
+        batch_size=2, horizon=5, eval_episodes=1, eval_every=0, num_demos=2,
+        world_model=str(FIXTURES / "walker-mdp-small"),
+    )  # fmt: skip
+    return aime.main(aime.Args(**{**args, **kw}))
+
+
+def test_phase2_runs_on_a_published_world_model(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tiny_run(data_dir, tmp_path)
+    assert results["world_model"].endswith("walker-mdp-small")
+    assert results["wall_time_s"]["phase1"] == 0 and len(results["returns"]) == 1
+    out = capsys.readouterr().out  # the start-state buffers, and the IDM without --use-idm
+    assert "not used here, dropped: idm.*, initial_memory, initial_state" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        ({"obs": "lpomdp"}, r"'obs': \('mdp', 'lpomdp'\)"),
+        ({"world_model": str(FIXTURES / "cheetah-mdp-small")}, r"'env': \('cheetah', 'walker'\)"),
+        ({"layout": "dreamer"}, r"'layout': \('aime', 'dreamer'\)"),
+    ],
+)
+def test_a_published_model_of_other_settings_is_refused(
+    data_dir: Path, tmp_path: Path, flags: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(SystemExit, match=named):
+        tiny_run(data_dir, tmp_path, **flags)
+    assert not list(tmp_path.glob("*/checkpoint.pt"))
