@@ -4,10 +4,15 @@ published scores.
     python results_table.py --runs-dir runs
 
 Cells are embodiment dataset -> demonstration task (`mix->run`), columns method and setting
-(`AIME-Visual`, `BCO(0)-MDP`, ...), as in the paper's Figures 2 and 3. A cell's mean and standard
-deviation pool the per-episode normalised scores of all its seeds, as the published ones pool
-100 evaluation episodes. A cell is flagged `*` when its mean falls outside the published mean +-
-one standard deviation. Writes `{runs-dir}/results.md` and `{runs-dir}/results.png`.
+(`AIME-Visual`, `BCO(0)-MDP`, ...), as in the paper's Figures 2 and 3. Runs are kept apart by
+method, by ablation (`AIME (KL only)-MDP` for `--kl-only`, likewise `rec only`, `IDM`) and by
+number of demonstrations; only the plain methods with 100 demonstrations, the paper's setting,
+are compared with the published scores. A row's mean and standard deviation pool the
+per-episode normalised scores of all its seeds, as the published ones pool 100 evaluation
+episodes. A row is flagged `*` when its mean falls outside the published mean +- one standard
+deviation. Writes `{runs-dir}/results.md`, `{runs-dir}/results.png` (bars per cell: Figures 2,
+3 and, with ablations, 5) and, where a cell has runs with several numbers of demonstrations,
+`{runs-dir}/demos.png` (score against the number of demonstrations: Figure 4).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Args:
     """where the markdown table goes (default: {runs-dir}/results.md)"""
     figure: Optional[str] = None
     """where the figure goes (default: {runs-dir}/results.png); 'none' for no figure"""
+    demos_figure: Optional[str] = None
+    """where the Figure 4 plot goes (default: {runs-dir}/demos.png); 'none' for no plot"""
 
 
 @dataclass
@@ -59,16 +66,31 @@ def dataset_name(env: str, name: Optional[str]) -> str:
     return SHORT_TASKS.get(name, name)
 
 
-def gather(runs_dir: Path) -> dict[tuple[str, str, str], Cell]:
-    """(env, 'body->task', 'AIME-Visual') -> our pooled score, from every results.json."""
-    pooled: dict[tuple[str, str, str], list[list[float]]] = defaultdict(list)
+ABLATIONS = {"kl_only": "KL only", "rec_only": "rec only", "use_idm": "IDM"}  # AIME Figure 5
+Key = tuple[str, str, str, int]  # (env, 'body->task', 'AIME-Visual', number of demonstrations)
+Curves = dict[tuple[str, str], dict[str, list[tuple[int, float, float]]]]  # Figure 4's lines
+
+
+def method_name(r: dict[str, Any]) -> str:
+    """'AIME-Visual', or with an ablation's flags 'AIME (KL only)-Visual'."""
+    args = r.get("args", {})
+    name = ALGORITHMS.get(r["algorithm"], r["algorithm"])
+    flags = [label for flag, label in ABLATIONS.items() if args.get(flag)]
+    if flags:
+        name += " (" + ", ".join(flags) + ")"
+    return f"{name}-{SETTINGS[r['obs']]}"
+
+
+def gather(runs_dir: Path) -> dict[Key, Cell]:
+    """(env, 'body->task', method, demonstrations) -> our pooled score, from every results.json."""
+    pooled: dict[Key, list[list[float]]] = defaultdict(list)
     for path in sorted(runs_dir.rglob("results.json")):
         r: dict[str, Any] = json.loads(path.read_text())
         expert = r["expert_return"]
         # The paper's D_body -> D_demo: a run on other demonstrations gets a cell of its own.
         cell = f"{dataset_name(r['env'], r['body_data'])}->{dataset_name(r['env'], r['demo'])}"
-        method = f"{ALGORITHMS.get(r['algorithm'], r['algorithm'])}-{SETTINGS[r['obs']]}"
-        pooled[(r["env"], cell, method)].append([100 * x / expert for x in r["returns"]])
+        key = (r["env"], cell, method_name(r), int(r.get("num_demos", 100)))
+        pooled[key].append([100 * x / expert for x in r["returns"]])
     return {
         key: Cell(float(np.mean(np.concatenate(runs))), float(np.std(np.concatenate(runs))),
                   len(runs), sum(len(x) for x in runs))
@@ -76,33 +98,71 @@ def gather(runs_dir: Path) -> dict[tuple[str, str, str], Cell]:
     }  # fmt: skip
 
 
-def table(
-    ours: dict[tuple[str, str, str], Cell], published: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """One row per cell we have: ours, the paper's, and whether ours is outside its mean +- std."""
+def table(ours: dict[Key, Cell], published: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per cell, method and number of demonstrations: ours, the paper's (for its 100
+    demonstrations only), and whether ours is outside its mean +- std."""
     rows = []
-    for (env, cell, method), c in sorted(ours.items()):
-        paper = published["cells"].get(env, {}).get(cell, {}).get(method)
+    for (env, cell, method, demos), c in sorted(ours.items()):
+        paper = published["cells"].get(env, {}).get(cell, {}).get(method) if demos == 100 else None
         outside = paper is not None and abs(c.mean - paper["mean"]) > paper["std"]
-        rows.append(
-            {"env": env, "cell": cell, "method": method, "ours": c, "paper": paper, "flag": outside}
-        )
+        rows.append({"env": env, "cell": cell, "method": method, "demos": demos, "ours": c,
+                     "paper": paper, "flag": outside})  # fmt: skip
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| embodiment | dataset -> task | method | ours (mean +- std) | seeds | paper | outside |",
-        "|---|---|---|---|---|---|---|",
+        "| embodiment | dataset -> task | method | demos | ours (mean +- std) | seeds | paper "
+        "| outside |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         c, p = row["ours"], row["paper"]
         paper = f"{p['mean']:.1f} +- {p['std']:.1f}" if p else "-"
         lines.append(
-            f"| {row['env']} | {row['cell']} | {row['method']} | {c.mean:.1f} +- {c.std:.1f} | "
-            f"{c.seeds} | {paper} | {'*' if row['flag'] else ''} |"
+            f"| {row['env']} | {row['cell']} | {row['method']} | {row['demos']} | "
+            f"{c.mean:.1f} +- {c.std:.1f} | {c.seeds} | {paper} | {'*' if row['flag'] else ''} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def demo_curves(rows: list[dict[str, Any]]) -> Curves:
+    """Figure 4's data: for each (env, cell) with runs at two or more numbers of demonstrations,
+    each method's (demonstrations, mean, std) points, in increasing demonstrations."""
+    curves: Curves = defaultdict(dict)
+    for r in rows:
+        curves[(r["env"], r["cell"])].setdefault(r["method"], []).append(
+            (r["demos"], r["ours"].mean, r["ours"].std)
+        )
+    return {
+        where: {m: sorted(points) for m, points in methods.items()}
+        for where, methods in curves.items()
+        if len({n for points in methods.values() for n, _, _ in points}) >= 2
+    }
+
+
+def demos_figure(curves: Curves, path: Path) -> None:
+    """Figure 4: normalised score against the number of demonstrations (log x axis), one line per
+    method with the std over episodes shaded, one panel per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.5), squeeze=False)
+    for ax, ((env, cell), methods) in zip(axes.flat, sorted(curves.items()), strict=True):
+        for method, points in sorted(methods.items()):
+            n, mean, std = (np.array(x, dtype=float) for x in zip(*points, strict=True))
+            ax.plot(n, mean, marker="o", label=method)
+            ax.fill_between(n, mean - std, mean + std, alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("number of demonstrations")
+        ax.set_ylabel("normalised score")
+        ax.set_title(f"{env}: {cell}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def figure(rows: list[dict[str, Any]], path: Path) -> None:
@@ -130,7 +190,8 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
         ax.bar(
             x + 0.2, [p["mean"] for p in paper], 0.4, yerr=[p["std"] for p in paper], label="paper"
         )
-        ax.set_xticks(x, [r["method"] for r in here], rotation=30, fontsize=7)
+        names = [r["method"] + ("" if r["demos"] == 100 else f" ({r['demos']})") for r in here]
+        ax.set_xticks(x, names, rotation=30, fontsize=7)
         ax.set_title(f"{env}: {cell}", fontsize=9)
         ax.set_ylabel("normalised score")
     for ax in axes.flat[len(cells) :]:
@@ -155,6 +216,10 @@ def main(args: Args) -> list[dict[str, Any]]:
     (Path(args.markdown) if args.markdown else runs_dir / "results.md").write_text(text)
     if args.figure != "none":
         figure(rows, Path(args.figure) if args.figure else runs_dir / "results.png")
+    curves = demo_curves(rows)
+    if curves and args.demos_figure != "none":
+        demos = Path(args.demos_figure) if args.demos_figure else runs_dir / "demos.png"
+        demos_figure(curves, demos)
     return rows
 
 

@@ -20,10 +20,13 @@ def write(
     body: str,
     returns: list[float],
     expert: float,
+    num_demos: int = 100,
+    **flags: bool,
 ) -> None:
     path.mkdir(parents=True)
     result = {"algorithm": algorithm, "env": env, "task": task, "obs": obs, "body_data": body,
-              "demo": task, "returns": returns, "expert_return": expert}  # fmt: skip
+              "demo": task, "returns": returns, "expert_return": expert, "num_demos": num_demos,
+              "args": flags}  # fmt: skip
     (path / "results.json").write_text(json.dumps(result))
 
 
@@ -78,13 +81,13 @@ def test_flags_follow_the_published_interval() -> None:
     cell = published["cells"]["walker"]["random->stand"]
     mdp, lpomdp = cell["AIME-MDP"], cell["AIME-LPOMDP"]
     ours = {
-        ("walker", "random->stand", "AIME-MDP"): results_table.Cell(
+        ("walker", "random->stand", "AIME-MDP", 100): results_table.Cell(
             mdp["mean"] + 0.9 * mdp["std"], 1, 1, 100
         ),
-        ("walker", "random->stand", "AIME-LPOMDP"): results_table.Cell(
+        ("walker", "random->stand", "AIME-LPOMDP", 100): results_table.Cell(
             lpomdp["mean"] - 1.1 * lpomdp["std"], 1, 1, 100
         ),
-        ("walker", "random->jump", "AIME-MDP"): results_table.Cell(
+        ("walker", "random->jump", "AIME-MDP", 100): results_table.Cell(
             50.0, 1, 1, 100
         ),  # not in the paper
     }
@@ -100,3 +103,30 @@ def test_flags_follow_the_published_interval() -> None:
 def test_no_results_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"no results\.json"):
         results_table.main(results_table.Args(runs_dir=str(tmp_path)))
+
+
+def test_demonstration_counts_and_ablations_stay_apart(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write(runs / "a10", "aime", "walker", "run", "mdp", "mix", [60.41], 604.10, num_demos=10)
+    write(runs / "a100", "aime", "walker", "run", "mdp", "mix", [302.05], 604.10)
+    write(runs / "kl", "aime", "walker", "run", "mdp", "mix", [120.82], 604.10, kl_only=True)
+    write(runs / "b10", "bco0", "walker", "run", "mdp", "mix", [120.82], 604.10, num_demos=10)
+    write(runs / "b100", "bco0", "walker", "run", "mdp", "mix", [181.23], 604.10)
+    write(runs / "c1", "bc", "walker", "run", "mdp", None, [241.64], 604.10, num_demos=1)  # type: ignore[arg-type]
+    rows = results_table.main(
+        results_table.Args(runs_dir=str(runs), figure="none", demos_figure=str(tmp_path / "d.png"))
+    )
+    by = {(r["cell"], r["method"], r["demos"]): r["ours"].mean for r in rows}
+    assert by[("mix->run", "AIME-MDP", 10)] == pytest.approx(10.0)
+    assert by[("mix->run", "AIME-MDP", 100)] == pytest.approx(50.0)
+    assert by[("mix->run", "AIME (KL only)-MDP", 100)] == pytest.approx(20.0)
+    assert by[("none->run", "BC-MDP", 1)] == pytest.approx(40.0)
+    papers = {(r["method"], r["demos"]): r["paper"] is not None for r in rows}
+    assert papers[("AIME-MDP", 100)] and not papers[("AIME-MDP", 10)]
+    assert not papers[("AIME (KL only)-MDP", 100)]  # the paper's table has no ablations
+    curves = results_table.demo_curves(rows)
+    assert set(curves) == {("walker", "mix->run")}  # the BC cell has one count only
+    lines = curves[("walker", "mix->run")]
+    assert [n for n, _, _ in lines["AIME-MDP"]] == [10, 100]
+    assert [n for n, _, _ in lines["BCO(0)-MDP"]] == [10, 100]
+    assert (tmp_path / "d.png").stat().st_size > 1000
