@@ -3,6 +3,7 @@
     python grid.py --envs walker --dry-run                        # the walker grid: order, cost
     python grid.py --envs walker --launcher local --workers 4     # run it here, a GPU per worker
     python grid.py --launcher slurm --slurm-partition gpu         # submit it all to SLURM
+    python grid.py --figure 4 --envs walker --obs mdp --dry-run   # Figure 4's runs (mix->run)
 
 The grid (AIME Figures 2 and 3, `reference/aime-paper-scores.json`): for each embodiment, every
 embodiment dataset -> demonstration task cell, in the MDP, LPOMDP and Visual settings, for AIME
@@ -32,6 +33,12 @@ Jobs (name: script; what it waits for; the files whose existence marks it finish
                             results.json
     table                   results_table.py over every results.json, after all runs; results.md
                             (run again whenever a run finished after it)
+
+With `--figure 4` the runs of each cell are instead AIME, BCO(0) and the BC oracle
+(`bco0.py --method bc`) at each number of demonstrations of `DEMO_COUNTS` (run names
+`aime-demos-N`, `bco0-demos-N`, `bc-demos-N`); with `--figure 5` AIME, `--kl-only`,
+`--rec-only`, `--use-idm` (on a world model trained with the IDM head, job `wm-idm:...`), IIDM
+(`bco0.py --method iidm`) and BCO(0) (`FIGURE5`); the cell defaults to `mix->run`.
 
 Folders: datasets under `--data-dir` (the scripts' `datasets/`), and under `--grid-dir`:
 `results/` (the AIME and BCO(0) runs, the table `results.md` and figure `results.png`),
@@ -101,6 +108,10 @@ class Args:
     """methods of the grid (add vmail: vmail_obs.py, V-MAIL on the same world models)"""
     cells: tuple[str, ...] = ()
     """only these cells, as 'body->task', e.g. 'mix->run' 'random->runb' (none given: all)"""
+    figure: Optional[Literal[4, 5]] = None
+    """instead of the table's runs, a figure's for each cell (default cell: mix->run): 4, the
+    demonstration counts 1..1000 of AIME, BCO(0) and the BC oracle; 5, AIME and its ablations
+    (--kl-only, --rec-only, --use-idm), IIDM and BCO(0)"""
     dry_run: bool = False
     """print the jobs in order (dependencies, estimated cost, command) and start nothing"""
     launcher: Literal["local", "slurm"] = "local"
@@ -170,6 +181,14 @@ TASKS: dict[str, tuple[str, ...]] = {
     "cheetah": ("run", "runbackward", "flip", "flipbackward"),
 }
 SHORT = {"runbackward": "runb", "flipbackward": "flipb"}  # the paper's cell names
+# AIME Figure 4's numbers of demonstrations, and Figure 5's runs: (script's method, run name,
+# its own flags) for each.
+DEMO_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+FIGURE5: tuple[tuple[Method, str, dict[str, object]], ...] = (
+    ("aime", "aime", {}), ("aime", "kl-only", {"kl_only": True}),
+    ("aime", "rec-only", {"rec_only": True}), ("aime", "idm", {"use_idm": True}),
+    ("bco0", "iidm", {"method": "iidm"}), ("bco0", "bco0", {}),
+)  # fmt: skip
 
 # The scripts' defaults (the paper's budgets); tests/test_grid.py checks them against the scripts.
 DEFAULTS = {
@@ -184,8 +203,9 @@ SIM_STEPS_PER_EPISODE = 1000  # 500 agent steps at action repeat 2: a Dreamer ep
 # nearly double in Visual (evaluation included).
 HOURS_AIME_PHASE1 = {"mdp": 10.0, "lpomdp": 10.0, "visual": 20.0}
 HOURS_AIME_PHASE2 = {"mdp": 5.0, "lpomdp": 5.0, "visual": 10.0}
-# BCO(0): no published figure; a guess for two small networks that stop early on the validation
-# loss and the same 100-episode evaluation (with rendering in Visual).
+# BCO(0), IIDM and the BC oracle: no published figure; a guess for two small networks at the
+# authors' schedule (50 epochs or more of full passes) and the same 100-episode evaluation (with
+# rendering in Visual).
 HOURS_BCO0 = {"mdp": 1.0, "lpomdp": 1.0, "visual": 3.0}
 # Dreamer and Plan2Explore per 1M environment steps: no GPU figure of ours yet; README: the
 # authors' TF2 Dreamer about 3 h on a V100, PyTorch ports 9 to 37 h.
@@ -325,18 +345,22 @@ def dataset_jobs(args: Args, env: str, name: str) -> list[Job]:
     ]
 
 
-def world_model_job(args: Args, env: str, body: str, obs: str, seed: int, deps: list[Job]) -> Job:
-    """AIME phase 1 only (`aime.py --phase1-only`): the world model, no demonstrations."""
+def world_model_job(
+    args: Args, env: str, body: str, obs: str, seed: int, deps: list[Job], idm: bool = False
+) -> Job:
+    """AIME phase 1 only (`aime.py --phase1-only`): the world model, no demonstrations; with
+    `idm` the model with the inverse dynamics head of Appendix C (Figure 5's `--use-idm`)."""
     task = TASKS[env][0]  # names the environment whose observation keys are read; nothing else
     runs = Path(args.grid_dir) / "world_models"
-    run_dir = runs / f"{env}__{obs}__{body}__phase1__phase1__{seed}"
+    name = "phase1-idm" if idm else "phase1"
+    run_dir = runs / f"{env}__{obs}__{body}__phase1__{name}__{seed}"
     epochs = value(args, "phase1_epochs", "aime_phase1_epochs") / DEFAULTS["aime_phase1_epochs"]
     return Job(
-        f"wm:{env}-{body}-{obs}-s{seed}",
+        f"wm{'-idm' if idm else ''}:{env}-{body}-{obs}-s{seed}",
         command(
             "aime.py", args.aime_args, env=env, task=task, body_data=body, obs=obs, seed=seed,
-            data_dir=args.data_dir, runs_dir=runs, exp_name="phase1", phase1_only=True,
-            phase1_epochs=args.phase1_epochs, steps_per_epoch=args.steps_per_epoch,
+            data_dir=args.data_dir, runs_dir=runs, exp_name=name, phase1_only=True,
+            phase1_epochs=args.phase1_epochs, steps_per_epoch=args.steps_per_epoch, use_idm=idm,
         ),
         markers=(str(run_dir / "world_model.pt"),),
         deps=tuple(j.name for j in deps),
@@ -347,17 +371,22 @@ def world_model_job(args: Args, env: str, body: str, obs: str, seed: int, deps: 
 
 def run_job(
     args: Args, method: Method, env: str, body: str, task: str, obs: str, seed: int,
-    deps: list[Job],
+    deps: list[Job], name: str = "", flags: Optional[dict[str, object]] = None,
 ) -> Job:  # fmt: skip
-    """A phase-2 AIME run or a vmail_obs.py run on its world model (deps[0]), or a BCO(0) run;
-    all after the demonstrations (deps[-1])."""
+    """A phase-2 AIME run or a vmail_obs.py run on its world model (deps[0]), or a bco0.py run;
+    all after the demonstrations (deps[-1]). `name` (default: the method) names the run and
+    `flags` are its own (the figures' variants: `num_demos`, `kl_only`, `method`, ...)."""
     runs = Path(args.grid_dir) / "results"
-    run_dir = runs / f"{env}-{task}__{obs}__{body}__{task}__{method}__{seed}"
+    name, flags = name or method, flags or {}
+    folder_body = "none" if flags.get("method") == "bc" else body  # the oracle reads no body data
+    run_dir = runs / f"{env}-{task}__{obs}__{folder_body}__{task}__{name}__{seed}"
     own: dict[str, object] = dict(
         env=env, body_data=body, demo=task, obs=obs, seed=seed, data_dir=args.data_dir,
         runs_dir=runs, num_demos=args.num_demos, phase2_epochs=args.phase2_epochs,
         steps_per_epoch=args.steps_per_epoch, eval_episodes=args.eval_episodes,
+        exp_name=name if name != method else None,
     )  # fmt: skip
+    own.update(flags)  # the variant's own flags win
     if method in ("aime", "vmail"):  # both imitate with the wm job's model
         own["world_model"] = deps[0].markers[0]
         budget = value(args, "phase2_epochs", "aime_phase2_epochs") / DEFAULTS["aime_phase2_epochs"]
@@ -372,7 +401,8 @@ def run_job(
         budget = epochs / (DEFAULTS["bco0_phase1_epochs"] + DEFAULTS["bco0_phase2_epochs"])
         hours, extra = HOURS_BCO0[obs] * budget, args.bco0_args
     return Job(
-        f"{method}:{env}-{cell_name(body, task)}-{obs}-s{seed}",
+        f"{method if name == method else f'{method}/{name}'}:{env}-{cell_name(body, task)}-{obs}"
+        f"-s{seed}",
         command(SCRIPTS[method], extra, **own),
         markers=(str(run_dir / "results.json"),),
         deps=tuple(j.name for j in deps),
@@ -390,7 +420,7 @@ def build_grid(args: Args) -> list[Job]:
     args = budgets(args)
     if "visual" in args.obs and not args.render:
         raise SystemExit("error: --no-render makes datasets without images; drop --obs visual")
-    wanted = [parse_cell(c) for c in args.cells]
+    wanted = [parse_cell(c) for c in args.cells or (("mix->run",) if args.figure else ())]
     for body, task in wanted:
         if not any(body in BODIES[e] and task in TASKS[e] for e in args.envs):
             cells = [cell_name(b, t) for e in args.envs for b in BODIES[e] for t in TASKS[e]]
@@ -409,13 +439,37 @@ def build_grid(args: Args) -> list[Job]:
                     if not tasks:
                         continue
                     body_data = add(*dataset_jobs(args, env, body))
-                    if {"aime", "vmail"} & set(args.methods):
+                    if {"aime", "vmail"} & set(args.methods) or args.figure:
                         (wm,) = add(world_model_job(args, env, body, obs, seed, body_data))
                     for task in tasks:
                         (demo,) = add(*dataset_jobs(args, env, task))
-                        for method in args.methods:
-                            deps = [*body_data, demo] if method == "bco0" else [wm, demo]
-                            runs += add(run_job(args, method, env, body, task, obs, seed, deps))
+                        if args.figure == 4:  # AIME, BCO(0) and the BC oracle per count
+                            for n in DEMO_COUNTS:
+                                runs += add(
+                                    run_job(args, "aime", env, body, task, obs, seed, [wm, demo],
+                                            f"aime-demos-{n}", {"num_demos": n}),
+                                    run_job(args, "bco0", env, body, task, obs, seed,
+                                            [*body_data, demo], f"bco0-demos-{n}",
+                                            {"num_demos": n}),
+                                    run_job(args, "bco0", env, body, task, obs, seed, [demo],
+                                            f"bc-demos-{n}", {"num_demos": n, "method": "bc"}),
+                                )  # fmt: skip
+                        elif args.figure == 5:  # AIME, its ablations, IIDM and BCO(0)
+                            (wm_idm,) = add(
+                                world_model_job(args, env, body, obs, seed, body_data, idm=True)
+                            )
+                            for method, name, own in FIGURE5:
+                                model = wm_idm if own.get("use_idm") else wm
+                                deps = [model, demo] if method == "aime" else [*body_data, demo]
+                                runs += add(
+                                    run_job(
+                                        args, method, env, body, task, obs, seed, deps, name, own
+                                    )
+                                )
+                        else:
+                            for method in args.methods:
+                                deps = [*body_data, demo] if method == "bco0" else [wm, demo]
+                                runs += add(run_job(args, method, env, body, task, obs, seed, deps))
     if runs:
         add(Job(
             "table",

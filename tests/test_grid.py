@@ -38,6 +38,43 @@ def dry_run_jobs(stdout: str) -> list[tuple[str, list[str]]]:
 # ---------------------------------------------------------------------------------------------
 # The grid
 # ---------------------------------------------------------------------------------------------
+def flag(command: tuple[str, ...], name: str) -> str | None:
+    """The value of `--name` in a command, or None."""
+    return command[command.index(name) + 1] if name in command else None
+
+
+def test_figure_4_lays_out_every_count_for_aime_bco0_and_the_bc_oracle() -> None:
+    jobs = {j.name: j for j in grid.build_grid(Args(envs=("walker",), obs=("mdp",), figure=4))}
+    runs = [j for j in jobs.values() if j.name.startswith(("aime", "bco0"))]
+    assert len(runs) == 3 * len(grid.DEMO_COUNTS) == 30
+    counts: dict[tuple[str, str | None], list[int]] = {}
+    for j in runs:  # (script, --method) -> the numbers of demonstrations
+        key = (j.name.split(":")[0].split("/")[0], flag(j.command, "--method"))
+        counts.setdefault(key, []).append(int(flag(j.command, "--num-demos") or 0))
+    counts = {k: sorted(v) for k, v in counts.items()}
+    assert counts == {(m, k): list(grid.DEMO_COUNTS)
+                      for m, k in (("aime", None), ("bco0", None), ("bco0", "bc"))}  # fmt: skip
+    assert len({j.markers for j in runs}) == 30, "two runs would share a folder"
+    assert all(j.name.endswith("walker-mix->run-mdp-s1") for j in runs)  # the default cell
+    oracle = jobs["bco0/bc-demos-5:walker-mix->run-mdp-s1"]
+    assert oracle.deps == ("data:walker-run",) and "__none__" in oracle.markers[0]
+    assert set(jobs["table"].deps) == {j.name for j in runs}
+
+
+def test_figure_5_lays_out_aime_its_ablations_iidm_and_bco0() -> None:
+    jobs = {j.name: j for j in grid.build_grid(Args(envs=("walker",), obs=("visual",), figure=5))}
+    cell = "walker-mix->run-visual-s1"
+    names = ["aime", "aime/kl-only", "aime/rec-only", "aime/idm", "bco0/iidm", "bco0"]
+    assert {n for n in jobs if n.endswith(cell)} == {f"{n}:{cell}" for n in names}
+    assert "--kl-only" in jobs[f"aime/kl-only:{cell}"].command
+    assert "--rec-only" in jobs[f"aime/rec-only:{cell}"].command
+    idm = jobs[f"aime/idm:{cell}"]
+    assert "--use-idm" in idm.command and "wm-idm:walker-mix-visual-s1" in idm.deps
+    assert "--use-idm" in jobs["wm-idm:walker-mix-visual-s1"].command
+    assert flag(idm.command, "--world-model") == jobs["wm-idm:walker-mix-visual-s1"].markers[0]
+    assert flag(jobs[f"bco0/iidm:{cell}"].command, "--method") == "iidm"
+
+
 def test_the_grid_has_every_cell_of_the_paper_and_no_other() -> None:
     published = json.loads((ROOT / "reference" / "aime-paper-scores.json").read_text())["cells"]
     jobs = grid.build_grid(Args(obs=("mdp",), methods=("aime", "bco0", "vmail")))
