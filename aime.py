@@ -389,7 +389,8 @@ def phase2_step(
     kl_scale = 0.0 if args.rec_only else 1.0
     loss, metrics = elbo_loss(model, obs, states, kl_scale, kl_only=args.kl_only)  # eq. (8)
     if model.idm is not None:  # KL(IDM || pi), summed over time like the ELBO's terms
-        loss = loss + action_kl.sum(0).mean()  # eq. (5) under eq. (10): + KL(IDM || pi)
+        # eq. (5) under eq. (10): + KL(IDM || pi), scaled as the KL term (the authors' code)
+        loss = loss + kl_scale * action_kl.sum(0).mean()
         metrics["action_kl"] = action_kl.sum(0).mean().detach()
     if "pre_action" in batch:  # analysis only (paper Figure 8): never part of the loss
         metrics["action_mse"] = ((actions.detach() - batch["pre_action"]) ** 2).mean()

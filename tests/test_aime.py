@@ -187,6 +187,24 @@ def test_phase1_elbo_rises_on_collected_walker_data(data_dir: Path) -> None:
     assert last > first + 0.5 * abs(first), (first, last)
 
 
+def test_rec_only_drops_the_action_kl_as_the_authors_code() -> None:
+    """With --use-idm, KL(IDM || pi) is scaled by the KL scale, so --rec-only drops it."""
+    torch.manual_seed(0)
+    model = aime.WorldModel(POINT_MASS, 2, "aime", True, RSSMConfig(deter=16, stoch=4, hidden=16))
+    model.requires_grad_(False)
+    policy = aime.Policy(model.rssm.feature_dim, 2)
+    batch = {"position": torch.randn(8, 3, 2), "velocity": torch.randn(8, 3, 2)}
+    keys = ("position", "velocity")
+    args = aime.resolve(aime.Args(env="walker", obs="mdp", use_idm=True, rec_only=True))
+    loss, m = aime.phase2_step(model, policy, batch, keys, args)
+    assert float(m["action_kl"]) > 0
+    torch.testing.assert_close(loss.detach(), m["rec_loss"])
+    args = aime.resolve(aime.Args(env="walker", obs="mdp", use_idm=True))
+    torch.manual_seed(1)
+    loss, m = aime.phase2_step(model, policy, batch, keys, args)
+    torch.testing.assert_close(loss.detach(), m["rec_loss"] + m["kl_loss"] + m["action_kl"])
+
+
 def test_demonstration_actions_never_reach_training() -> None:
     torch.manual_seed(0)
     model = aime.WorldModel(POINT_MASS, 2, "aime", True, RSSMConfig(deter=16, stoch=4, hidden=16))
