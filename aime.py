@@ -518,7 +518,8 @@ def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Con
     """The frozen world model of --world-model: a world_model.pt of aime.py, or a folder in the
     authors' published form (model.pt + config.yaml, read by `common/authors.py`, sizes from
     their config); refused if made for other settings or another observation."""
-    if is_published_form(path):
+    published = is_published_form(path)
+    if published:
         theirs = read_world_model(path)
         settings: dict[str, Any] = {
             "env": theirs.env, "obs": theirs.obs, "layout": theirs.layout, "use_idm": True,
@@ -548,7 +549,7 @@ def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Con
         raise SystemExit(
             f"error: {path} was trained with other settings (checkpoint, this run): {clashes}"
         )
-    if unused and is_published_form(path):
+    if unused and published:
         groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in unused})
         print(f"notice: {path}: not used here, dropped: {', '.join(groups)}")
     try:

@@ -205,15 +205,21 @@ class Progress:
 # ---------------------------------------------------------------------------------------------
 # Networks
 # ---------------------------------------------------------------------------------------------
+def encoder(obs_dim: int, visual: bool) -> tuple[nn.Module, int]:
+    """The world model's encoder and its output size: identity, or the World Models CNN
+    (channels-last memory: the fast layout for convolutions; 256 channels x 2 x 2 out)."""
+    if not visual:
+        return nn.Identity(), obs_dim
+    cnn = ConvEncoder().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return cnn, cnn.out_dim
+
+
 class StackNet(nn.Module):
     """Encode each of `frames` observations, concatenate, MLP 2 x 128 ELU -> tanh action."""
 
     def __init__(self, obs_dim: int, visual: bool, frames: int, action_dim: int) -> None:
         super().__init__()
-        self.encoder: nn.Module = ConvEncoder() if visual else nn.Identity()
-        embed = 1024 if visual else obs_dim  # the CNN's 256 channels x 2 x 2
-        if visual:  # channels-last memory: the fast layout for convolutions
-            self.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.encoder, embed = encoder(obs_dim, visual)
         self.mlp = nn.Sequential(*mlp(frames * embed, action_dim, 128, 2), nn.Tanh())
 
     def forward(self, obs: Tensor) -> Tensor:  # [frames, B, ...] -> [B, action]
@@ -228,9 +234,8 @@ class ForwardModel(nn.Module):
 
     def __init__(self, dims: dict[str, int], frames: int, action_dim: int) -> None:
         super().__init__()
-        visual = "image" in dims
-        self.encoder: nn.Module = ConvEncoder() if visual else nn.Identity()
-        inp = frames * (1024 if visual else sum(dims.values())) + action_dim
+        self.encoder, embed = encoder(sum(dims.values()), "image" in dims)
+        inp = frames * embed + action_dim
         self.decoders = nn.ModuleDict(
             {k: ConvDecoder(inp) if k == "image" else mlp(inp, d, 128, 2) for k, d in dims.items()}
         )

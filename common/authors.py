@@ -33,7 +33,7 @@ from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSMConfig
 
 LAYOUTS = {"rssm": "aime", "rssmo": "dreamer"}
 # their name -> ours, for every parameter that is only renamed (the layer index is kept); the prior
-# and posterior are `_rename_transition`'s.
+# and posterior are TRANSITION's.
 RENAMES = [
     (r"memory_cell\.", "rssm.gru."),
     (r"pre_memory\.net\.", "rssm.pre_gru."),
@@ -68,36 +68,28 @@ def is_published_form(path: Path) -> bool:
     return (path / "model.pt").is_file() and (path / "config.yaml").is_file()
 
 
-def _rename_transition(key: str) -> tuple[str, str] | None:
-    """(our name, part) for a prior/posterior parameter: part is "first" (the first layer, to be
-    cut and stacked) or "rest", whose layer index moves down by one (`GaussianNet.rest` starts
-    after the first layer); None for any other parameter."""
-    m = re.match(r"(prior|posterior)_(mean|std|net)\.net\.(\d+)\.(\w+)$", key)
-    if m is None:
-        return None
-    which, net, index, param = m.groups()
-    if index == "0":
-        return f"rssm.{which}.first.{net}.{param}", "first"
-    return f"rssm.{which}.rest.{int(net == 'std')}.{int(index) - 1}.{param}", "rest"
+# A prior/posterior parameter: (prior|posterior)_(mean|std|net).net.<layer>.<param>. Layer 0 is
+# the first layer, cut and stacked below; the later ones go to `GaussianNet.rest`, which starts
+# after the first layer, so their index moves down by one.
+TRANSITION = re.compile(r"(prior|posterior)_(mean|std|net)\.net\.(\d+)\.(\w+)$")
 
 
 def map_state_dict(theirs: dict[str, Tensor], deter: int) -> tuple[dict[str, Tensor], list[str]]:
     """Their world model's state_dict in aime.py's names, and the keys left unused."""
     ours: dict[str, Tensor] = {}
-    first: dict[str, dict[str, Tensor]] = {}  # "prior.weight" -> {"mean": W, "std": W}
+    first: dict[tuple[str, str], dict[str, Tensor]] = {}  # ("prior", "weight") -> {"mean": W, ...}
     unused = []
     for key, value in theirs.items():
         if UNUSED.match(key):
             unused.append(key)
             continue
-        transition = _rename_transition(key)
-        if transition is not None:
-            name, part = transition
-            if part == "rest":
-                ours[name] = value
-            else:  # rssm.{which}.first.{net}.{param}
-                _, which, _, net, param = name.split(".")
-                first.setdefault(f"{which}.{param}", {})[net] = value
+        m = TRANSITION.match(key)
+        if m is not None:
+            which, net, layer, param = m.groups()
+            if layer == "0":
+                first.setdefault((which, param), {})[net] = value
+            else:
+                ours[f"rssm.{which}.rest.{int(net == 'std')}.{int(layer) - 1}.{param}"] = value
             continue
         for pattern, replacement in RENAMES:
             if re.match(pattern, key):
@@ -105,8 +97,7 @@ def map_state_dict(theirs: dict[str, Tensor], deter: int) -> tuple[dict[str, Ten
                 break
         else:
             unused.append(key)
-    for name, nets in first.items():  # first layers: mean and std stacked, cut into h | e
-        which, param = name.split(".")
+    for (which, param), nets in first.items():  # first layers: mean and std stacked, cut h | e
         stacked = torch.cat([nets[n] for n in ("mean", "std", "net") if n in nets])
         ours[f"rssm.{which}.first_h.{param}"] = stacked[:, :deter] if param == "weight" else stacked
         if param == "weight" and stacked.shape[1] > deter:

@@ -345,11 +345,13 @@ class TanhNormal:
     def __init__(self, mean: Tensor, std: Tensor) -> None:
         self.mean, self.std = mean, std
 
-    @staticmethod
-    def _log_prob_u(u: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-        log_normal = -0.5 * ((u - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
-        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
-        return (log_normal - log_det).sum(-1)
+    def _log_normal(self, u: Tensor) -> Tensor:
+        """log N(u; mean, std) per dimension, u the value before the tanh."""
+        return (
+            -0.5 * ((u - self.mean) / self.std) ** 2
+            - torch.log(self.std)
+            - 0.5 * math.log(2 * math.pi)
+        )
 
     def rsample(self) -> Tensor:
         """A reparameterised sample a [..., A]."""
@@ -358,16 +360,15 @@ class TanhNormal:
     def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
         """A reparameterised sample and its log-probability ([..., A], [...]), without atanh."""
         u = self.mean + self.std * torch.randn_like(self.mean)
-        return torch.tanh(u), self._log_prob_u(u, self.mean, self.std)
+        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
+        return torch.tanh(u), (self._log_normal(u) - log_det).sum(-1)
 
     def log_prob(self, action: Tensor, clip: float = 0.999) -> Tensor:
         """log p(a) summed over action dims: [...]. As the authors' `TanhNormal` (`aime/dist.py`,
         TANH_CLIP = 0.999): a is clipped to +-clip first, then log N(atanh(a)) - log(1 - a^2), so
         a saturated dimension (a = +-1, common in expert data) adds -log(1 - 0.999^2) = 6.2."""
         a = action.clamp(-clip, clip)
-        u = torch.atanh(a)
-        log_normal = -0.5 * ((u - self.mean) / self.std) ** 2 - torch.log(self.std)
-        return (log_normal - 0.5 * math.log(2 * math.pi) - torch.log(1 - a**2)).sum(-1)
+        return (self._log_normal(torch.atanh(a)) - torch.log(1 - a**2)).sum(-1)
 
     @property
     def mode(self) -> Tensor:

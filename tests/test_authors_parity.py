@@ -49,6 +49,15 @@ def decoded_keys(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(tabular)
 
 
+def per_key(
+    x: torch.Tensor, keys: tuple[str, ...], dims: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """Decoder outputs concatenated in sensor order, cut back into keys (the image is one)."""
+    if keys == ("image",):
+        return {"image": x}
+    return dict(zip(keys, x.split([dims[k] for k in keys], -1), strict=True))
+
+
 def ours(folder: Path) -> dict[str, np.ndarray]:
     """Every array of outputs.npz, computed by aime.py's code from the folder's checkpoints."""
     torch.set_num_threads(1)
@@ -81,11 +90,10 @@ def ours(folder: Path) -> dict[str, np.ndarray]:
             kl=kl_per_dim.sum(-1), emb=emb,
         )  # fmt: skip
         mean, std = model.decode(feat)
-        start = 0
-        for k in keys:  # the concatenated decoder outputs, cut back into keys
-            m = mean if k == "image" else mean[..., start : start + dims[k]]
-            sd = torch.ones(()) if std is None else std[..., start : start + dims[k]]
-            start += dims[k]
+        means = per_key(mean, keys, dims)
+        stds = {k: torch.ones(()) for k in keys} if std is None else per_key(std, keys, dims)
+        for k in keys:
+            m, sd = means[k], stds[k]
             ll = torch.distributions.Normal(m, sd).log_prob(batch[k])
             out[f"dec_mean.{k}"], out[f"dec_std.{k}"] = m, sd
             out[f"rec_ll.{k}"] = ll.flatten(2).sum(-1)
@@ -111,15 +119,13 @@ def ours(folder: Path) -> dict[str, np.ndarray]:
         out.update({"openloop.h": rollout.deter, "openloop.s": rollout.stoch})
         if "image" not in keys:
             open_mean, _ = model.decode(rollout.features())
-            start = 0
-            for k in keys:
-                out[f"openloop.dec_mean.{k}"] = open_mean[..., start : start + dims[k]]
-                start += dims[k]
+            for k, m in per_key(open_mean, keys, dims).items():
+                out[f"openloop.dec_mean.{k}"] = m
     return {k: v.numpy() for k, v in out.items()}
 
 
 def group_of(name: str) -> str | None:
-    if name.startswith(("grad_norm.", "stoch_loss.", "probe_")) or "probe_" in name:
+    if name.startswith(("grad_norm.", "stoch_loss.")) or "probe_" in name:
         return None  # gradients per their parameter, the sampling pass, the probe heads
     if name.startswith("loss."):
         return "loss" if not name.endswith("_mse") else None
