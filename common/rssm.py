@@ -360,8 +360,10 @@ class TanhNormal:
     def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
         """A reparameterised sample and its log-probability ([..., A], [...]), without atanh."""
         u = self.mean + self.std * torch.randn_like(self.mean)
+        # in this order (tanh, log N, log det): autograd sums u's gradients in the reverse order
+        action, log_normal = torch.tanh(u), self._log_normal(u)
         log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
-        return torch.tanh(u), (self._log_normal(u) - log_det).sum(-1)
+        return action, (log_normal - log_det).sum(-1)
 
     def log_prob(self, action: Tensor, clip: float = 0.999) -> Tensor:
         """log p(a) summed over action dims: [...]. As the authors' `TanhNormal` (`aime/dist.py`,
