@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -71,6 +71,7 @@ from common.replay import (
     dataset_task,
     open_dataset,
     records_batch,
+    require_datasets,
 )
 from common.rssm import (
     AIME_RSSM,
@@ -82,19 +83,38 @@ from common.rssm import (
     kl_loss,
     kl_normal,
 )
-from common.run import Run, add_to, evaluate, expert_return, label, scores, seed_everything
+from common.run import (
+    Run,
+    RunArgs,
+    add_to,
+    check_settings,
+    derived,
+    evaluate,
+    expert_return,
+    label,
+    load_state,
+    random_scores,
+    read_checkpoint,
+    scores,
+    seed_everything,
+)
 
 Layout = Literal["aime", "dreamer"]
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
+    """AIME: phase 1 learns a world model on an embodiment dataset, phase 2 a policy from
+    observation-only demonstrations under it, then the policy is evaluated in DeepMind Control.
+
+    Example: python aime.py --env walker --body-data mix --demo run --obs visual"""
+
     exp_name: str = "aime"
     """name of this experiment, part of the run's folder name"""
     env: str = "walker"
     """embodiment (dm_control domain): walker or cheetah (or another suite domain)"""
-    task: Optional[str] = None
-    """task the policy is evaluated on (default: the --demo task)"""
+    task: Annotated[Optional[str], derived("the --demo task", "STR")] = None
+    """task the policy is evaluated on"""
     body_data: str = "mix"
     """embodiment dataset: random, p2e, a task (stand -> {env}-stand-buffer), mix, a+b, or a path"""
     demo: str = "run"
@@ -103,14 +123,6 @@ class Args:
     """observation setting: true state, positions only, or 64x64 images"""
     num_demos: int = 100
     """demonstration trajectories used (the first N)"""
-    data_dir: str = "datasets"
-    """folder that holds the datasets"""
-    runs_dir: str = "runs"
-    """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
-    seed: int = 1
-    """seed of torch, numpy, sampling and the evaluation environments"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
     phase1_epochs: int = 1000
     """world-model epochs (phase 1)"""
     phase2_epochs: int = 500
@@ -127,29 +139,25 @@ class Args:
     """evaluate a few episodes every this many phase-2 epochs (0: never)"""
     eval_episodes_during: int = 5
     """episodes of each evaluation during phase 2"""
-    world_model: Optional[str] = None
+    world_model: Annotated[Optional[str], derived("none: phase 1 trains one", "PATH")] = None
     """a world model to use instead of running phase 1: a world_model.pt of this script, or a
     folder with the authors' published model.pt and config.yaml"""
-    action_repeat: Optional[int] = None
-    """environment steps per action (default: the datasets' info.json, else the benchmark's 2)"""
+    action_repeat: Annotated[Optional[int], derived("the data's info.json, else 2", "INT")] = None
+    """environment steps per action"""
     phase1_only: bool = False
     """stop after phase 1 (world_model.pt, for later runs' --world-model): no demonstrations"""
-    resume: bool = False
-    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
-    capture_video: bool = False
-    """save a GIF of the first episode of each evaluation to {run_dir}/videos/"""
     lr: float = 3e-4
     """Adam learning rate of both phases (the authors' configs; the paper's text says 1e-3)"""
     grad_clip: float = 100.0
     """gradient-norm clip"""
-    layout: Optional[Layout] = None
-    """world-model layout: aime (paper) or dreamer (original Dreamer); default by embodiment"""
-    free_nats: Optional[float] = None
-    """phase-1 free nats (default: 0, cheetah 1)"""
-    kl_balance: Optional[float] = None
-    """phase-1 KL balancing alpha (default: none, cheetah 0.8)"""
-    kl_scale: Optional[float] = None
-    """KL scale of phase 1 (default: 1, cheetah LPOMDP 2e-4)"""
+    layout: Annotated[Optional[Layout], derived("by embodiment", "{aime,dreamer}")] = None
+    """world-model layout: aime (the paper's) or dreamer (original Dreamer, cheetah's default)"""
+    free_nats: Annotated[Optional[float], derived("0; cheetah 1", "FLOAT")] = None
+    """phase-1 free nats"""
+    kl_balance: Annotated[Optional[float], derived("none; cheetah 0.8", "FLOAT")] = None
+    """phase-1 KL balancing alpha"""
+    kl_scale: Annotated[Optional[float], derived("1; cheetah LPOMDP 2e-4", "FLOAT")] = None
+    """KL scale of phase 1"""
     kl_only: bool = False
     """phase 2 maximises only the KL term (paper Figure 5)"""
     rec_only: bool = False
@@ -181,31 +189,30 @@ def resolve(args: Args) -> Config:
     if args.phase1_only and args.world_model:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
     cheetah = args.env == "cheetah"
-    task = args.task or dataset_task(args.env, args.demo)
-    # the action repeat the datasets this run reads were recorded at (their info.json)
-    body = (
-        [] if args.world_model else dataset_folders(args.data_dir, args.env, args.body_data, "body")
-    )
-    demo = [] if args.phase1_only else dataset_folders(args.data_dir, args.env, args.demo, "demo")
-    lpomdp_scale = 2e-4 if cheetah and args.obs == "lpomdp" else 1.0
-    return Config(
-        **{
-            **asdict(args),
-            "task": task,
-            "layout": args.layout or ("dreamer" if cheetah else "aime"),
-            "free_nats": args.free_nats if args.free_nats is not None else float(cheetah),
-            "kl_balance": args.kl_balance
-            if args.kl_balance is not None
-            else (0.8 if cheetah else None),
-            "kl_scale": args.kl_scale if args.kl_scale is not None else lpomdp_scale,
-            "action_repeat": dataset_action_repeat([*body, *demo], args.action_repeat),
-        }
-    )
+    derived = {
+        "task": args.task or dataset_task(args.env, args.demo),
+        "layout": args.layout or ("dreamer" if cheetah else "aime"),
+        "free_nats": float(cheetah) if args.free_nats is None else args.free_nats,
+        "kl_balance": (0.8 if cheetah else None) if args.kl_balance is None else args.kl_balance,
+        "kl_scale": (2e-4 if cheetah and args.obs == "lpomdp" else 1.0)
+        if args.kl_scale is None
+        else args.kl_scale,
+        # the action repeat the datasets this run reads were recorded at (their info.json)
+        "action_repeat": dataset_action_repeat(datasets(args), args.action_repeat),
+    }
+    return Config(**{**asdict(args), **derived})
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
+def datasets(args: Args) -> list[Path]:
+    """The dataset folders a run reads: D_body (none with --world-model), then D_demo (none with
+    --phase1-only)."""
+    data, env = args.data_dir, args.env
+    body = [] if args.world_model else dataset_folders(data, env, args.body_data, "body")
+    demo = [] if args.phase1_only else dataset_folders(data, env, args.demo, "demo")
+    return [*body, *demo]
+
+
+# == Networks =====================================================================================
 class WorldModel(nn.Module):
     """Encoder f(o_t), RSSM prior p(s_t | s_t-1, a_t-1) and posterior q(s_t | s_t-1, a_t-1, f(o_t)),
     one decoder p(o^k_t | s_t) per observation key k, and with `use_idm` the IDM
@@ -275,9 +282,7 @@ class Policy(nn.Module):
         return TanhNormal(self.mean(features), F.softplus(self.std(features)) + 1e-6)
 
 
-# ---------------------------------------------------------------------------------------------
-# The ELBO, eqs. (1)-(3)
-# ---------------------------------------------------------------------------------------------
+# == The ELBO, eqs. (1)-(3) =======================================================================
 def elbo_loss(
     model: WorldModel,
     obs: Tensor,  # [T, B, ...]
@@ -411,9 +416,7 @@ def open_loop_images(model: WorldModel, batch: dict[str, Tensor], context: int =
     return grid.permute(3, 1, 2, 4, 0, 5).reshape(3, n * 2 * 64, T * 64).clamp(0, 1)
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation in the environment
-# ---------------------------------------------------------------------------------------------
+# == Evaluation in the environment ================================================================
 class FilteringPolicy:
     """Acts in `n` environments with the policy's mode tanh(mean) on the posterior state that the
     model filters from the real observations and the actions taken (implementation detail 7)."""
@@ -461,26 +464,7 @@ def evaluate_policy(
     return evaluate(name, cfg.obs, cfg.action_repeat, cfg.seed, episodes, actor, video)
 
 
-def evaluate_during(
-    run: Run,
-    model: WorldModel,
-    policy: Policy,
-    keys: tuple[str, ...],
-    cfg: Config,
-    expert: float,
-    epoch: int,
-    device: torch.device,
-) -> None:
-    """A few episodes during phase 2, their mean return and normalised score to TensorBoard."""
-    video = run.dir / "videos" / f"epoch{epoch}.gif" if cfg.capture_video else None
-    returns = evaluate_policy(model, policy, keys, cfg, cfg.eval_episodes_during, device, video)
-    run.writer.add_scalar("eval/return", np.mean(returns), epoch)
-    run.writer.add_scalar("eval/normalised_score", 100 * np.mean(returns) / expert, epoch)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints and training epochs
-# ---------------------------------------------------------------------------------------------
+# == Checkpoints and training epochs ==============================================================
 # What a phase-1 model must share with a run (models saved without action_repeat used 2).
 MODEL_SETTINGS = ("env", "obs", "layout", "use_idm", "action_repeat")
 
@@ -521,42 +505,27 @@ def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Con
     published = is_published_form(path)
     if published:
         theirs = read_world_model(path)
-        settings: dict[str, Any] = {
-            "env": theirs.env, "obs": theirs.obs, "layout": theirs.layout, "use_idm": True,
-            "action_repeat": theirs.action_repeat,
-        }  # fmt: skip
+        settings, state, unused = theirs.settings, theirs.state, theirs.unused
         model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm, theirs.rssm, theirs.width,
                            theirs.depth)  # fmt: skip
-        state, unused = theirs.state, theirs.unused
-    elif path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        settings = {"action_repeat": 2, **ckpt.get("settings", {})}
-        model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm)
-        state, unused = ckpt["model"], []
-    elif not path.exists():
-        raise SystemExit(f"error: --world-model {path} does not exist")
-    else:
+    elif path.is_dir():
         raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml")
-    clashes = {
-        k: (settings.get(k), getattr(cfg, k))
-        for k in MODEL_SETTINGS
-        if settings.get(k) != getattr(cfg, k)
-    }
-    if cfg.use_idm is False and settings.get("use_idm") is True:
-        clashes.pop("use_idm")  # a model with an IDM serves plain AIME too
-        unused += [k for k in state if k.startswith("idm.")]
-    if clashes:
-        raise SystemExit(
-            f"error: {path} was trained with other settings (checkpoint, this run): {clashes}"
+    else:
+        ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)")
+        settings, state, unused = (
+            {"action_repeat": 2, **ckpt.get("settings", {})},
+            ckpt["model"],
+            [],
         )
+        model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm)
+    if not cfg.use_idm and settings.get("use_idm"):  # a model with an IDM serves plain AIME too
+        settings = {**settings, "use_idm": False}
+        unused += [k for k in state if k.startswith("idm.")]
+    check_settings(path, settings, cfg, MODEL_SETTINGS)
     if unused and published:
         groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in unused})
         print(f"notice: {path}: not used here, dropped: {', '.join(groups)}")
-    try:
-        model.load_state_dict({k: v for k, v in state.items() if k not in unused})
-    except RuntimeError as e:  # other sizes: the first mismatch, no traceback
-        first = [line.strip() for line in str(e).splitlines()[1:]] or [str(e)]
-        raise SystemExit(f"error: {path} does not fit this run's model: {first[0]}") from e
+    load_state(path, model, {k: v for k, v in state.items() if k not in unused})
     return model
 
 
@@ -569,16 +538,18 @@ def load_policy(path: Path, policy: Policy) -> None:
 def train_epoch(
     step: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]],
     data: TrajectoryDataset,
-    params: list[nn.Parameter],
     opt: torch.optim.Optimizer,
     cfg: Config,
     device: torch.device,
-) -> tuple[dict[str, Tensor], Tensor]:
-    """One epoch: `steps_per_epoch` Adam steps on sampled windows, gradient norm clipped.
+    run: Run,
+    phase: Literal[1, 2],
+    epoch: int,
+) -> dict[str, float]:
+    """One epoch of `phase`: `steps_per_epoch` Adam steps on sampled windows, gradient norm
+    clipped; the run stops at a non-finite loss. Returns the metrics' means, also logged.
 
-    Returns the metrics summed over the epoch and the loss of every step, both on the device
-    (no host synchronisation inside the epoch).
-    """
+    Metrics and losses stay on the device until the epoch ends (one host synchronisation)."""
+    params = [p for group in opt.param_groups for p in group["params"]]  # the phase's parameters
     sums: dict[str, Tensor] = {}
     losses = []
     for _ in range(cfg.steps_per_epoch):
@@ -589,12 +560,12 @@ def train_epoch(
         opt.step()
         losses.append(loss.detach())
         add_to(sums, metrics)
-    return sums, torch.stack(losses)
+    n = cfg.steps_per_epoch
+    run.check_finite(torch.stack(losses), f"phase-{phase}", epoch * n)
+    return run.log(("world_model", "policy")[phase - 1], sums, n, (epoch + 1) * n)
 
 
-# ---------------------------------------------------------------------------------------------
-# Main: Algorithm 1
-# ---------------------------------------------------------------------------------------------
+# == Main: Algorithm 1 ============================================================================
 def main(args: Args) -> dict[str, Any]:
     cfg = resolve(args)
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
@@ -603,6 +574,7 @@ def main(args: Args) -> dict[str, Any]:
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
 
     # -- data: every dataset opened and checked before any training --------------------------
+    require_datasets(datasets(cfg))  # every missing one named at once
     body = demo = None
     if not cfg.world_model:  # D_body: observations and the actions that led to them
         body = open_dataset(
@@ -641,11 +613,7 @@ def main(args: Args) -> dict[str, Any]:
                    initial=progress.epoch, total=cfg.phase1_epochs)  # fmt: skip
         for epoch in bar:
             start = time.time()
-            sums, losses = train_epoch(
-                step, body.data, list(model.parameters()), model_opt, cfg, device
-            )
-            run.check_finite(losses, "phase-1", epoch * n_steps)
-            values = run.log("world_model", sums, cfg.steps_per_epoch, (epoch + 1) * n_steps)
+            values = train_epoch(step, body.data, model_opt, cfg, device, run, 1, epoch)
             if model.visual and (epoch % 10 == 9 or epoch + 1 == cfg.phase1_epochs):
                 image = open_loop_images(model, body.data.sample(4, 20, device))
                 run.writer.add_image("world_model/open_loop", image, (epoch + 1) * n_steps)
@@ -658,7 +626,7 @@ def main(args: Args) -> dict[str, Any]:
         if cfg.phase1_only:
             run.checkpoint(asdict(progress), [body.data], **parts)
     if cfg.phase1_only:
-        run.writer.close()
+        run.close()
         return {"world_model": str(model_path), "wall_time_s": progress.wall}
 
     # -- phase 2: imitation by maximising the evidence of the demonstrations, eq. (8) -----------
@@ -676,17 +644,15 @@ def main(args: Args) -> dict[str, Any]:
                    initial=progress.epoch, total=cfg.phase2_epochs)  # fmt: skip
         for epoch in bar:
             start = time.time()
-            sums, losses = train_epoch(
-                step, demo.data, list(policy.parameters()), policy_opt, cfg, device
-            )
-            run.check_finite(losses, "phase-2", epoch * n_steps)
-            values = run.log("policy", sums, cfg.steps_per_epoch, (epoch + 1) * n_steps)
+            values = train_epoch(step, demo.data, policy_opt, cfg, device, run, 2, epoch)
             mse = values.get("action_mse", float("nan"))
             bar.set_postfix(elbo=f"{values['elbo']:.1f}", action_mse=f"{mse:.3f}")
             progress.wall["phase2"] += time.time() - start
             last = epoch + 1 == cfg.phase2_epochs  # the final evaluation follows
             if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
-                evaluate_during(run, model, policy, keys, cfg, expert[0], epoch + 1, device)
+                video, n = run.video(f"epoch{epoch + 1}"), cfg.eval_episodes_during
+                returns = evaluate_policy(model, policy, keys, cfg, n, device, video)
+                run.log_returns(returns, epoch + 1, expert[0])
             progress.epoch = epoch + 1
             run.checkpoint(asdict(progress), [demo.data], **parts)
         progress.phase, progress.epoch = 3, 0
@@ -694,12 +660,16 @@ def main(args: Args) -> dict[str, Any]:
 
     # -- final evaluation ------------------------------------------------------------------------
     start = time.time()
-    video = run.dir / "videos" / "final.gif" if cfg.capture_video else None
+    video = run.video("final")
     returns = evaluate_policy(model, policy, keys, cfg, cfg.eval_episodes, device, video)
+    random = random_scores(
+        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
+    )  # the reference below the score, on the same episodes
     results = {
         "algorithm": "aime", "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
         "body_data": cfg.body_data, "demo": cfg.demo, "num_demos": cfg.num_demos, "seed": cfg.seed,
         **scores(returns, *expert),
+        **random,
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
         "world_model": cfg.world_model or str(model_path),
     }  # fmt: skip

@@ -55,7 +55,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any, Literal, Optional
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -73,15 +74,19 @@ from common.replay import (
     dataset_task,
     open_dataset,
     records_batch,
+    require_datasets,
     to_torch_batch,
 )
 from common.run import (
     Run,
+    RunArgs,
     Stateful,
     add_to,
+    derived,
     evaluate,
     expert_return,
     label,
+    random_scores,
     scores,
     seed_everything,
 )
@@ -90,16 +95,21 @@ Method = Literal["bco0", "bc", "iidm"]
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
+    """BCO(0): an inverse dynamics model trained on the embodiment data labels the
+    demonstrations, behavioural cloning learns the labels; also the BC oracle and IIDM.
+
+    Example: python bco0.py --env walker --body-data mix --demo run --obs visual"""
+
     method: Method = "bco0"
     """bco0: IDM labels, then behavioural cloning; bc: cloning the demonstrations' true actions
     (the oracle of AIME Figure 4); iidm: a forward model as implicit IDM (Figure 5)"""
-    exp_name: Optional[str] = None
-    """name of this experiment, part of the run's folder name (default: the method)"""
+    exp_name: Annotated[Optional[str], derived("the method", "STR")] = None
+    """name of this experiment, part of the run's folder name"""
     env: str = "walker"
     """embodiment (dm_control domain): walker or cheetah (or another suite domain)"""
-    task: Optional[str] = None
-    """task the policy is evaluated on (default: the --demo task)"""
+    task: Annotated[Optional[str], derived("the --demo task", "STR")] = None
+    """task the policy is evaluated on"""
     body_data: str = "mix"
     """embodiment dataset: random, p2e, a task (stand -> {env}-stand-buffer), mix, a+b, or a path
     (not read by --method bc)"""
@@ -109,14 +119,6 @@ class Args:
     """observation setting: true state, positions only, or 64x64 images"""
     num_demos: int = 100
     """demonstration trajectories used (the first N)"""
-    data_dir: str = "datasets"
-    """folder that holds the datasets"""
-    runs_dir: str = "runs"
-    """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
-    seed: int = 1
-    """seed of torch, numpy, the splits, sampling and the evaluation environments"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
     schedule: Literal["authors", "fast"] = "authors"
     """authors: an epoch is one pass over the training windows, validation on all validation
     windows; fast: --steps-per-epoch sampled batches, validation on --val-windows windows"""
@@ -140,16 +142,12 @@ class Args:
     """windows per batch"""
     eval_episodes: int = 100
     """evaluation episodes at the end"""
-    resume: bool = False
-    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
-    capture_video: bool = False
-    """save a GIF of the first evaluation episode to {run_dir}/videos/"""
     lr: float = 1e-3
     """Adam learning rate of both phases (the authors' configs)"""
-    stack: Optional[int] = None
-    """encoded observations stacked (default: 5; 1 in MDP, as the authors)"""
-    action_repeat: Optional[int] = None
-    """environment steps per action (default: the datasets' info.json, else the benchmark's 2)"""
+    stack: Annotated[Optional[int], derived("5; 1 in MDP, as the authors", "INT")] = None
+    """encoded observations stacked"""
+    action_repeat: Annotated[Optional[int], derived("the data's info.json, else 2", "INT")] = None
+    """environment steps per action"""
 
 
 @dataclass
@@ -162,6 +160,14 @@ class Config(Args):
     action_repeat: int = 2
 
 
+def datasets(args: Args) -> list[Path]:
+    """The dataset folders a run reads: the embodiment data (none for the oracle), the
+    demonstrations."""
+    data, env = args.data_dir, args.env
+    body = [] if args.method == "bc" else dataset_folders(data, env, args.body_data, "body")
+    return [*body, *dataset_folders(data, env, args.demo, "demo")]
+
+
 def resolve(args: Args) -> Config:
     """Fill the defaults that depend on other flags: the run's name from the method, the task
     from `--demo` (`run`, or a path such as .../walker-run-expert -> run), the stack (5; 1 in
@@ -172,19 +178,13 @@ def resolve(args: Args) -> Config:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1")
     if args.stack is not None and args.stack < 1:
         raise SystemExit("error: --stack must be at least 1")
-    body = (
-        []
-        if args.method == "bc"
-        else dataset_folders(args.data_dir, args.env, args.body_data, "body")
-    )
-    folders = [*body, *dataset_folders(args.data_dir, args.env, args.demo, "demo")]
     return Config(
         **{
             **asdict(args),
             "exp_name": args.exp_name or args.method,
             "task": args.task or dataset_task(args.env, args.demo),
             "stack": args.stack or (1 if args.obs == "mdp" else 5),
-            "action_repeat": dataset_action_repeat(folders, args.action_repeat),
+            "action_repeat": dataset_action_repeat(datasets(args), args.action_repeat),
         }
     )
 
@@ -202,9 +202,7 @@ class Progress:
     wall: dict[str, float] = field(default_factory=lambda: {"phase1": 0.0, "phase2": 0.0})
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
+# == Networks =====================================================================================
 def encoder(obs_dim: int, visual: bool) -> tuple[nn.Module, int]:
     """The world model's encoder and its output size: identity, or the World Models CNN
     (channels-last memory: the fast layout for convolutions; 256 channels x 2 x 2 out)."""
@@ -246,9 +244,7 @@ class ForwardModel(nn.Module):
         return {k: decoder(x) for k, decoder in self.decoders.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Losses: maximum likelihood of a Gaussian of fixed variance, i.e. mean squared errors
-# ---------------------------------------------------------------------------------------------
+# == Losses: maximum likelihood of a Gaussian of fixed variance, i.e. mean squared errors =========
 Batch = dict[str, Tensor]
 Loss = Callable[[Batch], tuple[Tensor, dict[str, Tensor]]]
 
@@ -316,9 +312,7 @@ def iidm_loss(
     return loss, metrics
 
 
-# ---------------------------------------------------------------------------------------------
-# Training on a 7:3 split, keeping the model of lowest validation loss (Appendix B)
-# ---------------------------------------------------------------------------------------------
+# == Training on a 7:3 split, keeping the model of lowest validation loss (Appendix B) ============
 @dataclass
 class Windows:
     """Windows of `frames` consecutive records of one dataset: trajectory indices and starts."""
@@ -454,9 +448,7 @@ def train(
         net.load_state_dict(progress.best_weights)  # the model of lowest validation loss
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation (common/run.py's, as aime.py's)
-# ---------------------------------------------------------------------------------------------
+# == Evaluation (common/run.py's, as aime.py's) ===================================================
 class StackActor:
     """The policy acting on its stack of the last `stack` observations of a batch of episodes,
     filled with the first observation at reset."""
@@ -478,15 +470,14 @@ class StackActor:
         return self.policy(self.history).cpu().numpy()
 
 
-# ---------------------------------------------------------------------------------------------
-# Main
-# ---------------------------------------------------------------------------------------------
+# == Main =========================================================================================
 def main(args: Args) -> dict[str, Any]:
     cfg = resolve(args)
 
     # -- data: the datasets opened and checked, and split, before anything is written ------------
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
     keys, shapes, frames = env.obs_keys, env.record_shapes, cfg.stack + 1
+    require_datasets(datasets(cfg))  # every missing one named at once
     body = None
     if cfg.method != "bc":  # the embodiment data of phase 1
         body = open_dataset(
@@ -556,16 +547,20 @@ def main(args: Args) -> dict[str, Any]:
 
     # -- evaluation ------------------------------------------------------------------------------
     start = time.time()
-    video = run.dir / "videos" / "final.gif" if cfg.capture_video else None
+    video = run.video("final")
     returns = evaluate(f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
                        cfg.eval_episodes, lambda n: StackActor(policy, keys, cfg.stack, device),
                        video)  # fmt: skip
     expert = expert_return(cfg.env, cfg.task, demo)
+    random = random_scores(
+        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
+    )  # the reference below the score, on the same episodes
     results = {
         "algorithm": cfg.method,
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
         "body_data": cfg.body_data if body else None, "demo": cfg.demo,
         "num_demos": cfg.num_demos, "seed": cfg.seed, **scores(returns, *expert),
+        **random,
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
     }  # fmt: skip
     return run.finish(results)

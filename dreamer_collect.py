@@ -54,11 +54,10 @@ sets each beside the papers' choice):
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -72,16 +71,25 @@ from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
     ReplayBuffer,
-    atomic_write,
-    dataset_info,
-    load_trajectory,
+    check_dataset_settings,
+    fill_folder,
     records_batch,
     save_trajectory,
     stack_records,
-    trajectory_files,
+    write_info,
 )
 from common.rssm import DREAMER_RSSM, RSSM, TanhNormal, kl_loss
-from common.run import Run, add_to, episode_seed, save_gif, seed_everything
+from common.run import (
+    Run,
+    RunArgs,
+    add_to,
+    derived,
+    episode_seed,
+    load_state,
+    read_checkpoint,
+    save_gif,
+    seed_everything,
+)
 
 # Equation tags `# eq. (N)` number the equations of Dreamer (Hafner et al., ICLR 2020).
 
@@ -92,13 +100,18 @@ BUFFER, EXPERT, EVAL = 0, 1, 2
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
+    """The datasets: uniform random actions, a Dreamer agent's replay buffer and its expert
+    demonstrations, or Plan2Explore's replay buffer.
+
+    Example: python dreamer_collect.py --agent dreamer --env walker --task walk"""
+
     agent: Literal["random", "dreamer", "p2e"] = "random"
     """the agent: `random` (uniform actions), `dreamer` (task reward) or `p2e` (Plan2Explore)"""
     env: str = "walker"
     """the embodiment (dm_control domain): walker, cheetah, or another suite domain"""
-    task: Optional[str] = None
-    """the task whose reward is learned and recorded (default: walk for walker, run for cheetah)"""
+    task: Annotated[Optional[str], derived("walk for walker, run for cheetah", "STR")] = None
+    """the task whose reward is learned and recorded"""
     obs: Literal["visual", "mdp", "lpomdp"] = "visual"
     """what the agent observes (datasets store every modality whatever this is)"""
     num_trajectories: int = 1000
@@ -149,20 +162,10 @@ class Args:
     """p2e: width of each predictor's two hidden layers"""
     eval_every: int = 10
     """evaluate the policy's mode for one episode every this many episodes (0: never)"""
-    load_agent: Optional[str] = None
+    load_agent: Annotated[Optional[str], derived("none: train an agent", "PATH")] = None
     """expert-only mode: load this saved agent (agent.pt) and collect --num-demos again"""
     seed: int = 0
     """seed of torch, numpy and the environments (episode i uses (seed, i))"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
-    data_dir: str = "datasets"
-    """folder that holds the datasets"""
-    runs_dir: str = "runs"
-    """TensorBoard logs, videos and the agent's checkpoint go to {runs_dir}/{run_name}/"""
-    resume: bool = False
-    """continue the run and its buffer from the last checkpoint"""
-    capture_video: bool = False
-    """save a GIF of each evaluation episode and of the first expert demonstration"""
     render: bool = True
     """store the 64x64 image of every record (--no-render: low-dimensional settings only)"""
     action_repeat: int = 2
@@ -184,9 +187,7 @@ def resolve(args: Args) -> Config:
     return Config(**{**asdict(args), "task": task})
 
 
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
+# == Networks =====================================================================================
 class WorldModel(nn.Module):
     """Encoder f(o_t), RSSM, observation decoder p(o_t | s_t), reward head p(r_t | s_t) and, for
     Plan2Explore, the ensemble of one-step embedding predictors."""
@@ -230,9 +231,7 @@ class Actor(nn.Module):
         return TanhNormal(self.mean(features), F.softplus(self.std(features)) + 1e-6)
 
 
-# ---------------------------------------------------------------------------------------------
-# Dynamics learning
-# ---------------------------------------------------------------------------------------------
+# == Dynamics learning ============================================================================
 def world_model_loss(
     model: WorldModel, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
 ) -> tuple[Tensor, tuple[Tensor, Tensor], dict[str, Tensor]]:
@@ -270,9 +269,7 @@ def world_model_loss(
     return loss, (post.deter.detach(), post.stoch.detach()), metrics
 
 
-# ---------------------------------------------------------------------------------------------
-# Behaviour learning
-# ---------------------------------------------------------------------------------------------
+# == Behaviour learning ===========================================================================
 class Imagination(NamedTuple):
     features: Tensor  # [H + 1, N, deter + stoch], s_0 (the start) .. s_H
     actions: Tensor  # [H, N, A], a_tau taken in s_tau
@@ -399,9 +396,7 @@ def train_step(
     return {**{k: v.detach() for k, v in metrics.items()}, **ac_metrics}
 
 
-# ---------------------------------------------------------------------------------------------
-# Acting in the environment
-# ---------------------------------------------------------------------------------------------
+# == Acting in the environment ====================================================================
 @torch.no_grad()
 def run_episodes(
     envs: list[DMCEnv],
@@ -446,57 +441,12 @@ def run_episodes(
     return [stack_records(r) for r in records]
 
 
-# ---------------------------------------------------------------------------------------------
-# Datasets
-# ---------------------------------------------------------------------------------------------
-def write_info(folder: Path, settings: dict[str, Any], what: str = "trajectories") -> str:
-    """Record the dataset's settings and its trajectories' mean return in `info.json`; returns
-    the line that tells it on the terminal."""
-    files = trajectory_files(folder) if any(folder.glob("*.npz")) else []
-    returns = [float(load_trajectory(p, ["reward"])["reward"].sum()) for p in files]
-    info = {
-        **settings,
-        "num_trajectories": len(files),
-        "mean_return": float(np.mean(returns)) if returns else None,
-        "std_return": float(np.std(returns)) if returns else None,
-        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    atomic_write(folder / "info.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
-    spread = f"{np.mean(returns):.1f} +- {np.std(returns):.1f}" if returns else "none"
-    return f"{folder}: {len(files)} {what}, return {spread}"
-
-
+# == Datasets =====================================================================================
 def folder_settings(args: Config, agent: str, render: bool, **more: str) -> dict[str, Any]:
     """How a dataset folder is made, as its `info.json` records it (`obs`: not for random)."""
     observes = {} if agent == "random" else {"obs": args.obs}
     made = {"render": render, "action_repeat": args.action_repeat, "seed": args.seed}
     return {"agent": agent, "env": f"{args.env}-{args.task}", **observes, **made, **more}
-
-
-def check_settings(folder: Path, settings: dict[str, Any]) -> None:
-    """A dataset is extended only with the settings it was started with."""
-    previous = dataset_info(folder)
-    clashes = {
-        k: (previous[k], v) for k, v in settings.items() if k in previous and previous[k] != v
-    }
-    if clashes:
-        raise SystemExit(
-            f"error: {folder} was collected with other settings (existing, asked): {clashes}; "
-            f"use the same flags or another --data-dir"
-        )
-
-
-def fill_folder(folder: Path, settings: dict[str, Any], count: int, what: str) -> list[int]:
-    """Open a dataset folder that is filled up to `count` trajectories `{i}.npz`: remove what a
-    killed write left, check its settings, and return the indices still missing."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.tmp"):  # left by a collection that was killed mid-write
-        stale.unlink()
-    check_settings(folder, settings)
-    done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
-    todo = [i for i in range(count) if i not in done]
-    print(f"{folder}: {len(done)} {what} present, collecting {len(todo)}")
-    return todo
 
 
 def collect_random(args: Args) -> Path:
@@ -514,7 +464,7 @@ def collect_random(args: Args) -> Path:
             f"{cfg.env}-{cfg.task}", obs="mdp", seed=cfg.seed,
             action_repeat=cfg.action_repeat, render=cfg.render,
         )  # fmt: skip
-        bar = tqdm(todo, desc=f"random {cfg.env}-{cfg.task}", unit="traj")
+        bar = tqdm(todo, desc=folder.name, unit="traj")
         for i in bar:
             env_seed, action_seed = np.random.SeedSequence([cfg.seed, i]).generate_state(2)
             rng = np.random.default_rng(action_seed)
@@ -559,9 +509,7 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
     return folder
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
+# == Training =====================================================================================
 # Flags a resumed run must share with the run it continues (budgets and logging may change).
 RUN_SETTINGS = (
     "agent", "env", "task", "obs", "seed", "render", "action_repeat", "deter", "stoch", "hidden",
@@ -621,8 +569,10 @@ def train(args: Config) -> Path:
     device = torch.device(args.device)
     render = args.render or args.obs == "visual"
     settings = folder_settings(args, args.agent, render)
-    check_settings(folder, settings)
-    run_name = f"{args.env}-{args.task}__{args.agent}__{args.obs}__{args.seed}"
+    check_dataset_settings(folder, settings)
+    # Plan2Explore learns no task: its run is named after the embodiment alone
+    where = f"{args.env}-{args.task}" if args.agent == "dreamer" else args.env
+    run_name = f"{where}__{args.agent}__{args.obs}__{args.seed}"
     run = Run(args.runs_dir, run_name, args, args.resume, "agent.pt", RUN_SETTINGS)
 
     env = make_env(
@@ -683,25 +633,16 @@ def train(args: Config) -> Path:
                 save_gif(run.dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
     bar.close()
     print(f"{write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
-    run.writer.close()
+    run.close()
     return run.ckpt_path
-
-
-def load_agent(path: Path, agent: Agent) -> dict[str, Any]:
-    """Load a checkpoint written by `train` into `agent`; returns the checkpoint."""
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    for name in Agent._fields:
-        getattr(agent, name).load_state_dict(ckpt[name])
-    return ckpt
 
 
 def expert_only(args: Config) -> Path:
     """Load a saved agent (`--load-agent`) and (re)collect its expert demonstrations."""
     assert args.load_agent is not None
     path = Path(args.load_agent)
-    if not path.is_file():
-        raise SystemExit(f"error: --load-agent {path} does not exist")
-    saved = resolve(Args(**torch.load(path, map_location="cpu", weights_only=False)["args"]))
+    ckpt = read_checkpoint(path, "--load-agent", "an agent", run=True)
+    saved = resolve(Args(**ckpt["args"]))
     if saved.agent != "dreamer":
         raise SystemExit(f"error: {path} is a {saved.agent} agent; only Dreamer has a task policy")
     if (args.env, args.task) != (saved.env, saved.task):
@@ -716,7 +657,8 @@ def expert_only(args: Config) -> Path:
     device = torch.device(args.device)
     env = make_env(f"{acting.env}-{acting.task}", acting.obs)
     agent = make_agent(env, acting, device)
-    load_agent(path, agent)
+    for name in Agent._fields:  # the agent's networks and optimisers, as `train` saved them
+        load_state(path, getattr(agent, name), ckpt[name])
     agent.model.eval()
     return collect_expert(agent, acting, path, device)
 

@@ -61,8 +61,8 @@ budget flags below change them (see the HOURS_* constants for their sources). At
 budgets AIME alone comes to about 55 GPU-days for one seed, the paper's "roughly 50 GPU days".
 
 `--quick` sets budgets for a CPU smoke test of the whole pipeline (tiny datasets, a tiny Dreamer,
-one-epoch phases, one evaluation episode; the scores mean nothing). Its 6 jobs take about 40 s on
-2 CPU cores:
+one-epoch phases, one evaluation episode; the scores mean nothing), with its datasets and runs in
+`quick/` under `--data-dir` and `--grid-dir`. Its 6 jobs take about 40 s on 2 CPU cores:
 
     python grid.py --quick --envs walker --cells 'random->stand' --obs mdp --collect-obs mdp \
         --no-render --grid-dir /tmp/grid --data-dir /tmp/grid/datasets --workers 2
@@ -83,11 +83,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Literal, Optional
+from typing import IO, Annotated, Any, Literal, Optional
 
 import tyro
 
-from common.replay import WALKER_MIX, dataset_folders
+from common.replay import (
+    HOURS_DREAMER_PER_MILLION,
+    SECONDS_DEMO,
+    SECONDS_RANDOM_TRAJECTORY,
+    WALKER_MIX,
+    dataset_folders,
+)
+from common.run import derived
 
 ROOT = Path(__file__).resolve().parent
 Env = Literal["walker", "cheetah"]
@@ -98,6 +105,11 @@ SCRIPTS: dict[str, str] = {"aime": "aime.py", "bco0": "bco0.py", "vmail": "vmail
 
 @dataclass
 class Args:
+    """The paper's grid (datasets, world models, AIME, BCO(0), V-MAIL runs, the table) as
+    dependency-ordered jobs: a dry run with costs, local GPUs, or SLURM.
+
+    Example: python grid.py --envs walker --dry-run"""
+
     envs: tuple[Env, ...] = ("walker", "cheetah")
     """embodiments of the grid"""
     obs: tuple[Obs, ...] = ("mdp", "lpomdp", "visual")
@@ -108,7 +120,7 @@ class Args:
     """methods of the grid (add vmail: vmail_obs.py, V-MAIL on the same world models)"""
     cells: tuple[str, ...] = ()
     """only these cells, as 'body->task', e.g. 'mix->run' 'random->runb' (none given: all)"""
-    figure: Optional[Literal[4, 5]] = None
+    figure: Annotated[Optional[Literal[4, 5]], derived("none: the table's runs", "{4,5}")] = None
     """instead of the table's runs, a figure's for each cell (default cell: mix->run): 4, the
     demonstration counts 1..1000 of AIME, BCO(0) and the BC oracle; 5, AIME and its ablations
     (--kl-only, --rec-only, --use-idm), IIDM and BCO(0)"""
@@ -125,23 +137,24 @@ class Args:
 
     # -- budgets (None: the scripts' defaults, the paper's budgets) --------------------------------
     quick: bool = False
-    """tiny budgets for a CPU smoke test of the pipeline (flags given explicitly still win)"""
-    random_trajectories: Optional[int] = None
-    """trajectories of each random dataset (None: 1000)"""
-    total_steps: Optional[int] = None
-    """environment steps of each Dreamer and Plan2Explore run (None: 1,000,000)"""
-    collect_demos: Optional[int] = None
-    """expert demonstrations collected per task (None: 1000)"""
-    num_demos: Optional[int] = None
-    """demonstrations each AIME and BCO(0) run uses (None: 100)"""
-    phase1_epochs: Optional[int] = None
-    """AIME world-model epochs, BCO(0) most IDM epochs (None: 1000)"""
-    phase2_epochs: Optional[int] = None
-    """AIME policy epochs, BCO(0) most behavioural-cloning epochs (None: 500 and 1000)"""
-    steps_per_epoch: Optional[int] = None
-    """gradient steps per epoch of AIME and BCO(0) (None: 100)"""
-    eval_episodes: Optional[int] = None
-    """final evaluation episodes of each run (None: 100)"""
+    """tiny budgets for a CPU smoke test of the pipeline (flags given explicitly still win); its
+    datasets and runs go to quick/ in --data-dir and --grid-dir, apart from the full grid's"""
+    random_trajectories: Annotated[Optional[int], derived("1000", "INT")] = None
+    """trajectories of each random dataset"""
+    total_steps: Annotated[Optional[int], derived("1,000,000", "INT")] = None
+    """environment steps of each Dreamer and Plan2Explore run"""
+    collect_demos: Annotated[Optional[int], derived("1000", "INT")] = None
+    """expert demonstrations collected per task"""
+    num_demos: Annotated[Optional[int], derived("100", "INT")] = None
+    """demonstrations each AIME and BCO(0) run uses"""
+    phase1_epochs: Annotated[Optional[int], derived("1000", "INT")] = None
+    """AIME world-model epochs, BCO(0) most IDM epochs"""
+    phase2_epochs: Annotated[Optional[int], derived("500 and 1000", "INT")] = None
+    """AIME policy epochs, BCO(0) most behavioural-cloning epochs"""
+    steps_per_epoch: Annotated[Optional[int], derived("100", "INT")] = None
+    """gradient steps per epoch of AIME and BCO(0)"""
+    eval_episodes: Annotated[Optional[int], derived("100", "INT")] = None
+    """final evaluation episodes of each run"""
     render: bool = True
     """datasets store images (--no-render: only for grids without the visual setting)"""
     collect_obs: Obs = "visual"
@@ -156,16 +169,22 @@ class Args:
     """extra flags of every vmail_obs.py job, e.g. --vmail-args='--reward d'"""
 
     # -- SLURM -------------------------------------------------------------------------------------
-    slurm_partition: Optional[str] = None
-    """SLURM partition (None: the cluster's default)"""
-    slurm_time_min: Optional[int] = None
-    """time limit of every job in minutes (None: twice its estimated cost, at least 60)"""
+    slurm_partition: Annotated[Optional[str], derived("the cluster's", "STR")] = None
+    """SLURM partition"""
+    slurm_time_min: Annotated[
+        Optional[int], derived("twice its estimated cost, at least 60", "INT")
+    ] = None
+    """time limit of every job in minutes"""
     slurm_gpus_per_job: int = 1
     """GPUs of each SLURM job"""
+    submitit_cluster: Literal["slurm", "local"] = "slurm"
+    """--launcher slurm submits through submitit to: slurm, or local (each job on this machine
+    through submitit's local executor, a dependency awaited before its dependents: a rehearsal
+    of the submission without a cluster)"""
     slurm_cpus_per_job: int = 8
     """CPU cores of each SLURM job (rendering and the environments run on the CPU)"""
-    slurm_mem_gb: Optional[int] = None
-    """memory of each SLURM job in GB (None: the cluster's default)"""
+    slurm_mem_gb: Annotated[Optional[int], derived("the cluster's", "INT")] = None
+    """memory of each SLURM job in GB"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,13 +226,8 @@ HOURS_AIME_PHASE2 = {"mdp": 5.0, "lpomdp": 5.0, "visual": 10.0}
 # authors' schedule (50 epochs or more of full passes) and the same 100-episode evaluation (with
 # rendering in Visual).
 HOURS_BCO0 = {"mdp": 1.0, "lpomdp": 1.0, "visual": 3.0}
-# Dreamer and Plan2Explore per 1M environment steps: no GPU figure of ours yet; README: the
-# authors' TF2 Dreamer about 3 h on a V100, PyTorch ports 9 to 37 h.
-HOURS_DREAMER_PER_MILLION = 12.0
-# Collection on the CPU (README): a random walker trajectory takes 15 s with 64x64 images and
-# 0.3 s without; an expert demonstration is bound by rendering, 37 agent steps/s.
-SECONDS_RANDOM_TRAJECTORY = {True: 15.0, False: 0.3}
-SECONDS_DEMO = {True: 501 / 37, False: 0.3}
+# Dreamer, Plan2Explore and collection: `common/replay.py`'s HOURS_DREAMER_PER_MILLION,
+# SECONDS_RANDOM_TRAJECTORY and SECONDS_DEMO.
 
 # `--quick`: every job runs in seconds on a CPU.
 QUICK = {
@@ -262,15 +276,21 @@ def parse_cell(cell: str) -> tuple[str, str]:
 
 
 def budgets(args: Args) -> Args:
-    """`args` with `--quick`'s budgets filled in where no budget flag was given."""
+    """`args` with `--quick`'s budgets and folders filled in where no budget flag was given
+    (`quick` then off, so that filling twice changes nothing)."""
     if not args.quick:
         return args
-    filled = {k: v for k, v in QUICK.items() if getattr(args, k) is None}
+    filled: dict[str, object] = {k: v for k, v in QUICK.items() if getattr(args, k) is None}
+    # apart from the full grid's: its tiny datasets must never pass for full-size ones, or the
+    # full grid's datasets count as the smoke test's finished jobs
+    filled.update(
+        data_dir=str(Path(args.data_dir) / "quick"), grid_dir=str(Path(args.grid_dir) / "quick")
+    )
     extra = {
         f"{script}_args": f"{QUICK_ARGS[script]} {getattr(args, f'{script}_args')}".strip()
         for script in QUICK_ARGS
     }
-    return replace(args, **filled, **extra)  # type: ignore[arg-type]
+    return replace(args, quick=False, **filled, **extra)  # type: ignore[arg-type]
 
 
 def value(args: Args, name: str, default_key: Optional[str] = None) -> int:
@@ -315,6 +335,7 @@ def agent_job(args: Args, env: str, task: Optional[str]) -> Job:
     steps, demos = value(args, "total_steps"), value(args, "collect_demos")
     last = math.ceil(steps / SIM_STEPS_PER_EPISODE) - 1  # episodes are written in order
     agent = "p2e" if task is None else "dreamer"
+    run = env if task is None else f"{env}-{task}"  # dreamer_collect.py's run folder name
     data, runs = Path(args.data_dir), Path(args.grid_dir) / "collect"
     # The p2e folder is ours, or the authors' where only theirs exists.
     buffer = dataset_folders(data, env, task or "p2e", "body")[0]
@@ -332,7 +353,7 @@ def agent_job(args: Args, env: str, task: Optional[str]) -> Job:
         ),
         markers=tuple(markers),
         hours=hours,
-        partial=(str(buffer / "*.npz"), str(runs / f"{env}-{task or '*'}__{agent}__*/agent.pt")),
+        partial=(str(buffer / "*.npz"), str(runs / f"{run}__{agent}__*" / "agent.pt")),
     )  # fmt: skip
 
 
@@ -697,8 +718,12 @@ def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
         ) from None
     by_name = {j.name: j for j in order}
     grid = Path(args.grid_dir)
-    executor = submitit.AutoExecutor(folder=str(grid / "slurm" / "%j"), cluster="slurm")
+    local = args.submitit_cluster == "local"
+    executor = submitit.AutoExecutor(
+        folder=str(grid / "slurm" / "%j"), cluster=args.submitit_cluster
+    )
     ids: dict[str, str] = {}
+    submitted: dict[str, Any] = {}
     status: dict[str, str] = {}
     for job in order:
         if finished(job, by_name) and not (job.refresh and any(d in ids for d in job.deps)):
@@ -706,6 +731,12 @@ def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
             print(f"skipped {job.name} (finished)")
             continue
         after = [ids[d] for d in job.deps if d in ids]
+        if local:  # no scheduler holds the dependents back: wait for each dependency here
+            failed = [d for d in job.deps if d in submitted and not awaited(submitted[d], d)]
+            if failed or any(status.get(d) == "blocked" for d in job.deps):
+                status[job.name] = "blocked"
+                print(f"blocked {job.name}: a dependency failed")
+                continue
         minutes = args.slurm_time_min or max(60, math.ceil(2 * job.hours * 60))
         params: dict[str, Any] = {
             "name": job.name, "timeout_min": minutes, "gpus_per_node": args.slurm_gpus_per_job,
@@ -721,30 +752,40 @@ def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
             params["mem_gb"] = args.slurm_mem_gb
         executor.update_parameters(**params)
         log = log_path(args.grid_dir, job)
-        submitted = executor.submit(run_logged, launch_command(job), str(log.resolve()))
-        ids[job.name] = str(submitted.job_id)
+        submitted[job.name] = executor.submit(run_logged, launch_command(job), str(log.resolve()))
+        ids[job.name] = str(submitted[job.name].job_id)
         status[job.name] = "submitted"
-        print(
-            f"submitted {job.name}: SLURM job {submitted.job_id}"
-            + (f" after {after}" if after else "")
-        )
+        print(f"submitted {job.name}: job {ids[job.name]}" + (f" after {after}" if after else ""))
+    if local:  # the last jobs too, so that the grid is done when this returns
+        for name, sub in submitted.items():
+            ok = awaited(sub, name) and finished(by_name[name], by_name)
+            status[name] = "done" if ok else "failed"
     return status
 
 
+def awaited(job: Any, name: str) -> bool:
+    """Wait for a submitit job; whether it succeeded (its error printed where it did not)."""
+    try:
+        job.result()
+    except Exception as e:  # a failed command: submitit re-raises its error here
+        print(f"failed {name}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}")
+        return False
+    return True
+
+
 def launch(order: list[Job], args: Args) -> int:
-    """Print, submit or run the jobs; the exit code: 1 if a local job failed or was blocked."""
+    """Print, submit or run the jobs, each one's outcome in {grid_dir}/report.json; the exit
+    code: 1 if a job failed or was blocked."""
     if args.workers < 1:
         raise SystemExit("error: --workers must be at least 1")
     if args.dry_run:
         dry_run(order)
         return 0
-    if args.launcher == "slurm":
-        submit_slurm(order, args)
-        return 0
-    status = run_local(order, args)
-    outcomes = ("done", "skipped", "failed", "blocked")
+    status = submit_slurm(order, args) if args.launcher == "slurm" else run_local(order, args)
+    outcomes = ("submitted", "done", "skipped", "failed", "blocked")
     counts = {s: sum(v == s for v in status.values()) for s in outcomes}
-    print(f"grid: {len(order)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    told = [f"{n} {s}" for s, n in counts.items() if n or s != "submitted"]
+    print(f"grid: {len(order)} jobs: " + ", ".join(told))
     report = Path(args.grid_dir) / "report.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(status, indent=2))
@@ -752,6 +793,7 @@ def launch(order: list[Job], args: Args) -> int:
 
 
 def main(args: Args) -> int:
+    args = budgets(args)
     order = build_grid(args)
     if not order:
         raise SystemExit("error: the filters select no job")

@@ -21,10 +21,12 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import tyro
+
+from common.run import derived
 
 ALGORITHMS = {"aime": "AIME", "bco0": "BCO(0)", "bc": "BC", "iidm": "IIDM", "vmail": "V-MAIL"}
 SETTINGS = {"mdp": "MDP", "lpomdp": "LPOMDP", "visual": "Visual"}
@@ -33,16 +35,21 @@ SHORT_TASKS = {"runbackward": "runb", "flipbackward": "flipb"}  # the paper's ab
 
 @dataclass
 class Args:
+    """Every results.json under a runs folder as the paper's table, beside the published scores,
+    with a figure.
+
+    Example: python results_table.py --runs-dir runs"""
+
     runs_dir: str = "runs"
     """folder searched (recursively) for results.json files"""
     reference: str = str(Path(__file__).parent / "reference" / "aime-paper-scores.json")
     """the published scores"""
-    markdown: Optional[str] = None
-    """where the markdown table goes (default: {runs-dir}/results.md)"""
-    figure: Optional[str] = None
-    """where the figure goes (default: {runs-dir}/results.png); 'none' for no figure"""
-    demos_figure: Optional[str] = None
-    """where the Figure 4 plot goes (default: {runs-dir}/demos.png); 'none' for no plot"""
+    markdown: Annotated[Optional[str], derived("{runs-dir}/results.md", "PATH")] = None
+    """where the markdown table goes"""
+    figure: Annotated[Optional[str], derived("{runs-dir}/results.png", "PATH")] = None
+    """where the figure goes; 'none' for no figure"""
+    demos_figure: Annotated[Optional[str], derived("{runs-dir}/demos.png", "PATH")] = None
+    """where the Figure 4 plot goes; 'none' for no plot"""
 
 
 @dataclass
@@ -53,6 +60,7 @@ class Cell:
     std: float
     seeds: int
     episodes: int
+    random: Optional[float] = None  # the random policy's score on the same episodes, where known
 
 
 def dataset_name(env: str, name: Optional[str]) -> str:
@@ -82,8 +90,10 @@ def method_name(r: dict[str, Any]) -> str:
 
 
 def gather(runs_dir: Path) -> dict[Key, Cell]:
-    """(env, 'body->task', method, demonstrations) -> our pooled score, from every results.json."""
+    """(env, 'body->task', method, demonstrations) -> our pooled score, from every results.json
+    (with the random policy's score on the same episodes, where the runs recorded it)."""
     pooled: dict[Key, list[list[float]]] = defaultdict(list)
+    randoms: dict[Key, list[float]] = defaultdict(list)
     for path in sorted(runs_dir.rglob("results.json")):
         r: dict[str, Any] = json.loads(path.read_text())
         expert = r["expert_return"]
@@ -91,9 +101,12 @@ def gather(runs_dir: Path) -> dict[Key, Cell]:
         cell = f"{dataset_name(r['env'], r['body_data'])}->{dataset_name(r['env'], r['demo'])}"
         key = (r["env"], cell, method_name(r), int(r.get("num_demos", 100)))
         pooled[key].append([100 * x / expert for x in r["returns"]])
+        if "random_normalised_score" in r:
+            randoms[key].append(r["random_normalised_score"])
     return {
         key: Cell(float(np.mean(np.concatenate(runs))), float(np.std(np.concatenate(runs))),
-                  len(runs), sum(len(x) for x in runs))
+                  len(runs), sum(len(x) for x in runs),
+                  float(np.mean(randoms[key])) if randoms[key] else None)
         for key, runs in pooled.items()
     }  # fmt: skip
 
@@ -165,8 +178,17 @@ def demos_figure(curves: Curves, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+CAPTION = (
+    "Bars: our mean normalised score (100 x return / the demonstrations' mean return); error bars: "
+    "+-1 std over every evaluation episode of every seed (counts under each bar). Paper: the "
+    "published mean +- std (AIME, 100 episodes), where it has the cell. Lines: the expert (100) "
+    "and the random policy on the same episodes."
+)
+
+
 def figure(rows: list[dict[str, Any]], path: Path) -> None:
-    """A grid of bar charts, one per embodiment dataset -> task, ours beside the paper's."""
+    """A grid of bar charts, one per embodiment dataset -> task, ours beside the paper's where
+    it has a number, with the expert's and the random policy's scores as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,29 +197,41 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     cells = sorted({(r["env"], r["cell"]) for r in rows})
     cols = min(3, len(cells))
     nrows = (len(cells) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows + 0.9), squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, (env, cell) in zip(axes.flat, cells, strict=False):
         here = [r for r in rows if (r["env"], r["cell"]) == (env, cell)]
-        x = np.arange(len(here))
-        ax.bar(
-            x - 0.2,
-            [r["ours"].mean for r in here],
-            0.4,
-            yerr=[r["ours"].std for r in here],
-            label="ours",
-        )
-        paper = [r["paper"] or {"mean": np.nan, "std": 0} for r in here]
-        ax.bar(
-            x + 0.2, [p["mean"] for p in paper], 0.4, yerr=[p["std"] for p in paper], label="paper"
-        )
-        names = [r["method"] + ("" if r["demos"] == 100 else f" ({r['demos']})") for r in here]
-        ax.set_xticks(x, names, rotation=30, fontsize=7)
-        ax.set_title(f"{env}: {cell}", fontsize=9)
+        for x, r in enumerate(here):
+            c, p = r["ours"], r["paper"]
+            shift = -0.2 if p else 0.0  # centred where the paper has no bar beside it
+            handles["ours"] = ax.bar(x + shift, c.mean, 0.4, yerr=c.std, capsize=3, color="C0")
+            if p:
+                handles["paper"] = ax.bar(x + 0.2, p["mean"], 0.4, yerr=p["std"], capsize=3,
+                                          color="C1")  # fmt: skip
+        handles["expert (100)"] = ax.axhline(100, color="0.3", linestyle="--", linewidth=1)
+        randoms = [r["ours"].random for r in here if r["ours"].random is not None]
+        if randoms:
+            handles["random policy"] = ax.axhline(
+                float(np.mean(randoms)), color="C3", linestyle=":", linewidth=1.5
+            )
+        names = []
+        for r in here:  # 'AIME-MDP' over its counts, and its demonstrations where not 100
+            c, plural = r["ours"], "s" if r["ours"].seeds > 1 else ""
+            name = "\n".join(r["method"].rsplit("-", 1))  # the setting under the method
+            demos = "" if r["demos"] == 100 else f"\n{r['demos']} demos"
+            names.append(f"{name}\n{c.episodes} ep., {c.seeds} seed{plural}{demos}")
+        ax.set_xticks(range(len(here)), names, fontsize=8)
+        ax.set_xlim(-0.6, len(here) - 0.4)
+        ax.set_ylim(0, max(110, *(r["ours"].mean + r["ours"].std + 5 for r in here)))
+        ax.set_title(f"{env}: {cell}", fontsize=10)
         ax.set_ylabel("normalised score")
     for ax in axes.flat[len(cells) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
+    order = [k for k in ("ours", "paper", "expert (100)", "random policy") if k in handles]
+    fig.legend([handles[k] for k in order], order, loc="upper center", ncol=len(order),
+               frameon=False, fontsize=9)  # fmt: skip
+    fig.text(0.5, 0.01, CAPTION, ha="center", va="bottom", fontsize=7.5, wrap=True)
+    fig.tight_layout(rect=(0, 0.1 / nrows, 1, 1 - 0.07 / nrows))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
@@ -210,9 +244,12 @@ def main(args: Args) -> list[dict[str, Any]]:
         raise SystemExit(f"error: no results.json under {runs_dir}")
     text = markdown(rows)
     print(text, end="")
-    print(
-        f"{sum(r['flag'] for r in rows)} of {len(rows)} cells outside the paper's mean +- std (*)"
-    )
+    compared = [r for r in rows if r["paper"]]
+    if compared:
+        flagged = sum(r["flag"] for r in compared)
+        print(f"{flagged} of the {len(compared)} rows the paper has outside its mean +- std (*)")
+    else:
+        print("the paper has none of these rows: nothing to compare with")
     (Path(args.markdown) if args.markdown else runs_dir / "results.md").write_text(text)
     if args.figure != "none":
         figure(rows, Path(args.figure) if args.figure else runs_dir / "results.png")

@@ -71,7 +71,8 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from typing import Any, Literal, NamedTuple, Optional, Protocol
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -92,6 +93,7 @@ from common.replay import (
     dataset_task,
     open_dataset,
     records_batch,
+    require_datasets,
     stack_records,
     to_torch_batch,
 )
@@ -99,28 +101,66 @@ from common.rssm import RSSM, RSSMConfig, TanhNormal, kl_normal
 from common.run import (
     BatchActor,
     Run,
+    RunArgs,
     Stateful,
     add_to,
+    derived,
     episode_seed,
     evaluate,
     expert_return,
     label,
+    random_scores,
     scores,
     seed_everything,
 )
 
 
 @dataclass
-class Args:
+class LearnerArgs(RunArgs):
+    """The flags of the imitation learner (pi, V, D), shared with vmail_obs.py."""
+
+    imag_horizon: int = 15
+    """K: steps of the latent rollouts and of the value expansion, eq. (22)"""
+    gamma: float = 0.99
+    """discount of eq. (22)"""
+    reward: Literal["log_d", "d"] = "log_d"
+    """the policy's reward: log D (the paper, eq. 22) or D (the authors' code)"""
+    value_bootstrap: bool = True
+    """add gamma^K V(z_K) to the expansion (eq. 22); --no-value-bootstrap: the authors' DMC runs"""
+    grad_penalty: Literal["inputs", "params", "none"] = "inputs"
+    """discriminator gradient penalty: over its inputs, over its parameters (the code's), none"""
+    gp_weight: float = 1.0
+    """weight of the gradient penalty"""
+    actor_init_std: float = 5.0
+    """the actor's std before the tanh where its net outputs 0 (Dreamer-v1's and the authors' 5)"""
+    disc_lr: float = 8e-5
+    """Adam learning rate of the discriminator"""
+    actor_lr: float = 8e-5
+    """Adam learning rate of the actor"""
+    value_lr: float = 8e-5
+    """Adam learning rate of the value net"""
+    grad_clip: float = 100.0
+    """gradient-norm clip of every optimiser"""
+    hidden: int = 400
+    """width of the actor's, value net's and discriminator's dense layers (vmail.py: also of the
+    low-dimensional encoder and decoder)"""
+
+
+@dataclass
+class Args(LearnerArgs):
+    """V-MAIL: adversarial imitation in a variational model's latent space, online (Algorithm 1)
+    or by zero-shot transfer from source tasks (Algorithm 2, --zero-shot).
+
+    Example: python vmail.py --env walker --task walk --obs visual"""
+
     exp_name: str = "vmail"
     """name of this experiment, part of the run's folder name"""
     env: str = "walker"
     """embodiment (dm_control domain): walker or cheetah (or another suite domain)"""
-    task: Optional[str] = None
-    """task to imitate and evaluate (default: the --demo task, else walk; cheetah run)"""
-    demo: Optional[str] = None
-    """demonstrations of the task: a task name (walk -> {env}-walk-expert) or a path (default:
-    the task's)"""
+    task: Annotated[Optional[str], derived("the --demo task, else walk; cheetah run", "STR")] = None
+    """task to imitate and evaluate"""
+    demo: Annotated[Optional[str], derived("the task's", "STR")] = None
+    """demonstrations of the task: a task name (walk -> {env}-walk-expert) or a path"""
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
     """observation setting: true state, positions only, or 64x64 images (the paper's)"""
     num_demos: int = 10
@@ -143,60 +183,26 @@ class Args:
     """sequences per batch (model data and demonstrations)"""
     horizon: int = 50
     """records per sequence"""
-    imag_horizon: int = 15
-    """K: steps of the latent rollouts and of the value expansion, eq. (22)"""
-    gamma: float = 0.99
-    """discount of eq. (22)"""
-    reward: Literal["log_d", "d"] = "log_d"
-    """the policy's reward: log D (the paper, eq. 22) or D (the authors' code)"""
-    value_bootstrap: bool = True
-    """add gamma^K V(z_K) to the expansion (eq. 22); --no-value-bootstrap: the authors' DMC runs"""
-    grad_penalty: Literal["inputs", "params", "none"] = "inputs"
-    """discriminator gradient penalty: over its inputs, over its parameters (the code's), none"""
-    gp_weight: float = 1.0
-    """weight of the gradient penalty"""
-    actor_init_std: float = 5.0
-    """the actor's std before the tanh where its net outputs 0 (Dreamer-v1's and the authors' 5)"""
     expl_noise: float = 0.3
     """std of the Gaussian noise added to the policy's sampled actions during collection"""
     model_lr: float = 6e-4
     """Adam learning rate of the world model"""
-    disc_lr: float = 8e-5
-    """Adam learning rate of the discriminator"""
-    actor_lr: float = 8e-5
-    """Adam learning rate of the actor"""
-    value_lr: float = 8e-5
-    """Adam learning rate of the value net"""
-    grad_clip: float = 100.0
-    """gradient-norm clip of every optimiser"""
     free_nats: float = 3.0
     """free nats of the batch-mean KL of eq. (21)"""
     deter: int = 200
     """size of the RSSM's deterministic state h"""
     stoch: int = 30
     """size of the RSSM's stochastic state s"""
-    hidden: int = 400
-    """width of the dense layers (actor, value, discriminator, low-dimensional encoder/decoder)"""
-    action_repeat: Optional[int] = None
-    """simulator steps per action (default: the demonstrations' info.json, else 2)"""
+    action_repeat: Annotated[
+        Optional[int], derived("the demonstrations' info.json, else 2", "INT")
+    ] = None
+    """simulator steps per action"""
     eval_episodes: int = 10
     """evaluation episodes at the end"""
     eval_every: int = 10
     """evaluate every this many episodes of a task (--zero-shot's transfer: epochs); 0: never"""
     eval_episodes_during: int = 5
     """episodes of each evaluation during training"""
-    data_dir: str = "datasets"
-    """folder that holds the datasets"""
-    runs_dir: str = "runs"
-    """results, TensorBoard logs, buffers and checkpoints go to {runs_dir}/{run_name}/"""
-    seed: int = 1
-    """seed of torch, numpy, sampling and the environments"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
-    resume: bool = False
-    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
-    capture_video: bool = False
-    """save a GIF of the first episode of each evaluation to {run_dir}/videos/"""
 
 
 @dataclass
@@ -218,9 +224,7 @@ def resolve(args: Args) -> Config:
     if args.actor_init_std <= 0:
         raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
     cfg = Config(**{**asdict(args), "task": task, "demo": args.demo or task})
-    names = demonstrations(cfg).values()
-    folders = [f for name in names for f in dataset_folders(cfg.data_dir, cfg.env, name, "demo")]
-    return replace(cfg, action_repeat=dataset_action_repeat(folders, args.action_repeat))
+    return replace(cfg, action_repeat=dataset_action_repeat(datasets(cfg), args.action_repeat))
 
 
 def demonstrations(cfg: Config) -> dict[str, str]:
@@ -228,23 +232,10 @@ def demonstrations(cfg: Config) -> dict[str, str]:
     return {**{t: t for t in (cfg.source_tasks if cfg.zero_shot else ())}, cfg.task: cfg.demo}
 
 
-class LearnerFlags(Protocol):
-    """The flags the imitation learner (pi, V, D) reads: this script's `Config` and
-    vmail_obs.py's both carry them."""
-
-    device: str
-    hidden: int
-    actor_init_std: float
-    actor_lr: float
-    value_lr: float
-    disc_lr: float
-    imag_horizon: int
-    gamma: float
-    reward: Literal["log_d", "d"]
-    value_bootstrap: bool
-    grad_penalty: Literal["inputs", "params", "none"]
-    gp_weight: float
-    grad_clip: float
+def datasets(cfg: Config) -> list[Path]:
+    """The dataset folders a run reads: every task's demonstrations."""
+    names = demonstrations(cfg).values()
+    return [f for name in names for f in dataset_folders(cfg.data_dir, cfg.env, name, "demo")]
 
 
 @dataclass
@@ -313,7 +304,7 @@ class Learner(NamedTuple):
 
 
 def make_learner(
-    feature_dim: int, action_dim: int, with_actions: bool, cfg: LearnerFlags
+    feature_dim: int, action_dim: int, with_actions: bool, cfg: LearnerArgs
 ) -> Learner:
     """pi, V and D (reading (z, a), or z alone without `with_actions`), each with its Adam."""
     device = torch.device(cfg.device)
@@ -437,7 +428,7 @@ def gradient_penalty(
 
 
 def discriminator_loss(
-    disc: nn.Module, expert_in: Tensor, policy_in: Tensor, cfg: LearnerFlags
+    disc: nn.Module, expert_in: Tensor, policy_in: Tensor, cfg: LearnerArgs
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """eq. (23): -log D(z^E, a^E) - log(1 - D(z^pi, a^pi)), averaged, plus the gradient penalty.
     Inputs [N, D] are detached: only D learns from this loss."""
@@ -474,7 +465,7 @@ def value_expansion(reward: Tensor, bootstrap: Optional[Tensor], gamma: float) -
 
 def policy_losses(
     rssm: RSSM, learner: Learner, start: tuple[Tensor, Tensor], expert_feat: Tensor,
-    expert_actions: Optional[Tensor], cfg: LearnerFlags,
+    expert_actions: Optional[Tensor], cfg: LearnerArgs,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:  # fmt: skip
     """Algorithm 1 lines 17-19: the discriminator, actor and value losses of one iteration.
 
@@ -505,7 +496,7 @@ def policy_losses(
 
 def imitation_step(
     rssm: RSSM, learner: Learner, start: tuple[Tensor, Tensor], expert_feat: Tensor,
-    expert_actions: Optional[Tensor], cfg: LearnerFlags,
+    expert_actions: Optional[Tensor], cfg: LearnerArgs,
 ) -> dict[str, Tensor]:  # fmt: skip
     """Algorithm 1 lines 17-19: one Adam step each of D (eq. 23), pi (eq. 22) and V; each loss
     reaches only its own network's parameters."""
@@ -716,7 +707,7 @@ def transfer(
                 cfg.eval_episodes_during,
                 partial(LatentActor, encoder, rssm, learner.actor, keys, device),
             )  # fmt: skip
-            run.writer.add_scalar("eval/return", np.mean(returns), epoch + 1)
+            run.log_returns(returns, epoch + 1)
         progress.epoch = epoch + 1
         checkpoint(run, progress, model_data, nets)
 
@@ -728,14 +719,15 @@ def main(args: Args) -> dict[str, Any]:
     keys = env.obs_keys
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
     # B_E of every task, with the actions: each file checked before any training
-    datasets = {
+    require_datasets(datasets(cfg))  # every missing one named at once
+    opened = {
         t: open_dataset(
             cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos, seed=cfg.seed + 1 + i
         )
         for i, (t, name) in enumerate(demonstrations(cfg).items())
     }
-    demos = {t: d.data for t, d in datasets.items()}
-    expert = expert_return(cfg.env, cfg.task, datasets[cfg.task])
+    demos = {t: d.data for t, d in opened.items()}
+    expert = expert_return(cfg.env, cfg.task, opened[cfg.task])
     body = f"zeroshot-{'+'.join(cfg.source_tasks)}" if cfg.zero_shot else "online"
     name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{body}__{label(cfg.demo)}__{cfg.exp_name}"
     run = Run(cfg.runs_dir, f"{name}__{cfg.seed}", cfg, cfg.resume)
@@ -775,16 +767,20 @@ def main(args: Args) -> dict[str, Any]:
 
     # -- evaluation: the policy's mode on the state filtered from real observations ------------
     start = time.time()
-    video = run.dir / "videos" / "final.gif" if cfg.capture_video else None
+    video = run.video("final")
     actor = learners[cfg.task].actor
     returns = evaluate(
         f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed, cfg.eval_episodes,
         partial(LatentActor, model.encoder, model.rssm, actor, keys, device), video,
     )  # fmt: skip
+    random = random_scores(
+        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
+    )  # the reference below the score, on the same episodes
     return run.finish({
         "algorithm": "vmail", "mode": "zero_shot" if cfg.zero_shot else "online",
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs, "body_data": body, "demo": cfg.demo,
         "num_demos": cfg.num_demos, "seed": cfg.seed, **scores(returns, *expert),
+        **random,
         "env_steps": progress.env_steps,  # per task, collected by Algorithm 1 (none after it)
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
     })  # fmt: skip

@@ -40,9 +40,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-import numpy as np
 import torch
 import tyro
 from torch import Tensor, nn
@@ -59,27 +58,43 @@ from common.replay import (
     dataset_folders,
     dataset_task,
     open_dataset,
+    require_datasets,
 )
 from common.rssm import RSSM
-from common.run import Run, add_to, evaluate, expert_return, label, scores, seed_everything
+from common.run import (
+    Run,
+    add_to,
+    derived,
+    evaluate,
+    expert_return,
+    label,
+    random_scores,
+    scores,
+    seed_everything,
+)
 
 
 @dataclass
-class Args:
+class Args(vmail.LearnerArgs):
+    """V-MAIL's learner on AIME's benchmark: observation-only demonstrations, AIME's frozen
+    world model (made by `aime.py --phase1-only`), no interaction before the evaluation.
+
+    Example: python vmail_obs.py --env walker --demo run --obs visual --world-model WM"""
+
     exp_name: str = "vmail"
     """name of this experiment, part of the run's folder name"""
     env: str = "walker"
     """embodiment (dm_control domain): walker or cheetah (or another suite domain)"""
-    task: Optional[str] = None
-    """task to imitate and evaluate (default: the --demo task, else walk; cheetah run)"""
-    demo: Optional[str] = None
-    """demonstrations: a task name (run -> {env}-run-expert) or a path (default: the task's);
-    their actions, where held, are never read"""
+    task: Annotated[Optional[str], derived("the --demo task, else walk; cheetah run", "STR")] = None
+    """task to imitate and evaluate"""
+    demo: Annotated[Optional[str], derived("the task's", "STR")] = None
+    """demonstrations: a task name (run -> {env}-run-expert) or a path; their
+    actions, where held, are never read"""
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
     """observation setting: true state, positions only, or 64x64 images"""
     num_demos: int = 100
     """demonstration trajectories used, the first N (AIME's 100)"""
-    world_model: Optional[str] = None
+    world_model: Annotated[Optional[str], derived("none; required", "PATH")] = None
     """required: the frozen world model, a world_model.pt of `aime.py --phase1-only`"""
     phase2_epochs: int = 500
     """imitation epochs, in the model (AIME's phase-2 budget)"""
@@ -89,50 +104,16 @@ class Args:
     """demonstration sequences per batch"""
     horizon: int = 50
     """records per sequence"""
-    imag_horizon: int = 15
-    """K: steps of the latent rollouts and of the value expansion, eq. (22)"""
-    gamma: float = 0.99
-    """discount of eq. (22)"""
-    reward: Literal["log_d", "d"] = "log_d"
-    """the policy's reward: log D (the paper, eq. 22) or D (the authors' code)"""
-    value_bootstrap: bool = True
-    """add gamma^K V(z_K) to the expansion (eq. 22); --no-value-bootstrap: the authors' DMC runs"""
-    grad_penalty: Literal["inputs", "params", "none"] = "inputs"
-    """discriminator gradient penalty: over its inputs, over its parameters (the code's), none"""
-    gp_weight: float = 1.0
-    """weight of the gradient penalty"""
-    actor_init_std: float = 5.0
-    """the actor's std before the tanh where its net outputs 0 (Dreamer-v1's and the authors' 5)"""
-    disc_lr: float = 8e-5
-    """Adam learning rate of the discriminator"""
-    actor_lr: float = 8e-5
-    """Adam learning rate of the actor"""
-    value_lr: float = 8e-5
-    """Adam learning rate of the value net"""
-    grad_clip: float = 100.0
-    """gradient-norm clip of every optimiser"""
-    hidden: int = 400
-    """width of the actor's, value net's and discriminator's dense layers"""
-    action_repeat: Optional[int] = None
-    """simulator steps per action (default: the demonstrations' info.json, else 2)"""
+    action_repeat: Annotated[
+        Optional[int], derived("the demonstrations' info.json, else 2", "INT")
+    ] = None
+    """simulator steps per action"""
     eval_episodes: int = 100
     """evaluation episodes at the end (as aime.py)"""
     eval_every: int = 10
     """evaluate every this many epochs (0: never)"""
     eval_episodes_during: int = 5
     """episodes of each evaluation during training"""
-    data_dir: str = "datasets"
-    """folder that holds the datasets"""
-    runs_dir: str = "runs"
-    """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
-    seed: int = 1
-    """seed of torch, numpy, sampling and the evaluation environments"""
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    """torch device"""
-    resume: bool = False
-    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
-    capture_video: bool = False
-    """save a GIF of the first episode of the final evaluation to {run_dir}/videos/"""
 
 
 @dataclass
@@ -243,7 +224,7 @@ def imitate(
                 cfg.eval_episodes_during,
                 partial(vmail.LatentActor, model.encoder, model.rssm, learner.actor, keys, device),
             )  # fmt: skip
-            run.writer.add_scalar("eval/return", np.mean(returns), epoch + 1)
+            run.log_returns(returns, epoch + 1)
         progress.epoch = epoch + 1
         parts = vmail.learner_parts({cfg.task: learner})
         run.checkpoint(asdict(progress), [demo], model=model, **parts)
@@ -255,6 +236,7 @@ def main(args: Args) -> dict[str, Any]:
     keys = env.obs_keys
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
     # the demonstrations' observations, every file checked before any training; never actions
+    require_datasets(dataset_folders(cfg.data_dir, cfg.env, cfg.demo, "demo"))
     demo = open_dataset(
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1
     )
@@ -276,15 +258,19 @@ def main(args: Args) -> dict[str, Any]:
     imitate(run, cfg, progress, demo.data, model, learner, keys)
 
     start = time.time()
-    video = run.dir / "videos" / "final.gif" if cfg.capture_video else None
+    video = run.video("final")
     returns = evaluate(
         f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed, cfg.eval_episodes,
         partial(vmail.LatentActor, model.encoder, model.rssm, learner.actor, keys, device), video,
     )  # fmt: skip
+    random = random_scores(
+        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
+    )  # the reference below the score, on the same episodes
     return run.finish({
         "algorithm": "vmail", "mode": "obs_only", "env": cfg.env, "task": cfg.task,
         "obs": cfg.obs, "body_data": body, "demo": cfg.demo, "num_demos": cfg.num_demos,
-        "seed": cfg.seed, **scores(returns, *expert), "env_steps": {},  # no interaction
+        "seed": cfg.seed, **scores(returns, *expert),
+        **random, "env_steps": {},  # no interaction
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
         "world_model": cfg.world_model,
     })  # fmt: skip

@@ -62,6 +62,14 @@ class AuthorsModel:
     state: dict[str, Tensor]
     unused: list[str]  # their parameters aime.py does not use (probe heads, buffers)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What aime.py's world_model.pt records of its making (their models all hold an IDM)."""
+        return {
+            "env": self.env, "obs": self.obs, "layout": self.layout, "use_idm": True,
+            "action_repeat": self.action_repeat,
+        }  # fmt: skip
+
 
 def is_published_form(path: Path) -> bool:
     """A folder holding `model.pt` and `config.yaml`."""

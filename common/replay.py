@@ -25,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -53,6 +54,16 @@ _MAKERS = [
     (r"(\w+)-(?:p2e|plan2explore-buffer)", "--agent p2e --env {0}"),  # ours, the authors' name
     (r"(\w+)-(\w+)-(?:buffer|expert)", "--agent dreamer --env {0} --task {1}"),
 ]
+# What making a dataset costs at dreamer_collect.py's default budgets (grid.py's estimates too).
+# A Dreamer or Plan2Explore run, per 1M environment steps: no GPU figure of ours yet; the Dreamer
+# authors' TF2 code about 3 h on a V100, PyTorch ports 9 to 37 h.
+HOURS_DREAMER_PER_MILLION = 12.0
+# Collection on the CPU: a random walker trajectory takes 15 s with 64x64 images and 0.3 s
+# without; an expert demonstration is bound by rendering, 37 agent steps/s.
+SECONDS_RANDOM_TRAJECTORY = {True: 15.0, False: 0.3}
+SECONDS_DEMO = {True: 501 / 37, False: 0.3}
+# Where the AIME authors publish their datasets and world models (their README), one .tgz each.
+AUTHORS_RELEASE = "https://github.com/argmax-ai/aime/releases/latest"
 
 
 def make_command(folder: PathLike) -> str:
@@ -61,6 +72,40 @@ def make_command(folder: PathLike) -> str:
         if m := re.fullmatch(pattern, Path(folder).name):
             return "python dreamer_collect.py " + flags.format(*m.groups())
     return ""
+
+
+def make_hours(folder: PathLike) -> float:
+    """Hours of the command that creates a dataset folder at its default budgets (rendering
+    on): 1000 random trajectories, or 1M environment steps of an agent (and a Dreamer agent's
+    1000 demonstrations, made by the same command as its buffer)."""
+    command = make_command(folder)
+    if "--agent random" in command:
+        return 1000 * SECONDS_RANDOM_TRAJECTORY[True] / 3600
+    demos = 1000 * SECONDS_DEMO[True] / 3600 if "--agent dreamer" in command else 0.0
+    return HOURS_DREAMER_PER_MILLION + demos if command else 0.0
+
+
+def require_datasets(folders: Sequence[PathLike]) -> None:
+    """Refuse, before any training, a run whose datasets are not all there: every missing folder
+    is named with the command that makes it and its cost, and the authors' published copies
+    with the `download.py` command that fetches them."""
+    missing = [Path(f) for f in folders if not (Path(f).is_dir() and any(Path(f).glob("*.npz")))]
+    if not missing:
+        return
+    lines = [f"{len(missing)} of the {len(folders)} datasets this run reads are missing:"]
+    for folder in missing:
+        command = make_command(folder)
+        how = f"make it with: {command} (about {make_hours(folder):.0f} h)" if command else ""
+        lines.append(f"  {folder}: {how or 'no command makes a folder of this name'}")
+    names = [f.name.replace("-p2e", "-plan2explore-buffer") for f in missing if make_command(f)]
+    if names:
+        data_dir = missing[0].parent
+        lines.append(
+            f"or download the AIME authors' copies ({AUTHORS_RELEASE}): "
+            f"python download.py {' '.join(names)}"
+            + (f" --data-dir {data_dir}" if str(data_dir) != "datasets" else "")
+        )
+    raise DatasetError("\n".join(lines))
 
 
 # The paper's walker mix: every walker embodiment dataset except run (AIME section 4).
@@ -258,6 +303,53 @@ def dataset_action_repeat(folders: Sequence[PathLike], asked: Optional[int] = No
             f"--action-repeat {asked}, but the datasets were recorded with {recorded}"
         )
     return asked if asked is not None else repeats.pop() if repeats else 2
+
+
+# --------------------------------------------------------------------------------------------
+# Writing a dataset (dreamer_collect.py)
+# --------------------------------------------------------------------------------------------
+def write_info(folder: Path, settings: dict[str, Any], what: str = "trajectories") -> str:
+    """Record the dataset's settings and its trajectories' mean return in `info.json`; returns
+    the line that tells it on the terminal."""
+    files = trajectory_files(folder) if any(folder.glob("*.npz")) else []
+    returns = [float(load_trajectory(p, ["reward"])["reward"].sum()) for p in files]
+    info = {
+        **settings,
+        "num_trajectories": len(files),
+        "mean_return": float(np.mean(returns)) if returns else None,
+        "std_return": float(np.std(returns)) if returns else None,
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    atomic_write(folder / "info.json", lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    spread = f"{np.mean(returns):.1f} +- {np.std(returns):.1f}" if returns else "none"
+    return f"{folder}: {len(files)} {what}, return {spread}"
+
+
+def check_dataset_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """A dataset is extended only with the settings it was started with."""
+    previous = dataset_info(folder)
+    clashes = {
+        k: (previous[k], v) for k, v in settings.items() if k in previous and previous[k] != v
+    }
+    if clashes:
+        raise SystemExit(
+            f"error: {folder} was collected with other settings (existing, asked): {clashes}; "
+            f"use the same flags or another --data-dir"
+        )
+
+
+def fill_folder(folder: Path, settings: dict[str, Any], count: int, what: str) -> list[int]:
+    """Open a dataset folder that is filled up to `count` trajectories `{i}.npz`: remove what a
+    killed write left, check its settings (and record them), and return the indices missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a collection that was killed mid-write
+        stale.unlink()
+    check_dataset_settings(folder, settings)
+    write_info(folder, settings)  # the settings recorded before the first new trajectory
+    done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
+    todo = [i for i in range(count) if i not in done]
+    print(f"{folder}: {len(done)} {what} present, collecting {len(todo)}")
+    return todo
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ import json
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+import tyro
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
@@ -31,6 +32,36 @@ from common.envs import EXPERT_RETURNS, ObsSetting, Record, make_env
 from common.replay import Dataset, WindowSampler, atomic_write
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
+LOGGING = {"resume", "track", "wandb_project"}  # flags a resumed run may change
+
+
+def derived(default: str, metavar: str) -> Any:
+    """A tyro marker for an optional flag whose default follows from other flags or the data:
+    its help says the default in words and shows `metavar`, not tyro's `None` and `{None}|`."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {default})")
+
+
+@dataclass
+class RunArgs:
+    """The flags of every training script's run: where data and runs live, seed, device, resume.
+    Each script's `Args` extends this class with its algorithm's flags."""
+
+    seed: int = 1
+    """seed of torch, numpy, sampling and the environments"""
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    """torch device (cuda where one is available, else cpu)"""
+    data_dir: str = "datasets"
+    """folder that holds the datasets"""
+    runs_dir: str = "runs"
+    """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
+    resume: bool = False
+    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
+    capture_video: bool = False
+    """save GIFs of evaluation episodes to {runs_dir}/{run_name}/videos/"""
+    track: bool = False
+    """also log to Weights & Biases (pip install -e ".[track]"; WANDB_MODE=offline: no account)"""
+    wandb_project: str = "aime-imitation"
+    """the Weights & Biases project of --track"""
 
 
 def seed_everything(seed: int) -> None:
@@ -130,6 +161,25 @@ def evaluate(
     return returns
 
 
+def random_scores(
+    env: str, action_repeat: int, seed: int, episodes: int, expert: float
+) -> dict[str, float]:
+    """The random policy on the evaluation's very episodes (`eval_seed`): uniform actions, the
+    mean return and normalised score that results.json records beside the policy's, and
+    results_table.py's figure draws as the bottom reference line."""
+    world = make_env(env, "mdp", action_repeat=action_repeat)  # no images: nothing observes
+    returns = []
+    for i in range(episodes):
+        rng = np.random.default_rng(eval_seed(seed, i))  # its own stream: training's untouched
+        rec, total = world.reset(seed=eval_seed(seed, i)), 0.0
+        while not rec["is_last"]:
+            rec = world.step(rng.uniform(world.action_low, world.action_high).astype(np.float32))
+            total += float(rec["reward"])
+        returns.append(total)
+    mean = float(np.mean(returns))
+    return {"random_return": mean, "random_normalised_score": 100 * mean / expert}
+
+
 def expert_return(env: str, task: str, demo: Dataset) -> tuple[float, str, Optional[float]]:
     """The return that normalises scores, where it comes from, and the published expert return
     (AIME Appendix D; None for tasks without one).
@@ -171,6 +221,44 @@ def scores(
     }
 
 
+def read_checkpoint(path: Path, flag: str, what: str, run: bool = False) -> dict[str, Any]:
+    """The checkpoint a flag names: a run's checkpoint (`run`, as agent.pt) or a file of one
+    network (`what`, as world_model.pt), refused in one line where it is missing, unreadable,
+    or the other kind."""
+    if not path.is_file():
+        problem = "is a folder" if path.exists() else "does not exist"
+        raise SystemExit(f"error: {flag} {path} {problem}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which, no traceback
+        raise SystemExit(f"error: {flag} {path} is not a checkpoint torch can read ({e})") from e
+    is_run = isinstance(ckpt, dict) and "rng" in ckpt and "args" in ckpt
+    if is_run != run or not isinstance(ckpt, dict):
+        kind = "a run's checkpoint" if is_run else "no run's checkpoint"
+        raise SystemExit(f"error: {flag} {path} is {kind}, not {what}")
+    return ckpt
+
+
+def check_settings(path: Path, saved: Mapping[str, Any], args: Any, keys: Sequence[str]) -> None:
+    """Refuse a saved model made with other settings than this run's, naming each that differs."""
+    clashes = {
+        k: (saved.get(k), getattr(args, k)) for k in keys if saved.get(k) != getattr(args, k)
+    }
+    if clashes:
+        raise SystemExit(
+            f"error: {path} was trained with other settings (checkpoint, this run): {clashes}"
+        )
+
+
+def load_state(path: Path, module: Stateful, state: dict[str, Any]) -> None:
+    """`module.load_state_dict(state)`; a file made for other sizes is refused in one line."""
+    try:
+        module.load_state_dict(state)  # ValueError: an optimiser of other sizes
+    except (RuntimeError, ValueError) as e:  # other sizes: the first mismatch, no traceback
+        first = [line.strip() for line in str(e).splitlines()[1:]] or [str(e)]
+        raise SystemExit(f"error: {path} does not fit this run's model: {first[0]}") from e
+
+
 class Run:
     """The folder, TensorBoard writer and checkpoint of one run (module docstring).
 
@@ -201,8 +289,9 @@ class Run:
         if resume and self.ckpt_path.exists():
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
             shared = set(settings) if settings is not None else {*ckpt["args"], *self.args}
-            theirs = {k: v for k, v in ckpt["args"].items() if k in shared and k != "resume"}
-            ours = {k: v for k, v in self.args.items() if k in shared and k != "resume"}
+            shared -= LOGGING  # how a run is logged may change when it is resumed
+            theirs = {k: v for k, v in ckpt["args"].items() if k in shared}
+            ours = {k: v for k, v in self.args.items() if k in shared}
             if theirs != ours:
                 differ = sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k))
                 flags = ", ".join(
@@ -215,6 +304,17 @@ class Run:
                 )
             self.resumed = ckpt
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.wandb: Any = None
+        if self.args.get("track"):  # TensorBoard's scalars mirrored to W&B (CleanRL's --track)
+            try:
+                import wandb
+            except ImportError:
+                need = 'pip install -e ".[track]"'
+                raise SystemExit(f"error: --track needs wandb, not installed: {need}") from None
+            self.wandb = wandb.init(
+                project=self.args.get("wandb_project"), name=name, config=self.args,
+                dir=str(self.dir), sync_tensorboard=True, resume="allow", id=name.replace("/", "_"),
+            )  # fmt: skip
         self.writer = SummaryWriter(str(self.dir))
         self.writer.add_text(
             "hyperparameters",
@@ -272,6 +372,16 @@ class Run:
             kept = "no checkpoint yet"
         raise SystemExit(f"error: non-finite {what}; {kept}")
 
+    def video(self, name: str) -> Optional[Path]:
+        """Where an evaluation's GIF `name` goes with --capture-video (None without it)."""
+        return self.dir / "videos" / f"{name}.gif" if self.args.get("capture_video") else None
+
+    def log_returns(self, returns: Sequence[float], step: int, expert: float = 0.0) -> None:
+        """An evaluation's mean return, and with the `expert`'s return its normalised score."""
+        self.writer.add_scalar("eval/return", np.mean(returns), step)
+        if expert:
+            self.writer.add_scalar("eval/normalised_score", 100 * np.mean(returns) / expert, step)
+
     def log(self, prefix: str, sums: Mapping[str, Tensor], n: int, step: int) -> dict[str, float]:
         """Average metrics summed over `n` steps (one host sync), write them to TensorBoard."""
         means = {k: float(v) / n for k, v in sums.items()}
@@ -292,8 +402,14 @@ class Run:
                 f"{len(results['returns'])} episodes; results in {self.dir}"
             )
             print(f"normalised score: {results['normalised_score']:.2f}")
-        self.writer.close()
+        self.close()
         return results
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (and the W&B run of --track)."""
+        self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def add_to(sums: dict[str, Tensor], metrics: Mapping[str, Tensor]) -> None:

@@ -320,7 +320,8 @@ def test_missing_dataset_names_the_command_that_makes_it(data_dir: Path, tmp_pat
     r = run("--env", "walker", "--body-data", "mix", "--demo", "run", "--obs", "mdp",
             "--data-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path))  # fmt: skip
     assert r.returncode != 0
-    assert "create it with: python dreamer_collect.py --agent random --env walker" in r.stderr
+    assert "make it with: python dreamer_collect.py --agent random --env walker" in r.stderr
+    assert "python download.py walker-random walker-plan2explore-buffer" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -384,3 +385,31 @@ def test_phase1_only_needs_no_demonstrations_and_serves_later_runs(
     assert model.stat().st_mtime_ns == before
     results = call_main(**base(data_dir, tmp_path, world_model=str(model)))
     assert results["wall_time_s"]["phase1"] == 0 and len(results["returns"]) == 1
+
+
+def test_track_mirrors_the_run_to_weights_and_biases_offline(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--track (CleanRL's): the run's flags and TensorBoard scalars go to a W&B run, here in
+    offline mode (no account, no network), in the run's folder."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = call_main(**base(data_dir, tmp_path, track=True, wandb_project="test"))
+    run_dir = next(tmp_path.glob("*/results.json")).parent
+    (log,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")  # what `wandb sync` uploads
+    data = log.read_bytes()
+    for logged in (b"phase1_epochs", b"world_model/elbo", b"policy/elbo", b"final_normalised"):
+        assert logged in data, logged  # the flags, each phase's scalars, the final score
+    assert out["normalised_score"] is not None
+
+
+def test_a_world_model_flag_naming_a_run_checkpoint_says_what_it_is(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    call_main(**base(data_dir, tmp_path / "a"))
+    ckpt = next((tmp_path / "a").glob("*/checkpoint.pt"))
+    with pytest.raises(SystemExit, match=r"is a run's checkpoint, not a world model"):
+        call_main(**base(data_dir, tmp_path / "b", world_model=str(ckpt)))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="is not a checkpoint torch can read"):
+        call_main(**base(data_dir, tmp_path / "c", world_model=str(tmp_path / "junk.pt")))

@@ -258,9 +258,7 @@ def test_user_command_trains_both_phases_and_writes_results(
 
 
 def test_missing_dataset_names_the_command_that_makes_it(tmp_path: Path) -> None:
-    with pytest.raises(
-        Exception, match=r"create it with: python dreamer_collect.py --agent random"
-    ):
+    with pytest.raises(Exception, match=r"make it with: python dreamer_collect.py --agent random"):
         bco0.main(
             bco0.Args(
                 env="walker", body_data="random", demo="run", obs="mdp", data_dir=str(tmp_path)

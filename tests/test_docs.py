@@ -1,6 +1,6 @@
 """The docs point at code only through names the code carries, and every such pointer resolves.
 
-Every `docs/*.md` page is checked, pages added later included (see docs/README.md):
+README.md and every `docs/*.md` page are checked, pages added later included (docs/README.md):
 - a reference `aime.py::elbo_loss` (in backticks) names a file, relative to the repository root,
   and a name that file defines: a function, a class, a module-level variable, or a member of one
   of them written with dots (`aime.py::Args.lr`, a dataclass field; `bco0.py::main.train`, a
@@ -9,8 +9,9 @@ Every `docs/*.md` page is checked, pages added later included (see docs/README.m
   line that computes the equation or on its own line just above it;
 - a row of an equation list (a table row whose first cell is `eq. (N)`) carries the reference
   `<file>.py::eq. (N)` of its own equation, or says "not implemented";
-- every `--flag` of a `python <file>.py` command in a code block is a field of that script's
-  `Args` (tyro spells `num_demos` as `--num-demos`, and a bool also as `--no-...`);
+- every `--flag` of a `python <file>.py` command (in a code block or a code span) is a field of
+  that script's `Args` or of its bases (tyro spells `num_demos` as `--num-demos`, and a bool
+  also as `--no-...`), so a documented command fails here once its script or a flag is gone;
 - relative links point at files that exist.
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs").glob("*.md"))
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # README and docs/
 
 FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
@@ -96,17 +97,44 @@ def equation_tags(source: str) -> set[int]:
     return tags
 
 
-def args_flags(source: str) -> set[str]:
-    """The command-line flags tyro makes of the fields of the script's `Args` dataclass."""
+def class_fields(source: str, name: str, root: Path) -> dict[str, bool]:
+    """The dataclass fields of class `name` in `source` and of its bases (found in the same file,
+    in the module it imports them from, or as `module.Class`), each with whether it is a bool."""
+    tree = ast.parse(source)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    imported = {
+        alias.name: node.module
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
+    if name not in classes:
+        return {}
+    fields: dict[str, bool] = {}
+    for base in classes[name].bases:
+        if isinstance(base, ast.Name) and base.id in classes:
+            fields.update(class_fields(source, base.id, root))
+        elif isinstance(base, ast.Name) and base.id in imported:
+            path = root / (imported[base.id].replace(".", "/") + ".py")
+            fields.update(class_fields(path.read_text(), base.id, root) if path.is_file() else {})
+        elif isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+            path = root / f"{base.value.id}.py"
+            fields.update(class_fields(path.read_text(), base.attr, root) if path.is_file() else {})
+    for item in classes[name].body:
+        if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+            is_bool = isinstance(item.annotation, ast.Name) and item.annotation.id == "bool"
+            fields[item.target.id] = is_bool
+    return fields
+
+
+def args_flags(source: str, root: Path = ROOT) -> set[str]:
+    """The command-line flags tyro makes of the fields of the script's `Args` dataclass (its
+    bases' fields included)."""
     flags = {"--help", "-h"}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.ClassDef) and node.name == "Args":
-            for item in node.body:
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                    flag = "--" + item.target.id.replace("_", "-")
-                    flags.add(flag)
-                    if isinstance(item.annotation, ast.Name) and item.annotation.id == "bool":
-                        flags.add("--no-" + flag[2:])
+    for field, is_bool in class_fields(source, "Args", root).items():
+        flags.add("--" + field.replace("_", "-"))
+        if is_bool:
+            flags.add("--no-" + field.replace("_", "-"))
     return flags
 
 
@@ -152,7 +180,7 @@ def page_problems(text: str, root: Path, page_dir: Path) -> list[str]:
             if src is None:
                 problems.append(f"python {file}: no file {file}")
                 continue
-            known = args_flags(src)
+            known = args_flags(src, root)
             for flag in re.findall(r"(?<!\S)(--?[A-Za-z][\w-]*)", rest):
                 if flag not in known:
                     problems.append(f"python {file} {flag}: {file}'s Args has no such field")
@@ -165,7 +193,7 @@ def page_problems(text: str, root: Path, page_dir: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
 def test_page_references_resolve(page: Path) -> None:
     problems = page_problems(page.read_text(), ROOT, page.parent)
     assert not problems, f"{page.name}:\n" + "\n".join(problems)

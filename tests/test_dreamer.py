@@ -263,9 +263,7 @@ def test_plan2explore_writes_its_buffer_and_trains_its_ensemble(tmp_path: Path) 
     assert files == ["0.npz", "1.npz", "2.npz"]
     assert not (tmp_path / "data" / "walker-walk-expert").exists()
     assert json.loads((folder / "info.json").read_text())["agent"] == "p2e"
-    ckpt = torch.load(
-        tmp_path / "runs" / "walker-walk__p2e__mdp__0" / "agent.pt", weights_only=False
-    )
+    ckpt = torch.load(tmp_path / "runs" / "walker__p2e__mdp__0" / "agent.pt", weights_only=False)
     assert ckpt["state"]["updates"] == 3 * 20
     assert any(k.startswith("ensemble.2.") for k in ckpt["model"])
 

@@ -150,3 +150,21 @@ def test_expert_returns_cover_every_benchmark_task() -> None:
     for name in EXPERT_RETURNS:
         make_env(name, "mdp")  # every normalised task exists
     assert EXPERT_RETURNS["walker-run"] == 604.10
+
+
+def test_the_random_reference_is_paired_with_the_evaluation_and_leaves_training_alone() -> None:
+    """`random_scores` acts from the evaluation's initial states with its own random stream: the
+    same figures twice, whatever the global generators hold, and it draws nothing from them."""
+    from common.run import random_scores
+
+    np.random.seed(0)
+    first = random_scores("cartpole-balance", 8, seed=3, episodes=2, expert=200.0)
+    after = np.random.random()  # the global stream's next draw, as if nothing had drawn from it
+    np.random.seed(0)
+    assert after == np.random.random()
+    np.random.seed(123)
+    again = random_scores("cartpole-balance", 8, seed=3, episodes=2, expert=200.0)
+    assert first == again
+    assert first["random_normalised_score"] == pytest.approx(100 * first["random_return"] / 200)
+    other = random_scores("cartpole-balance", 8, seed=4, episodes=2, expert=200.0)
+    assert other != first  # other initial states, other actions

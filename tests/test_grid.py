@@ -8,9 +8,8 @@ import re
 import subprocess
 import sys
 import time
-import types
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -260,36 +259,60 @@ def test_partial_run_is_resumed_and_the_table_is_redone_after_new_results(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------
-# SLURM through submitit (a stand-in module: no cluster here)
+# SLURM through the real submitit: its sbatch scripts (a fake sbatch), its local executor
 # ---------------------------------------------------------------------------------------------
-def test_slurm_submits_unfinished_jobs_with_afterok_dependencies(
+def test_slurm_scripts_carry_partition_gpus_time_and_afterok_dependencies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[dict[str, Any]] = []
-
-    class Executor:
-        def __init__(self, folder: str, cluster: str) -> None:
-            assert cluster == "slurm"
-            self.params: dict[str, Any] = {}
-
-        def update_parameters(self, **kw: Any) -> None:
-            self.params.update(kw)
-
-        def submit(self, fn: Any, command: list[str], log: str) -> Any:
-            calls.append({**self.params, "fn": fn, "command": command, "log": log})
-            return types.SimpleNamespace(job_id=str(100 + len(calls)))
-
-    monkeypatch.setitem(sys.modules, "submitit", types.SimpleNamespace(AutoExecutor=Executor))
+    """submitit writes one sbatch script per unfinished job; a stand-in `sbatch` on PATH keeps
+    each script and answers with a job id, as SLURM's does."""
+    kept = tmp_path / "sbatch"
+    kept.mkdir()
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'n=$(ls {kept} | wc -l); cp "$1" {kept}/$((n + 1)).sh; '
+        'echo "Submitted batch job $((n + 101))"\n'
+    )
+    fake.chmod(0o755)
+    (fake.parent / "srun").write_text("#!/bin/sh\n")  # submitit looks for it before submitting
+    (fake.parent / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
     done = touch_job("done", tmp_path)
     Path(done.markers[0]).write_text("")
-    jobs = [done, touch_job("a", tmp_path, deps=("done",)), touch_job("b", tmp_path, ("a", "done"))]
-    args = Args(grid_dir=str(tmp_path / "grid"), launcher="slurm", slurm_partition="gpu")
+    a = replace(touch_job("a", tmp_path, deps=("done",)), hours=2.0)
+    jobs = [done, a, touch_job("b", tmp_path, ("a", "done"))]
+    args = Args(grid_dir=str(tmp_path / "grid"), launcher="slurm", slurm_partition="gpu",
+                slurm_gpus_per_job=2, slurm_mem_gb=32)  # fmt: skip
     assert grid.launch(jobs, args) == 0
-    assert [c["name"] for c in calls] == ["a", "b"]  # the finished job is not submitted
-    assert calls[0]["slurm_additional_parameters"] == {}
-    assert calls[1]["slurm_additional_parameters"]["dependency"] == "afterok:101"
-    assert calls[1]["slurm_partition"] == "gpu" and calls[1]["gpus_per_node"] == 1
-    assert calls[1]["fn"] is grid.run_logged and calls[1]["command"] == list(jobs[2].command)
+    first, second = ((kept / f"{i}.sh").read_text() for i in (1, 2))  # the finished job: none
+    assert not (kept / "3.sh").exists()
+    for script in (first, second):
+        assert "#SBATCH --partition=gpu" in script and "#SBATCH --gpus-per-node=2" in script
+        assert "#SBATCH --mem=32GB" in script and "#SBATCH --cpus-per-task=8" in script
+    assert "#SBATCH --job-name=a" in first and "#SBATCH --time=240" in first  # 2 x 2 h
+    assert "--dependency" not in first  # its dependency had finished before
+    assert "#SBATCH --job-name=b" in second and "#SBATCH --time=60" in second  # at least 60
+    assert "#SBATCH --dependency=afterok:101" in second
+    assert "#SBATCH --kill-on-invalid-dep=yes" in second
+    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    assert report == {"done": "skipped", "a": "submitted", "b": "submitted"}
+
+
+def test_submitit_local_executor_runs_jobs_after_their_dependencies(tmp_path: Path) -> None:
+    """`--submitit-cluster local`: the same submission, each job run by submitit on this
+    machine; a failed job blocks its dependents."""
+    first = touch_job("first", tmp_path)
+    second = touch_job("second", tmp_path, deps=("first",))
+    bad = touch_job("bad", tmp_path, code=3)
+    after_bad = touch_job("after-bad", tmp_path, deps=("bad",))
+    args = Args(grid_dir=str(tmp_path / "grid"), launcher="slurm", submitit_cluster="local")
+    assert grid.launch([first, bad, second, after_bad], args) == 1
+    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    assert report == {"first": "done", "bad": "failed", "second": "done", "after-bad": "blocked"}
+    assert Path(second.markers[0]).is_file() and not Path(after_bad.markers[0]).exists()
+    assert (tmp_path / "grid" / "logs" / "bad.log").read_text().startswith("=== ")  # its log
 
 
 def test_slurm_without_submitit_tells_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,9 +337,11 @@ def test_tiny_grid_runs_end_to_end_and_a_second_run_starts_nothing(tmp_path: Pat
     cell = "walker-random->stand-mdp-s1"
     names = ["data:walker-random", "data:walker-stand", "wm:walker-random-mdp-s1",
              f"aime:{cell}", f"bco0:{cell}", f"vmail:{cell}", "table"]  # fmt: skip
-    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    report = json.loads((tmp_path / "grid" / "quick" / "report.json").read_text())
     assert report == dict.fromkeys(names, "done")
-    results = tmp_path / "grid" / "results"
+    assert (tmp_path / "data" / "quick" / "walker-random").is_dir()  # apart from full datasets
+    assert not (tmp_path / "data" / "walker-random").exists()
+    results = tmp_path / "grid" / "quick" / "results"
     for method in ("aime", "bco0", "vmail"):
         run = json.loads(
             (
@@ -332,12 +357,32 @@ def test_tiny_grid_runs_end_to_end_and_a_second_run_starts_nothing(tmp_path: Pat
     table = (results / "results.md").read_text()
     assert "| walker | random->stand | AIME-MDP |" in table and "BCO(0)-MDP" in table
     assert "V-MAIL-MDP" in table
-    logs = {p.name: p.read_text() for p in (tmp_path / "grid" / "logs").iterdir()}
+    logs = {p.name: p.read_text() for p in (tmp_path / "grid" / "quick" / "logs").iterdir()}
     assert len(logs) == len(names)
 
     again = run_grid(*flags)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "started" not in again.stdout
-    report = json.loads((tmp_path / "grid" / "report.json").read_text())
+    report = json.loads((tmp_path / "grid" / "quick" / "report.json").read_text())
     assert report == dict.fromkeys(names, "skipped")
-    assert {p.name: p.read_text() for p in (tmp_path / "grid" / "logs").iterdir()} == logs
+    logs_again = (tmp_path / "grid" / "quick" / "logs").iterdir()
+    assert {p.name: p.read_text() for p in logs_again} == logs
+
+
+@pytest.mark.slow
+def test_tiny_grid_end_to_end_through_submitit_local_executor(tmp_path: Path) -> None:
+    """The scripts' own jobs (datasets, world model, AIME, the table) submitted through
+    submitit, run by its local executor, each after its dependencies."""
+    r = run_grid(
+        "--quick", "--envs", "walker", "--cells", "random->stand", "--obs", "mdp",
+        "--collect-obs", "mdp", "--no-render", "--methods", "aime", "--launcher", "slurm",
+        "--submitit-cluster", "local", "--grid-dir", str(tmp_path / "grid"),
+        "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((tmp_path / "grid" / "quick" / "report.json").read_text())
+    names = ["data:walker-random", "data:walker-stand", "wm:walker-random-mdp-s1",
+             "aime:walker-random->stand-mdp-s1", "table"]  # fmt: skip
+    assert report == dict.fromkeys(names, "done")
+    table = (tmp_path / "grid" / "quick" / "results" / "results.md").read_text()
+    assert "| walker | random->stand | AIME-MDP |" in table

@@ -21,6 +21,7 @@ SCRIPTS = [
     "dreamer_collect.py",
     "results_table.py",
     "grid.py",
+    "download.py",
 ]
 
 
@@ -51,7 +52,10 @@ def option_texts(help_text: str) -> dict[str, str]:
     blocks: dict[str, str] = {}
     flag = None
     for line in lines:
-        m = re.match(r"(--[\w-]+)((?:, --[\w-]+)?)(?: [^ ]+)?(?:\s{2,}(.*))?$", line)
+        # a flag, its --no- twin, a metavar (`INT`, `{a,b}` or `[STR [STR ...]]`), its text
+        m = re.match(
+            r"(--[\w-]+)((?:, --[\w-]+)?)(?: (?:\[[^\]]*\]+|[^ ]+))?(?:\s{2,}(.*))?$", line
+        )
         if m:
             flag = m[1]
             blocks[flag] = m[3] or ""
@@ -61,6 +65,8 @@ def option_texts(help_text: str) -> dict[str, str]:
 
 
 def test_every_flag_has_help_text() -> None:
+    """Each script's --help opens with what it does and an example command; every flag has a
+    description, one default said once, and no `None` where a default is derived."""
     for script in SCRIPTS:
         run = subprocess.run(
             [sys.executable, script, "--help"],
@@ -70,12 +76,16 @@ def test_every_flag_has_help_text() -> None:
             timeout=120,
         )
         assert run.returncode == 0, run.stderr
+        assert f"Example: python {script} " in run.stdout.split("╭")[0], f"{script}: no example"
+        assert "{None}" not in run.stdout, f"{script}: a metavar offers None"
         blocks = option_texts(run.stdout)
         assert len(blocks) >= 3, run.stdout  # the parser found the options
         for flag, text in blocks.items():
             # A field without a docstring shows only its default.
             described = re.sub(r"\(default: [^)]*\)", "", text).strip()
             assert described, f"{script} {flag} has no help text"
+            assert text.count("(default:") <= 1, f"{script} {flag}: two defaults: {text}"
+            assert "(default: None)" not in text, f"{script} {flag}: default None: {text}"
 
 
 def test_no_top_level_common_package_is_installed() -> None:

@@ -130,3 +130,32 @@ def test_demonstration_counts_and_ablations_stay_apart(tmp_path: Path) -> None:
     assert [n for n, _, _ in lines["AIME-MDP"]] == [10, 100]
     assert [n for n, _, _ in lines["BCO(0)-MDP"]] == [10, 100]
     assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_random_reference_and_summary_count_only_what_the_paper_has(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The random policy's recorded score is pooled over a row's seeds (the figure's reference
+    line); the summary counts only rows the paper has, and says so when it has none."""
+    runs = tmp_path / "runs"
+    for seed, random in ((1, 30.0), (2, 40.0)):
+        write(runs / f"s{seed}", "aime", "cartpole", "balance", "mdp", "random", [500.0], 600.0)
+        path = runs / f"s{seed}" / "results.json"
+        result = json.loads(path.read_text())
+        path.write_text(json.dumps({**result, "random_normalised_score": random}))
+    write(runs / "old", "bco0", "cartpole", "balance", "mdp", "random", [400.0], 600.0)
+    rows = results_table.main(
+        results_table.Args(runs_dir=str(runs), figure=str(tmp_path / "f.png"))
+    )
+    by = {r["method"]: r["ours"] for r in rows}
+    assert by["AIME-MDP"].random == pytest.approx(35.0) and by["AIME-MDP"].seeds == 2
+    assert by["BCO(0)-MDP"].random is None  # a run that recorded none
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "the paper has none of these rows: nothing to compare with"
+    )
+    assert (tmp_path / "f.png").stat().st_size > 0
+    write(runs / "w", "aime", "walker", "run", "visual", "mix", [302.05], 604.10)
+    results_table.main(results_table.Args(runs_dir=str(runs), figure="none"))
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "0 of the 1 rows the paper has outside its mean +- std (*)"
+    )

@@ -268,8 +268,10 @@ def test_zero_shot_takes_no_environment_step_except_evaluation(
     monkeypatch.setattr(vmail, "transfer", watched)
     results = vmail.main(tiny(root, tmp_path / "runs", zero_shot=True, task="walk"))
     assert during_transfer == [Counter()]  # Algorithm 2 lines 4-8: not one environment step
-    # source tasks: 2 episodes each; the target task: only the 2 evaluation episodes
-    assert steps == {"stand": 2 * EPISODE, "run": 2 * EPISODE, "walk": 2 * EPISODE}
+    # source tasks: 2 episodes each; the target task: only the 2 evaluation episodes, and the
+    # random policy's 2 on the same initial states (the reference results.json records)
+    assert steps == {"stand": 2 * EPISODE, "run": 2 * EPISODE, "walk": 2 * 2 * EPISODE}
+    assert "random_normalised_score" in results
     assert results["mode"] == "zero_shot" and results["task"] == "walk"
     assert results["env_steps"] == {"stand": 2 * 2 * EPISODE, "run": 2 * 2 * EPISODE}
     run_dir = next((tmp_path / "runs").glob("walker-walk__mdp__zeroshot-stand+run__*"))

@@ -50,7 +50,9 @@ def test_imitates_with_aimes_frozen_world_model(
     assert results["algorithm"] == "vmail" and results["mode"] == "obs_only"  # results_table.py
     assert results["world_model"] == str(wm) and results["env_steps"] == {}
     assert results["body_data"] == "random"  # the embodiment dataset the model recorded
-    assert seeds == [101, 102]  # only the evaluation, on aime.py's initial states (seed 1)
+    # only the evaluation, on aime.py's initial states (seed 1), then the random policy's
+    # reference on the same ones
+    assert seeds == [101, 102, 101, 102]
     run_dir = runs / "walker-walk__mdp__random__walker-walk-expert__vmail__1"
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["epoch"] == 2

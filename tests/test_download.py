@@ -1,0 +1,110 @@
+"""download.py on local archives laid out like the AIME authors' release, and the message that
+names every missing dataset of a run before anything is trained."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import aime
+import download
+from common.replay import DatasetError, require_datasets, save_trajectory
+from tests.test_replay import fake_trajectory
+
+
+def make_archive(path: Path, files: dict[str, bytes]) -> None:
+    """A .tgz holding `files` (member name -> bytes)."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def npz_bytes(tmp_path: Path) -> bytes:
+    save_trajectory(tmp_path / "t.npz", fake_trajectory(5, image=False))
+    return (tmp_path / "t.npz").read_bytes()
+
+
+def test_datasets_and_models_unpack_where_the_scripts_read_them(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    traj = npz_bytes(tmp_path)
+    make_archive(
+        release / "walker-random.tgz", {"walker-random/0.npz": traj, "walker-random/1.npz": traj}
+    )
+    make_archive(
+        release / "pretrained-models.tgz",
+        {"walker-mix-visual/model.pt": b"x", "walker-mix-visual/config.yaml": b"y: 1\n"},
+    )
+    args = download.Args(
+        names=("walker-random",), models=True, data_dir=str(tmp_path / "datasets"),
+        models_dir=str(tmp_path / "pretrained-models"), source=str(release),
+    )  # fmt: skip
+    got = download.main(args)
+    data = tmp_path / "datasets" / "walker-random"
+    assert sorted(p.name for p in data.glob("*.npz")) == ["0.npz", "1.npz"]
+    assert (tmp_path / "pretrained-models" / "walker-mix-visual" / "config.yaml").is_file()
+    assert got == [data, tmp_path / "pretrained-models" / "walker-mix-visual"]
+    require_datasets([data])  # the scripts accept it
+    # a second call leaves the folder as it is
+    (release / "walker-random.tgz").unlink()
+    assert download.main(download.Args(names=("walker-random",), data_dir=args.data_dir)) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"../outside/0.npz": b"x"}, "refusing the member ../outside/0.npz"),
+        ({"walker-walk-buffer/0.npz": b"x"}, "not the folder walker-random/"),
+    ],
+)
+def test_a_bad_archive_is_refused_and_nothing_lands_outside(
+    tmp_path: Path, files: dict[str, bytes], message: str
+) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    make_archive(release / "walker-random.tgz", files)
+    args = download.Args(
+        names=("walker-random",), data_dir=str(tmp_path / "d" / "datasets"), source=str(release)
+    )
+    with pytest.raises(SystemExit, match=message):
+        download.main(args)
+    assert not (tmp_path / "d" / "outside").exists()
+
+
+def test_a_missing_archive_or_a_damaged_one_is_one_clear_error(tmp_path: Path) -> None:
+    args = download.Args(names=("walker-random",), source=str(tmp_path))
+    with pytest.raises(SystemExit, match=r"walker-random\.tgz does not exist"):
+        download.main(args)
+    (tmp_path / "walker-random.tgz").write_bytes(b"not gzip")
+    with pytest.raises(SystemExit, match=r"not a readable \.tgz archive"):
+        download.main(args)
+    with pytest.raises(SystemExit, match="name the datasets"):
+        download.main(download.Args())
+
+
+def test_every_missing_dataset_is_named_with_its_command_cost_and_download(
+    tmp_path: Path,
+) -> None:
+    """aime.py's default cell reads five datasets: all are named at once, before training."""
+    (tmp_path / "walker-stand-buffer").mkdir()
+    save_trajectory(tmp_path / "walker-stand-buffer" / "0.npz", fake_trajectory(5, image=False))
+    with pytest.raises(DatasetError) as info:
+        aime.main(aime.Args(data_dir=str(tmp_path), runs_dir=str(tmp_path / "runs")))
+    lines = str(info.value).splitlines()
+    assert lines[0] == "4 of the 5 datasets this run reads are missing:"
+    assert (
+        f"{tmp_path}/walker-random: make it with: python dreamer_collect.py --agent random"
+        in (lines[1])
+    )
+    assert "walker-stand-buffer" not in str(info.value)
+    assert "--agent dreamer --env walker --task run (about 16 h)" in lines[4]
+    assert lines[5].endswith(
+        "python download.py walker-random walker-plan2explore-buffer walker-walk-buffer "
+        f"walker-run-expert --data-dir {tmp_path}"
+    )
+    assert not (tmp_path / "runs").exists()  # refused before the run folder was made
