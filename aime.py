@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from common.authors import is_published_form, map_policy, read_world_model
-from common.envs import Record, make_env
+from common.envs import EnvError, Record, check_env, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
@@ -87,6 +87,7 @@ from common.run import (
     Run,
     RunArgs,
     add_to,
+    check_flags,
     check_settings,
     derived,
     evaluate,
@@ -184,10 +185,13 @@ def resolve(args: Args) -> Config:
     Cheetah uses the original-Dreamer layout with free nats 1 and KL balancing 0.8, and KL scale
     2e-4 in LPOMDP (the AIME authors' cheetah configs); walker the AIME layout with the true KL.
     """
+    check_flags(args, ("num_demos", "steps_per_epoch", "batch_size", "horizon", "eval_episodes",
+                       "eval_episodes_during", "action_repeat"))  # fmt: skip
     if args.kl_only and args.rec_only:
         raise SystemExit("error: --kl-only and --rec-only exclude each other")
     if args.phase1_only and args.world_model:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
+    check_env(f"{args.env}-{args.task or dataset_task(args.env, args.demo)}", args.obs)
     cheetah = args.env == "cheetah"
     derived = {
         "task": args.task or dataset_task(args.env, args.demo),
@@ -679,5 +683,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except DatasetError as e:  # a missing or malformed dataset: the file and the problem, no trace
+    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

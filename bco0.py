@@ -64,7 +64,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common.envs import Record, make_env
+from common.envs import EnvError, Record, check_env, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
@@ -82,6 +82,7 @@ from common.run import (
     RunArgs,
     Stateful,
     add_to,
+    check_flags,
     derived,
     evaluate,
     expert_return,
@@ -173,11 +174,10 @@ def resolve(args: Args) -> Config:
     from `--demo` (`run`, or a path such as .../walker-run-expert -> run), the stack (5; 1 in
     MDP, as the authors' code) and the action repeat the datasets were recorded at (their
     info.json; the benchmark's 2 without); refuse out-of-range flags."""
-    for flag in ("batch_size", "steps_per_epoch", "val_windows", "phase1_epochs", "phase2_epochs"):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1")
-    if args.stack is not None and args.stack < 1:
-        raise SystemExit("error: --stack must be at least 1")
+    check_flags(args, ("batch_size", "steps_per_epoch", "val_windows", "phase1_epochs",
+                       "phase2_epochs", "num_demos", "eval_episodes", "stack",
+                       "action_repeat"))  # fmt: skip
+    check_env(f"{args.env}-{args.task or dataset_task(args.env, args.demo)}", args.obs)
     return Config(
         **{
             **asdict(args),
@@ -569,5 +569,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except DatasetError as e:  # a missing or malformed dataset: the file and the problem, no trace
+    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

@@ -66,7 +66,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common.envs import DMCEnv, make_env
+from common.envs import DMCEnv, EnvError, check_env, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
@@ -83,6 +83,7 @@ from common.run import (
     Run,
     RunArgs,
     add_to,
+    check_flags,
     derived,
     episode_seed,
     load_state,
@@ -181,9 +182,12 @@ class Config(Args):
 
 def resolve(args: Args) -> Config:
     """Fill the task whose reward the records hold (`DEFAULT_TASK` for a task-free agent)."""
+    check_flags(args, ("num_trajectories", "total_steps", "prefill_episodes", "batch_size",
+                       "horizon", "imag_horizon", "action_repeat"))  # fmt: skip
     task = args.task or DEFAULT_TASK.get(args.env)
     if task is None:
         raise SystemExit(f"error: --task is needed for the embodiment {args.env!r}")
+    check_env(f"{args.env}-{task}", args.obs)
     return Config(**{**asdict(args), "task": task})
 
 
@@ -664,9 +668,9 @@ def expert_only(args: Config) -> Path:
 
 
 def main(args: Args) -> None:
-    cfg = resolve(args)
-    print(json.dumps(asdict(cfg)))
     try:
+        cfg = resolve(args)
+        print(json.dumps(asdict(cfg)))
         if cfg.load_agent is not None:
             expert_only(cfg)
         elif cfg.agent == "random":
@@ -675,7 +679,7 @@ def main(args: Args) -> None:
             path = train(cfg)
             if cfg.agent == "dreamer" and cfg.num_demos > 0:
                 expert_only(replace(cfg, load_agent=str(path)))
-    except DatasetError as e:
+    except (DatasetError, EnvError) as e:
         raise SystemExit(f"error: {e}") from e
 
 

@@ -81,7 +81,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common.envs import DMCEnv, Record, make_env
+from common.envs import DMCEnv, EnvError, Record, check_env, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
@@ -104,6 +104,7 @@ from common.run import (
     RunArgs,
     Stateful,
     add_to,
+    check_flags,
     derived,
     episode_seed,
     evaluate,
@@ -217,8 +218,13 @@ class Config(Args):
 def resolve(args: Args) -> Config:
     """Check the flags and fill the defaults: the task, its demonstrations, and the action repeat
     (the demonstrations' info.json)."""
+    check_flags(args, ("num_demos", "steps_per_epoch", "train_steps_per_episode", "batch_size",
+                       "horizon", "imag_horizon", "eval_episodes", "eval_episodes_during",
+                       "action_repeat"))  # fmt: skip
     demo_task = dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
+    for t in (*(args.source_tasks if args.zero_shot else ()), task):
+        check_env(f"{args.env}-{t}", args.obs)
     if args.zero_shot and task in args.source_tasks:
         raise SystemExit(f"error: the target task {task} is one of --source-tasks")
     if args.actor_init_std <= 0:
@@ -789,5 +795,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except DatasetError as e:  # a missing or malformed dataset: the file and the problem, no trace
+    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 import aime
 import vmail
-from common.envs import DMCEnv, make_env
+from common.envs import DMCEnv, EnvError, check_env, make_env
 from common.nets import observation
 from common.replay import (
     DatasetError,
@@ -64,6 +64,7 @@ from common.rssm import RSSM
 from common.run import (
     Run,
     add_to,
+    check_flags,
     derived,
     evaluate,
     expert_return,
@@ -129,6 +130,8 @@ class Config(Args):
 def resolve(args: Args) -> Config:
     """Check the flags and fill the defaults: the task, its demonstrations, and the action repeat
     (the demonstrations' info.json)."""
+    check_flags(args, ("num_demos", "steps_per_epoch", "batch_size", "horizon", "imag_horizon",
+                       "eval_episodes", "eval_episodes_during", "action_repeat"))  # fmt: skip
     if not args.world_model:
         raise SystemExit(
             "error: --world-model is required: a world_model.pt made by `aime.py --phase1-only`"
@@ -139,6 +142,7 @@ def resolve(args: Args) -> Config:
         raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
     demo_task = dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
+    check_env(f"{args.env}-{task}", args.obs)
     folders = dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
     repeat = dataset_action_repeat(folders, args.action_repeat)
     return Config(
@@ -279,5 +283,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except DatasetError as e:  # a missing or malformed dataset: the file and the problem, no trace
+    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

@@ -71,6 +71,34 @@ EXPERT_RETURNS: dict[str, float] = {
 }
 
 
+class EnvError(ValueError):
+    """An environment that cannot be built as asked (an unknown task or setting): the scripts
+    report it in one line, as they do a bad dataset."""
+
+
+def check_env(name: str, obs: str) -> None:
+    """Refuse, before anything is built, a task that neither the suite nor `CUSTOM_TASKS` has, or
+    a setting it cannot be observed in (`EnvError`, one line)."""
+    if "-" not in name:
+        raise EnvError(f"environment name {name!r} must be 'domain-task', e.g. 'walker-run'")
+    domain, task = name.split("-", 1)
+    if obs not in OBS_SETTINGS:
+        raise EnvError(f"unknown observation setting {obs!r}; choose one of {OBS_SETTINGS}")
+    suite_task = CUSTOM_TASKS.get((domain, task), (task, None))[0]
+    if (domain, suite_task) not in suite.ALL_TASKS:
+        domains = sorted({d for d, _ in suite.ALL_TASKS})
+        tasks = sorted({t for d, t in [*suite.ALL_TASKS, *CUSTOM_TASKS] if d == domain})
+        known = (
+            f"{domain}'s tasks: {', '.join(tasks)}" if tasks else f"domains: {', '.join(domains)}"
+        )
+        raise EnvError(f"unknown environment {name!r}; {known}")
+    if obs == "lpomdp" and domain not in FIRST_ORDER_KEYS:
+        raise EnvError(
+            f"the lpomdp setting needs a split of {domain}'s sensors into positions and "
+            f"velocities, known for {', '.join(sorted(FIRST_ORDER_KEYS))}; use --obs mdp or visual"
+        )
+
+
 class DMCEnv:
     """The dm_control task `name` ('walker-run', 'cheetah-flip', 'cartpole-swingup', ...) in the
     observation setting `obs`, with `action_repeat`, returning full records (module docstring).
@@ -94,20 +122,12 @@ class DMCEnv:
         image_size: int = 64,
         camera_id: int = 0,
     ) -> None:
-        if "-" not in name:
-            raise ValueError(f"environment name {name!r} must be 'domain-task', e.g. 'walker-run'")
+        check_env(name, obs)
         domain, task = name.split("-", 1)
-        if obs not in OBS_SETTINGS:
-            raise ValueError(f"unknown observation setting {obs!r}; choose one of {OBS_SETTINGS}")
         if render is False and obs == "visual":
             raise ValueError("the visual setting observes images, so it needs render=True")
         self._reward_fn: Optional[Callable[[Record], float]]
         suite_task, self._reward_fn = CUSTOM_TASKS.get((domain, task), (task, None))
-        if (domain, suite_task) not in suite.ALL_TASKS:
-            known = sorted(f"{d}-{t}" for d, t in suite.ALL_TASKS) + sorted(
-                f"{d}-{t}" for d, t in CUSTOM_TASKS
-            )
-            raise ValueError(f"unknown environment {name!r}; known: {', '.join(known)}")
         self.name, self.domain, self.task, self.obs = name, domain, task, obs
         self.action_repeat, self.image_size, self.camera_id = action_repeat, image_size, camera_id
         self.render_images = obs == "visual" if render is None else render
@@ -136,13 +156,6 @@ class DMCEnv:
         if obs == "mdp":
             self.obs_keys: tuple[str, ...] = self.proprio_keys
         elif obs == "lpomdp":
-            if domain not in FIRST_ORDER_KEYS:
-                raise ValueError(
-                    f"the lpomdp setting needs a split of {domain!r}'s sensors into first-order "
-                    f"(positions) and second-order (velocities) keys, and none is known; known "
-                    f"domains: {', '.join(sorted(FIRST_ORDER_KEYS))}. Use --obs mdp or visual, "
-                    f"or add the split to FIRST_ORDER_KEYS in common/envs.py."
-                )
             self.obs_keys = FIRST_ORDER_KEYS[domain]
         else:
             self.obs_keys = ("image",)

@@ -35,6 +35,21 @@ Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
 LOGGING = {"resume", "track", "wandb_project"}  # flags a resumed run may change
 
 
+def check_flags(args: Any, positive: Sequence[str]) -> None:
+    """Refuse, in one line and before anything else runs, a flag out of its range: each flag of
+    `positive` must be at least 1, and `--device` must be a device this machine has."""
+    for flag in positive:
+        if (value := getattr(args, flag)) is not None and value < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1, not {value}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        what = "is not a torch device (cpu, cuda, cuda:1)"
+        raise SystemExit(f"error: --device {args.device} {what}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}, but torch finds no CUDA GPU; use cpu")
+
+
 def derived(default: str, metavar: str) -> Any:
     """A tyro marker for an optional flag whose default follows from other flags or the data:
     its help says the default in words and shows `metavar`, not tyro's `None` and `{None}|`."""
