@@ -92,7 +92,11 @@ def require_datasets(folders: Sequence[PathLike]) -> None:
     missing = [Path(f) for f in folders if not (Path(f).is_dir() and any(Path(f).glob("*.npz")))]
     if not missing:
         return
-    lines = [f"{len(missing)} of the {len(folders)} datasets this run reads are missing:"]
+    hours = sum(make_hours(f) for f in missing)
+    lines = [
+        f"{len(missing)} of the {len(folders)} datasets this run reads are missing "
+        f"(about {hours:.0f} h to make them all):"
+    ]
     for folder in missing:
         command = make_command(folder)
         how = f"make it with: {command} (about {make_hours(folder):.0f} h)" if command else ""

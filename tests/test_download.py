@@ -96,7 +96,9 @@ def test_every_missing_dataset_is_named_with_its_command_cost_and_download(
     with pytest.raises(DatasetError) as info:
         aime.main(aime.Args(data_dir=str(tmp_path), runs_dir=str(tmp_path / "runs")))
     lines = str(info.value).splitlines()
-    assert lines[0] == "4 of the 5 datasets this run reads are missing:"
+    assert lines[0] == (
+        "4 of the 5 datasets this run reads are missing (about 48 h to make them all):"
+    )  # 4 h random data, 12 h Plan2Explore, 16 h each Dreamer (walk's buffer, run's expert)
     assert (
         f"{tmp_path}/walker-random: make it with: python dreamer_collect.py --agent random"
         in (lines[1])
