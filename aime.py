@@ -59,7 +59,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common.authors import is_published_form, map_policy, read_world_model
+from common.authors import embodiment_dataset, is_published_form, map_policy, read_world_model
 from common.envs import EnvError, Record, check_env, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
@@ -116,7 +116,7 @@ class Args(RunArgs):
     """embodiment (dm_control domain): walker or cheetah (or another suite domain)"""
     task: Annotated[Optional[str], derived("the --demo task", "STR")] = None
     """task the policy is evaluated on"""
-    body_data: str = "mix"
+    body_data: Annotated[Optional[str], derived("mix; the --world-model's own", "STR")] = None
     """embodiment dataset: random, p2e, a task (stand -> {env}-stand-buffer), mix, a+b, or a path"""
     demo: str = "run"
     """demonstration dataset: a task (run -> {env}-run-expert) or a path"""
@@ -172,6 +172,7 @@ class Config(Args):
     """The flags after `resolve`: every default that depends on others filled in."""
 
     task: str = ""
+    body_data: str = "mix"
     layout: Layout = "aime"
     free_nats: float = 0.0
     kl_balance: Optional[float] = None  # None: no KL balancing
@@ -193,7 +194,13 @@ def resolve(args: Args) -> Config:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
     check_env(f"{args.env}-{args.task or dataset_task(args.env, args.demo)}", args.obs)
     cheetah = args.env == "cheetah"
+    # a world model's run is named and scored by the embodiment data the model was trained on
+    made_on = trained_on(Path(args.world_model), args.env) if args.world_model else None
+    if args.body_data and made_on and args.body_data != made_on:
+        raise SystemExit(f"error: --body-data {args.body_data}, but --world-model was trained on "
+                         f"{made_on}; leave --body-data out")  # fmt: skip
     derived = {
+        "body_data": made_on or args.body_data or "mix",
         "task": args.task or dataset_task(args.env, args.demo),
         "layout": args.layout or ("dreamer" if cheetah else "aime"),
         "free_nats": float(cheetah) if args.free_nats is None else args.free_nats,
@@ -207,11 +214,23 @@ def resolve(args: Args) -> Config:
     return Config(**{**asdict(args), **derived})
 
 
+def trained_on(path: Path, env: str) -> Optional[str]:
+    """The embodiment dataset a --world-model was trained on: the `--body-data` aime.py recorded
+    in its world_model.pt, or the authors' config.yaml (walker-mix -> mix); None if unknown."""
+    if is_published_form(path):
+        return (embodiment_dataset(path) or "").removeprefix(f"{env}-") or None
+    if not path.is_file():
+        return None  # load_world_model says what is wrong with it
+    ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)")
+    recorded = ckpt.get("settings", {}).get("body_data")
+    return str(recorded) if recorded else None
+
+
 def datasets(args: Args) -> list[Path]:
     """The dataset folders a run reads: D_body (none with --world-model), then D_demo (none with
     --phase1-only)."""
     data, env = args.data_dir, args.env
-    body = [] if args.world_model else dataset_folders(data, env, args.body_data, "body")
+    body = [] if args.world_model else dataset_folders(data, env, args.body_data or "mix", "body")
     demo = [] if args.phase1_only else dataset_folders(data, env, args.demo, "demo")
     return [*body, *demo]
 

@@ -158,14 +158,6 @@ class Progress:
     wall: dict[str, float] = field(default_factory=lambda: {"imitation": 0.0})
 
 
-def trained_on(path: str) -> str:
-    """The embodiment dataset (`--body-data`) that aime.py recorded in a world_model.pt."""
-    settings = torch.load(path, map_location="cpu", weights_only=False).get("settings", {})
-    if "body_data" not in settings:
-        raise SystemExit(f"error: {path} records no embodiment dataset; is it aime.py's?")
-    return str(settings["body_data"])
-
-
 def aime_world_model(cfg: Config, env: DMCEnv) -> aime.WorldModel:
     """AIME's network in the layout aime.py uses for this embodiment, loaded from --world-model
     (refused by `aime.load_world_model` if trained with other settings)."""
@@ -245,7 +237,11 @@ def main(args: Args) -> dict[str, Any]:
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1
     )
     expert = expert_return(cfg.env, cfg.task, demo)
-    body = trained_on(cfg.world_model)
+    body = aime.trained_on(Path(cfg.world_model), cfg.env)  # names the run and its cell
+    if body is None:
+        raise SystemExit(
+            f"error: {cfg.world_model} records no embodiment dataset; is it aime.py's?"
+        )
     name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{label(body)}__{label(cfg.demo)}__{cfg.exp_name}"
     run = Run(cfg.runs_dir, f"{name}__{cfg.seed}", cfg, cfg.resume)
 

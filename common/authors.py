@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import yaml
@@ -74,6 +74,17 @@ class AuthorsModel:
 def is_published_form(path: Path) -> bool:
     """A folder holding `model.pt` and `config.yaml`."""
     return (path / "model.pt").is_file() and (path / "config.yaml").is_file()
+
+
+def embodiment_dataset(folder: Path) -> Optional[str]:
+    """The embodiment dataset a published model was trained on, as its config.yaml names it
+    (`embodiment_dataset_name: walker-mix`); None where it names none or cannot be read."""
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    name = config.get("embodiment_dataset_name") if isinstance(config, dict) else None
+    return str(name) if name else None
 
 
 # A prior/posterior parameter: (prior|posterior)_(mean|std|net).net.<layer>.<param>. Layer 0 is

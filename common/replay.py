@@ -19,6 +19,7 @@ it appends finished episodes, saves each one in the same format, and samples the
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -27,6 +28,7 @@ import re
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -42,6 +44,10 @@ PathLike = Union[str, Path]
 FLAG_KEYS: tuple[str, ...] = ("is_first", "is_last", "is_terminal")
 IMAGE_KEYS: tuple[str, ...] = ("image",)
 CACHE_VERSION = 1
+
+
+_UMASK = os.umask(0)  # the process's umask (read by setting it, then put back)
+os.umask(_UMASK)
 
 
 class DatasetError(ValueError):
@@ -166,12 +172,25 @@ def atomic_write(path: PathLike, write: Callable[[Path], object]) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # as a plain open() would: colleagues can read a dataset
     try:
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:  # the old file, if any, is still there
+            raise SystemExit(f"error: the disk is full: {path} could not be written; "
+                             f"the previous {path.name}, if any, is kept") from e  # fmt: skip
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: PathLike) -> None:
+    """Remove what writes killed mid-way left in `folder` (`atomic_write`'s `.{name}.*.tmp`)."""
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def save_trajectory(path: PathLike, trajectory: Mapping[str, np.ndarray]) -> None:
@@ -252,8 +271,10 @@ def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Tra
             out = {k: _vd4rl_array(npz, k, length) if vd4rl else npz[k] for k in wanted}
     except DatasetError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise DatasetError(f"{path}: cannot read trajectory file ({type(e).__name__}: {e})") from e
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # cut short or damaged
+        raise DatasetError(f"{path}: damaged trajectory file ({type(e).__name__}: {e})") from e
+    except (ValueError, KeyError) as e:  # not an .npz at all (numpy suspects pickled data)
+        raise DatasetError(f"{path}: not an .npz trajectory file ({type(e).__name__})") from e
     lengths = {k: len(v) for k, v in out.items()}
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"{path}: keys have inconsistent lengths {lengths}")
@@ -263,6 +284,10 @@ def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Tra
                 f"{path}: {k!r} must be uint8 [T, H, W, 3], got {out[k].dtype} {out[k].shape}"
             )
     return {k: _normalise(k, np.asarray(v)) for k, v in out.items()}
+
+
+# Trajectory file names: `{index}.npz` (ours, the authors'), V-D4RL's `{time}-{id}-{length}.npz`.
+TRAJECTORY_NAME = re.compile(r"\d+\.npz|\d{8}T\d{6}-[0-9a-f]+-\d+\.npz")
 
 
 def _sort_key(path: Path) -> tuple[int, Union[int, str]]:
@@ -277,7 +302,11 @@ def trajectory_files(folder: PathLike) -> list[Path]:
         command = make_command(folder)
         how = f"; create it with: {command}" if command else ""
         raise DatasetError(f"dataset folder {folder} does not exist{how}")
-    files = sorted(folder.glob("*.npz"), key=_sort_key)
+    found = sorted(folder.glob("*.npz"), key=_sort_key)
+    files = [f for f in found if TRAJECTORY_NAME.fullmatch(f.name)]
+    if others := [f.name for f in found if f not in files]:
+        print(f"notice: {folder}: not trajectory names, ignored: {', '.join(others[:5])}"
+              + (f" and {len(others) - 5} more" if len(others) > 5 else ""))  # fmt: skip
     if not files:
         raise DatasetError(f"dataset folder {folder} contains no .npz trajectory files")
     return files
@@ -346,8 +375,7 @@ def fill_folder(folder: Path, settings: dict[str, Any], count: int, what: str) -
     """Open a dataset folder that is filled up to `count` trajectories `{i}.npz`: remove what a
     killed write left, check its settings (and record them), and return the indices missing."""
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".*.tmp"):  # left by a collection that was killed mid-write
-        stale.unlink()
+    remove_stale_temporaries(folder)  # left by a collection that was killed mid-write
     check_dataset_settings(folder, settings)
     write_info(folder, settings)  # the settings recorded before the first new trajectory
     done = {int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()}
@@ -502,6 +530,14 @@ def _check_shapes(
                 )
 
 
+def _check_finite(path: Path, traj: Trajectory) -> None:
+    """No NaN or inf in a trajectory's numbers: the first one is named by key and record."""
+    for k, v in traj.items():
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+            record = int(np.argwhere(~np.isfinite(v))[0][0])
+            raise DatasetError(f"{path}: {k!r} holds NaN or inf at record {record}")
+
+
 class FolderCache:
     """An uncompressed, memory-mapped copy of chosen keys of a dataset folder, built once.
 
@@ -584,8 +620,7 @@ class FolderCache:
         progress: bool,
     ) -> None:
         """Stream every file once, validating it, and append its `keys` to the cache files."""
-        for stale in self.dir.glob(".*.tmp"):  # left by a build that was killed
-            stale.unlink()
+        remove_stale_temporaries(self.dir)  # left by a build that was killed
         if manifest["lengths"] is None:  # a new or changed folder: start over
             for stale in self.dir.glob("*.bin"):
                 stale.unlink()
@@ -602,6 +637,7 @@ class FolderCache:
                 for i, path in enumerate(tqdm(self.files, desc=desc, disable=not progress)):
                     traj = load_trajectory(path, keys)
                     _check_shapes(path, traj, expected, shapes)
+                    _check_finite(path, traj)
                     length = len(next(iter(traj.values())))
                     if known_lengths is not None and known_lengths[i] != length:
                         raise DatasetError(
@@ -761,6 +797,10 @@ def open_dataset(
     The folders' recorded action repeat is `dataset_action_repeat(dataset.folders)`.
     """
     folders = dataset_folders(data_dir, env, name, kind)
+    for folder in folders:  # the embodiment a collection recorded (the authors' record none)
+        recorded = str(dataset_info(folder).get("env", env)).split("-")[0]
+        if recorded != env:
+            raise DatasetError(f"{folder} was collected on {recorded}, not {env} (its info.json)")
     files = [f for folder in folders for f in trajectory_files(folder)]
     if num is not None and len(files) < num:
         raise DatasetError(f"{flag} {num}, but {name} holds {len(files)}")

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from common.envs import EXPERT_RETURNS, ObsSetting, Record, make_env
-from common.replay import Dataset, WindowSampler, atomic_write
+from common.replay import Dataset, WindowSampler, atomic_write, remove_stale_temporaries
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
 LOGGING = {"resume", "track", "wandb_project"}  # flags a resumed run may change
@@ -319,6 +319,7 @@ class Run:
                 )
             self.resumed = ckpt
         self.dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.dir)  # checkpoints whose write a kill cut short
         self.wandb: Any = None
         if self.args.get("track"):  # TensorBoard's scalars mirrored to W&B (CleanRL's --track)
             try:

@@ -20,7 +20,13 @@ from torch import nn
 
 import aime
 from common.nets import PointDeconv
-from common.replay import ReplayBuffer, load_trajectory, save_trajectory, trajectory_files
+from common.replay import (
+    DatasetError,
+    ReplayBuffer,
+    load_trajectory,
+    save_trajectory,
+    trajectory_files,
+)
 from common.rssm import RSSMConfig
 from tests.systems import point_mass, point_mass_data, random_actions
 
@@ -356,17 +362,32 @@ def test_existing_run_is_not_overwritten_without_resume(data_dir: Path, tmp_path
         call_main(**base(data_dir, tmp_path))
 
 
-def test_non_finite_loss_stops_naming_the_step(data_dir: Path, tmp_path: Path) -> None:
+def test_non_finite_data_are_named_by_file_key_and_record(data_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "walker-nan"
     bad.mkdir()
     for i in range(2):
         traj = load_trajectory(data_dir / "walker-random" / f"{i}.npz")
-        traj["velocity"][:] = np.nan
+        traj["velocity"][7:, 3] = np.inf if i else np.nan
         save_trajectory(bad / f"{i}.npz", traj)
+    with pytest.raises(DatasetError, match=r"0\.npz: 'velocity' holds NaN or inf at record 7"):
+        call_main(**base(data_dir, tmp_path / "runs", body_data=str(bad)))
+    assert not (tmp_path / "runs").exists()  # before the run's folder is made
+
+
+def test_non_finite_loss_stops_naming_the_step(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = aime.elbo_loss
+
+    def diverged(*a: Any, **k: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, metrics = real(*a, **k)
+        return loss * torch.tensor(float("nan")), metrics
+
+    monkeypatch.setattr(aime, "elbo_loss", diverged)
     with pytest.raises(
         SystemExit, match=r"non-finite loss at phase-1 gradient step 0; no checkpoint"
     ):
-        call_main(**base(data_dir, tmp_path, body_data=str(bad)))
+        call_main(**base(data_dir, tmp_path))
 
 
 def test_phase1_only_needs_no_demonstrations_and_serves_later_runs(
@@ -385,6 +406,21 @@ def test_phase1_only_needs_no_demonstrations_and_serves_later_runs(
     assert model.stat().st_mtime_ns == before
     results = call_main(**base(data_dir, tmp_path, world_model=str(model)))
     assert results["wall_time_s"]["phase1"] == 0 and len(results["returns"]) == 1
+    # Without --body-data the run is named and scored by the data the model was trained on.
+    again = call_main(
+        **{**base(data_dir, tmp_path / "b", world_model=str(model)), "body_data": None}
+    )
+    assert again["body_data"] == "random"
+    assert (tmp_path / "b" / "walker-walk__mdp__random__walker-random__aime__1").is_dir()
+    with pytest.raises(
+        SystemExit, match="--body-data mix, but --world-model was trained on random"
+    ):
+        call_main(**base(data_dir, tmp_path / "c", world_model=str(model), body_data="mix"))
+
+
+def test_a_published_world_model_names_its_embodiment_dataset() -> None:
+    folder = ROOT / "tests" / "fixtures" / "authors-aime" / "walker-mdp-small"
+    assert aime.trained_on(folder, "walker") == "mix"  # config.yaml: walker-mix
 
 
 def test_track_mirrors_the_run_to_weights_and_biases_offline(

@@ -19,6 +19,7 @@ from common.replay import (
     load_trajectory,
     save_trajectory,
     to_torch_batch,
+    trajectory_files,
 )
 
 WALKER_SHAPES = {
@@ -276,8 +277,30 @@ def test_corrupt_file_is_named(tmp_path: Path, damage: str) -> None:
         bad.write_bytes(b"not a zip file at all")
     else:
         bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    with pytest.raises(DatasetError, match=r"1\.npz: cannot read"):
+    # garbage: numpy would suggest pickled data; a half-written file: a broken zip or stream
+    said = r"1\.npz: not an \.npz trajectory" if damage == "garbage" else r"1\.npz: damaged"
+    with pytest.raises(DatasetError, match=said):
         TrajectoryDataset(tmp_path / "d", ["velocity"], progress=False)
+
+
+def test_a_damaged_deflate_stream_is_named(tmp_path: Path) -> None:
+    """A file whose zip directory is intact but whose compressed bytes are not (zlib.error)."""
+    write_folder(tmp_path / "d", [6])
+    path = tmp_path / "d" / "0.npz"
+    data = bytearray(path.read_bytes())
+    start = data.index(b"velocity.npy") + len("velocity.npy")  # the member's compressed bytes
+    data[start + 20 : start + 60] = bytes(40)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"0\.npz: damaged trajectory file"):
+        load_trajectory(path, ["velocity"])
+
+
+def test_only_trajectory_names_are_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`0 (copy).npz` or `notes.npz` beside the trajectories are ignored, with a notice."""
+    write_folder(tmp_path / "d", [6, 6])
+    (tmp_path / "d" / "0 (copy).npz").write_bytes((tmp_path / "d" / "0.npz").read_bytes())
+    assert [p.name for p in trajectory_files(tmp_path / "d")] == ["0.npz", "1.npz"]
+    assert "not trajectory names, ignored: 0 (copy).npz" in capsys.readouterr().out
 
 
 def test_missing_key_is_named(tmp_path: Path) -> None:
@@ -391,3 +414,51 @@ def test_replay_buffer_holds_only_the_keys_asked_for_but_saves_every_key(tmp_pat
     assert set(resumed.trajectories[0]) == {"velocity", "pre_action"}
     with pytest.raises(DatasetError, match="differ"):  # the files' keys are known after a load
         resumed.add(fake_trajectory(6, image=False))
+
+
+def test_a_dataset_recorded_on_another_embodiment_is_refused(tmp_path: Path) -> None:
+    """Cheetah data have walker's action size: the embodiment recorded in info.json tells."""
+    from common.replay import open_dataset
+
+    write_folder(tmp_path / "walker-random", [6, 6])
+    (tmp_path / "walker-random" / "info.json").write_text('{"env": "cheetah-run"}')
+    with pytest.raises(DatasetError, match="collected on cheetah, not walker"):
+        open_dataset(tmp_path, "walker", "random", "body", ["velocity"], WALKER_SHAPES)
+
+
+def test_written_files_keep_the_umask_and_a_full_disk_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    path = tmp_path / "info.json"
+    atomic_write(path, lambda tmp: tmp.write_text("old"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+    def full(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(SystemExit, match=r"the disk is full: .*info\.json could not be written"):
+        atomic_write(path, full)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "info.json"
+    ]  # no temporary file left
+
+
+def test_temporaries_of_killed_writes_are_removed_at_start_up(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from common.run import Run
+
+    @dataclass
+    class Flags:
+        seed: int = 1
+
+    (tmp_path / "r").mkdir()
+    stale = tmp_path / "r" / ".checkpoint.pt.x1y2.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    Run(tmp_path, "r", Flags()).close()
+    assert not stale.exists()
