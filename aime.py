@@ -601,12 +601,14 @@ def main(args: Args) -> dict[str, Any]:
     body = demo = None
     if not cfg.world_model:  # D_body: observations and the actions that led to them
         body = open_dataset(
-            cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed
-        )
+            cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed,
+            cache_dir=cfg.cache_dir,
+        )  # fmt: skip
     if not cfg.phase1_only:  # D_demo: observations (actions, where held, for analysis only)
         demo = open_dataset(
-            cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None, cfg.seed + 1
-        )
+            cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None,
+            cfg.seed + 1, cache_dir=cfg.cache_dir,
+        )  # fmt: skip
     expert = expert_return(cfg.env, cfg.task, demo) if demo else (0.0, "", None)
     run = Run(cfg.runs_dir, run_name(cfg), cfg, cfg.resume)
     model_path, n_steps = run.dir / "world_model.pt", cfg.steps_per_epoch

@@ -481,11 +481,12 @@ def main(args: Args) -> dict[str, Any]:
     body = None
     if cfg.method != "bc":  # the embodiment data of phase 1
         body = open_dataset(
-            cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed
-        )
+            cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed,
+            cache_dir=cfg.cache_dir,
+        )  # fmt: skip
     demo = open_dataset(  # actions: the oracle's targets; otherwise read, where held, for analysis
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos,
-        True if cfg.method == "bc" else None, cfg.seed + 1,
+        True if cfg.method == "bc" else None, cfg.seed + 1, cache_dir=cfg.cache_dir,
     )  # fmt: skip
     body_split = split(body.data, frames, cfg.split, cfg.seed) if body else None
     demo_split = split(demo.data, frames, cfg.split, cfg.seed + 1)

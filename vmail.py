@@ -727,11 +727,10 @@ def main(args: Args) -> dict[str, Any]:
     # B_E of every task, with the actions: each file checked before any training
     require_datasets(datasets(cfg))  # every missing one named at once
     opened = {
-        t: open_dataset(
-            cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos, seed=cfg.seed + 1 + i
-        )
+        t: open_dataset(cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos,
+                        seed=cfg.seed + 1 + i, cache_dir=cfg.cache_dir)
         for i, (t, name) in enumerate(demonstrations(cfg).items())
-    }
+    }  # fmt: skip
     demos = {t: d.data for t, d in opened.items()}
     expert = expert_return(cfg.env, cfg.task, opened[cfg.task])
     body = f"zeroshot-{'+'.join(cfg.source_tasks)}" if cfg.zero_shot else "online"

@@ -234,8 +234,9 @@ def main(args: Args) -> dict[str, Any]:
     # the demonstrations' observations, every file checked before any training; never actions
     require_datasets(dataset_folders(cfg.data_dir, cfg.env, cfg.demo, "demo"))
     demo = open_dataset(
-        cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1
-    )
+        cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1,
+        cache_dir=cfg.cache_dir,
+    )  # fmt: skip
     expert = expert_return(cfg.env, cfg.task, demo)
     body = aime.trained_on(Path(cfg.world_model), cfg.env)  # names the run and its cell
     if body is None:

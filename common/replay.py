@@ -43,7 +43,7 @@ PathLike = Union[str, Path]
 
 FLAG_KEYS: tuple[str, ...] = ("is_first", "is_last", "is_terminal")
 IMAGE_KEYS: tuple[str, ...] = ("image",)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: files signed by their members' CRC-32s, not by times
 
 
 _UMASK = os.umask(0)  # the process's umask (read by setting it, then put back)
@@ -512,7 +512,18 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _signature(files: Sequence[Path]) -> list[list[Union[str, int]]]:
-    return [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
+    """Each file's name, size and content: the CRC-32 of every member, read from the zip
+    directory at its end (a same-size rewrite with the old time, as `cp -p` leaves, changes it;
+    an unreadable file signs as -1 and is named when the cache reads it)."""
+    signed: list[list[Union[str, int]]] = []
+    for f in files:
+        try:
+            with zipfile.ZipFile(f) as z:
+                crcs = zlib.crc32(b"".join(i.CRC.to_bytes(4, "little") for i in z.infolist()))
+        except (OSError, zipfile.BadZipFile, EOFError):
+            crcs = -1
+        signed.append([f.name, f.stat().st_size, crcs])
+    return signed
 
 
 def _check_shapes(
@@ -542,8 +553,10 @@ class FolderCache:
     """An uncompressed, memory-mapped copy of chosen keys of a dataset folder, built once.
 
     `{cache}/{key}.bin` holds the key's records of all trajectories back to back;
-    `manifest.json` the folder's file list (names, sizes, times), trajectory lengths and the
-    dtype/shape of each cached key. A change in the folder's files rebuilds the cache.
+    `manifest.json` the folder's file list (names, sizes, the CRC-32s of their members),
+    trajectory lengths and the dtype/shape of each cached key. A change in the folder's files,
+    a damaged manifest or a cache file of the wrong size rebuilds the cache; a reader holds the
+    lock until its files are mapped, so a writer never pulls them away mid-read.
     """
 
     def __init__(self, folder: PathLike, cache_dir: Optional[PathLike] = None) -> None:
@@ -558,19 +571,30 @@ class FolderCache:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise DatasetError(
-                f"cannot create the dataset cache {self.dir} ({e}); pass a writable cache_dir"
+                f"cannot create the dataset cache {self.dir} ({e}); "
+                "pass --cache-dir with a writable folder"
             ) from e
 
     def _manifest(self) -> dict[str, Any]:
+        """The cache's manifest where it still describes the folder and its cache files are
+        whole; otherwise a fresh one (a damaged cache rebuilds itself)."""
         path = self.dir / "manifest.json"
-        if path.exists():
+        try:
             manifest = json.loads(path.read_text())
+            records = sum(manifest["lengths"] or [])
+            whole = all(
+                (self.dir / f"{k}.bin").stat().st_size
+                == records * np.dtype(info["dtype"]).itemsize * int(np.prod(info["shape"]))
+                for k, info in manifest["keys"].items()
+            )
             if (
                 manifest.get("version") == CACHE_VERSION
                 and manifest.get("files") == _signature(self.files)
-                and all((self.dir / f"{k}.bin").exists() for k in manifest["keys"])
+                and whole
             ):
                 return dict(manifest)
+        except (OSError, ValueError, KeyError, TypeError):  # missing, damaged, or another version
+            pass
         return {
             "version": CACHE_VERSION,
             "files": _signature(self.files),
@@ -585,11 +609,19 @@ class FolderCache:
         progress: bool = True,
     ) -> list[Trajectory]:
         """Per-trajectory views (memory-mapped, zero-copy) of `keys`, building what is missing."""
-        with _locked(self.dir / "lock"):
+        with _locked(self.dir / "lock"):  # held until mapped: a writer cannot pull files away
             manifest = self._manifest()
             missing = [k for k in keys if k not in manifest["keys"]]
             if missing:
                 self._build(manifest, missing, expected_shapes or {}, progress)
+            return self._map(manifest, keys, expected_shapes)
+
+    def _map(
+        self,
+        manifest: dict[str, Any],
+        keys: Sequence[str],
+        expected_shapes: Optional[Mapping[str, tuple[int, ...]]],
+    ) -> list[Trajectory]:
         lengths = np.asarray(manifest["lengths"], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         arrays = {}
@@ -783,6 +815,7 @@ def open_dataset(
     actions: Optional[bool] = True,
     seed: Optional[int] = None,
     flag: str = "--num-demos",
+    cache_dir: Optional[PathLike] = None,
 ) -> Dataset:
     """Resolve a `--body-data` (kind "body") or `--demo` (kind "demo") name (`dataset_folders`),
     read and check every file used, and return the dataset with its facts.
@@ -794,6 +827,7 @@ def open_dataset(
     actions  True: `pre_action` is read and must be there; None: read where the files hold it
              (for analysis only); False: never read
     seed     the seed of the dataset's window sampler
+    cache_dir  where the memory-mapped caches go (None: `.cache/` in each dataset folder)
     The folders' recorded action repeat is `dataset_action_repeat(dataset.folders)`.
     """
     folders = dataset_folders(data_dir, env, name, kind)
@@ -809,5 +843,5 @@ def open_dataset(
         with np.load(files[0]) as first:
             actions = "pre_action" in first.files or "action" in first.files
     wanted = [*keys, "pre_action"] if actions else list(keys)
-    data = TrajectoryDataset(folders, wanted, num, shapes, seed=seed)
+    data = TrajectoryDataset(folders, wanted, num, shapes, cache_dir, seed=seed)
     return Dataset(name, folders, files, data)

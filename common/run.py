@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import numpy as np
 import torch
@@ -69,6 +69,8 @@ class RunArgs:
     """folder that holds the datasets"""
     runs_dir: str = "runs"
     """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
+    cache_dir: Annotated[Optional[str], derived(".cache/ in each dataset folder", "PATH")] = None
+    """where the datasets' memory-mapped caches go (for datasets in read-only folders)"""
     resume: bool = False
     """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
     capture_video: bool = False

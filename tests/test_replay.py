@@ -462,3 +462,44 @@ def test_temporaries_of_killed_writes_are_removed_at_start_up(tmp_path: Path) ->
     stale.write_bytes(b"half a checkpoint")
     Run(tmp_path, "r", Flags()).close()
     assert not stale.exists()
+
+
+def test_the_cache_follows_content_not_times_and_repairs_itself(tmp_path: Path) -> None:
+    """A same-size rewrite that keeps the old time (as `cp -p` leaves) is served fresh; a
+    damaged manifest or a cut cache file rebuilds the cache instead of breaking every run."""
+    import os
+
+    folder = tmp_path / "d"
+    trajs = write_folder(folder, [6, 6], image=False)
+    path = folder / "1.npz"
+    arrays: dict[str, Any] = dict(trajs[1])
+    np.savez(path, **arrays)  # uncompressed: its size does not depend on the values
+    first = TrajectoryDataset(folder, ["velocity"], progress=False).trajectories[1]["velocity"]
+    stat = path.stat()
+    np.savez(path, **{**arrays, "velocity": arrays["velocity"] + 1.0})  # other values
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size  # same size, same time: only the content moved
+    again = TrajectoryDataset(folder, ["velocity"], progress=False).trajectories[1]["velocity"]
+    np.testing.assert_allclose(again, first + 1.0)
+
+    (folder / ".cache" / "manifest.json").write_text("{ damaged")
+    data = TrajectoryDataset(folder, ["velocity"], progress=False)
+    np.testing.assert_allclose(data.trajectories[1]["velocity"], first + 1.0)
+    cached = folder / ".cache" / "velocity.bin"
+    cached.write_bytes(cached.read_bytes()[:-8])  # a cache file cut short
+    data = TrajectoryDataset(folder, ["velocity"], progress=False)
+    np.testing.assert_allclose(data.trajectories[1]["velocity"], first + 1.0)
+
+
+def test_cache_dir_keeps_caches_out_of_the_dataset_folder(tmp_path: Path) -> None:
+    from common.replay import open_dataset
+
+    folder = tmp_path / "walker-random"
+    write_folder(folder, [6, 6], image=False)
+    shapes = {"velocity": (9,)}
+    open_dataset(tmp_path, "walker", "random", "body", ["velocity"], shapes, actions=False,
+                 cache_dir=tmp_path / "caches")  # fmt: skip
+    assert not (folder / ".cache").exists() and any((tmp_path / "caches").iterdir())
+    (folder / ".cache").write_text("")  # a folder where no cache can be made
+    with pytest.raises(DatasetError, match="pass --cache-dir with a writable folder"):
+        open_dataset(tmp_path, "walker", "random", "body", ["velocity"], shapes, actions=False)
