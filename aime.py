@@ -192,7 +192,8 @@ def resolve(args: Args) -> Config:
         raise SystemExit("error: --kl-only and --rec-only exclude each other")
     if args.phase1_only and args.world_model:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
-    check_env(f"{args.env}-{args.task or dataset_task(args.env, args.demo)}", args.obs)
+    task = args.task or dataset_task(args.env, args.demo)
+    check_env(f"{args.env}-{task}", args.obs)
     cheetah = args.env == "cheetah"
     # a world model's run is named and scored by the embodiment data the model was trained on
     made_on = trained_on(Path(args.world_model), args.env) if args.world_model else None
@@ -201,7 +202,7 @@ def resolve(args: Args) -> Config:
                          f"{made_on}; leave --body-data out")  # fmt: skip
     derived = {
         "body_data": made_on or args.body_data or "mix",
-        "task": args.task or dataset_task(args.env, args.demo),
+        "task": task,
         "layout": args.layout or ("dreamer" if cheetah else "aime"),
         "free_nats": float(cheetah) if args.free_nats is None else args.free_nats,
         "kl_balance": (0.8 if cheetah else None) if args.kl_balance is None else args.kl_balance,
@@ -221,7 +222,7 @@ def trained_on(path: Path, env: str) -> Optional[str]:
         return (embodiment_dataset(path) or "").removeprefix(f"{env}-") or None
     if not path.is_file():
         return None  # load_world_model says what is wrong with it
-    ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)")
+    ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)", ["model"])
     recorded = ckpt.get("settings", {}).get("body_data")
     return str(recorded) if recorded else None
 
@@ -534,7 +535,7 @@ def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Con
     elif path.is_dir():
         raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml")
     else:
-        ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)")
+        ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)", ["model"])
         settings, state, unused = (
             {"action_repeat": 2, **ckpt.get("settings", {})},
             ckpt["model"],

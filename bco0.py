@@ -177,12 +177,13 @@ def resolve(args: Args) -> Config:
     check_flags(args, ("batch_size", "steps_per_epoch", "val_windows", "phase1_epochs",
                        "phase2_epochs", "num_demos", "eval_episodes", "stack",
                        "action_repeat"))  # fmt: skip
-    check_env(f"{args.env}-{args.task or dataset_task(args.env, args.demo)}", args.obs)
+    task = args.task or dataset_task(args.env, args.demo)
+    check_env(f"{args.env}-{task}", args.obs)
     return Config(
         **{
             **asdict(args),
             "exp_name": args.exp_name or args.method,
-            "task": args.task or dataset_task(args.env, args.demo),
+            "task": task,
             "stack": args.stack or (1 if args.obs == "mdp" else 5),
             "action_repeat": dataset_action_repeat(datasets(args), args.action_repeat),
         }

@@ -645,7 +645,7 @@ def expert_only(args: Config) -> Path:
     """Load a saved agent (`--load-agent`) and (re)collect its expert demonstrations."""
     assert args.load_agent is not None
     path = Path(args.load_agent)
-    ckpt = read_checkpoint(path, "--load-agent", "an agent", run=True)
+    ckpt = read_checkpoint(path, "--load-agent", "an agent (agent.pt)", Agent._fields, run=True)
     saved = resolve(Args(**ckpt["args"]))
     if saved.agent != "dreamer":
         raise SystemExit(f"error: {path} is a {saved.agent} agent; only Dreamer has a task policy")

@@ -725,6 +725,14 @@ def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
     ids: dict[str, str] = {}
     submitted: dict[str, Any] = {}
     status: dict[str, str] = {}
+    succeeded: dict[str, bool] = {}  # local: each job's outcome, waited for once
+
+    def success(name: str) -> bool:
+        if name not in succeeded:
+            ok = awaited(submitted[name], name) and finished(by_name[name], by_name)
+            succeeded[name] = ok
+        return succeeded[name]
+
     for job in order:
         if finished(job, by_name) and not (job.refresh and any(d in ids for d in job.deps)):
             status[job.name] = "skipped"
@@ -732,7 +740,7 @@ def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
             continue
         after = [ids[d] for d in job.deps if d in ids]
         if local:  # no scheduler holds the dependents back: wait for each dependency here
-            failed = [d for d in job.deps if d in submitted and not awaited(submitted[d], d)]
+            failed = [d for d in job.deps if d in submitted and not success(d)]
             if failed or any(status.get(d) == "blocked" for d in job.deps):
                 status[job.name] = "blocked"
                 print(f"blocked {job.name}: a dependency failed")
@@ -757,9 +765,8 @@ def submit_slurm(order: list[Job], args: Args) -> dict[str, str]:
         status[job.name] = "submitted"
         print(f"submitted {job.name}: job {ids[job.name]}" + (f" after {after}" if after else ""))
     if local:  # the last jobs too, so that the grid is done when this returns
-        for name, sub in submitted.items():
-            ok = awaited(sub, name) and finished(by_name[name], by_name)
-            status[name] = "done" if ok else "failed"
+        for name in submitted:
+            status[name] = "done" if success(name) else "failed"
     return status
 
 

@@ -80,11 +80,10 @@ def make_command(folder: PathLike) -> str:
     return ""
 
 
-def make_hours(folder: PathLike) -> float:
-    """Hours of the command that creates a dataset folder at its default budgets (rendering
-    on): 1000 random trajectories, or 1M environment steps of an agent (and a Dreamer agent's
-    1000 demonstrations, made by the same command as its buffer)."""
-    command = make_command(folder)
+def make_hours(command: str) -> float:
+    """Hours of a `make_command` at dreamer_collect.py's default budgets (rendering on): 1000
+    random trajectories, or 1M environment steps of an agent (and a Dreamer agent's 1000
+    demonstrations, made by the same command as its buffer); 0 for no command."""
     if "--agent random" in command:
         return 1000 * SECONDS_RANDOM_TRAJECTORY[True] / 3600
     demos = 1000 * SECONDS_DEMO[True] / 3600 if "--agent dreamer" in command else 0.0
@@ -98,16 +97,16 @@ def require_datasets(folders: Sequence[PathLike]) -> None:
     missing = [Path(f) for f in folders if not (Path(f).is_dir() and any(Path(f).glob("*.npz")))]
     if not missing:
         return
-    hours = sum(make_hours(f) for f in missing)
+    commands = {f: make_command(f) for f in missing}
+    hours = {f: make_hours(c) for f, c in commands.items()}
     lines = [
         f"{len(missing)} of the {len(folders)} datasets this run reads are missing "
-        f"(about {hours:.0f} h to make them all):"
+        f"(about {sum(hours.values()):.0f} h to make them all):"
     ]
-    for folder in missing:
-        command = make_command(folder)
-        how = f"make it with: {command} (about {make_hours(folder):.0f} h)" if command else ""
+    for folder, command in commands.items():
+        how = f"make it with: {command} (about {hours[folder]:.0f} h)" if command else ""
         lines.append(f"  {folder}: {how or 'no command makes a folder of this name'}")
-    names = [f.name.replace("-p2e", "-plan2explore-buffer") for f in missing if make_command(f)]
+    names = [f.name.replace("-p2e", "-plan2explore-buffer") for f, c in commands.items() if c]
     if names:
         data_dir = missing[0].parent
         lines.append(
@@ -578,7 +577,7 @@ class FolderCache:
     def _manifest(self) -> dict[str, Any]:
         """The cache's manifest where it still describes the folder and its cache files are
         whole; otherwise a fresh one (a damaged cache rebuilds itself)."""
-        path = self.dir / "manifest.json"
+        path, signature = self.dir / "manifest.json", _signature(self.files)  # reads every file
         try:
             manifest = json.loads(path.read_text())
             records = sum(manifest["lengths"] or [])
@@ -589,7 +588,7 @@ class FolderCache:
             )
             if (
                 manifest.get("version") == CACHE_VERSION
-                and manifest.get("files") == _signature(self.files)
+                and manifest.get("files") == signature
                 and whole
             ):
                 return dict(manifest)
@@ -597,7 +596,7 @@ class FolderCache:
             pass
         return {
             "version": CACHE_VERSION,
-            "files": _signature(self.files),
+            "files": signature,
             "lengths": None,
             "keys": {},
         }

@@ -238,10 +238,12 @@ def scores(
     }
 
 
-def read_checkpoint(path: Path, flag: str, what: str, run: bool = False) -> dict[str, Any]:
+def read_checkpoint(
+    path: Path, flag: str, what: str, holds: Sequence[str], run: bool = False
+) -> dict[str, Any]:
     """The checkpoint a flag names: a run's checkpoint (`run`, as agent.pt) or a file of one
-    network (`what`, as world_model.pt), refused in one line where it is missing, unreadable,
-    or the other kind."""
+    network (`what`, as world_model.pt), holding the entries `holds` the caller reads; refused
+    in one line where it is missing, unreadable, the other kind, or lacks one of them."""
     if not path.is_file():
         problem = "is a folder" if path.exists() else "does not exist"
         raise SystemExit(f"error: {flag} {path} {problem}")
@@ -250,8 +252,8 @@ def read_checkpoint(path: Path, flag: str, what: str, run: bool = False) -> dict
     except Exception as e:  # a truncated or foreign file: say which, no traceback
         raise SystemExit(f"error: {flag} {path} is not a checkpoint torch can read ({e})") from e
     is_run = isinstance(ckpt, dict) and "rng" in ckpt and "args" in ckpt
-    if is_run != run or not isinstance(ckpt, dict):
-        kind = "a run's checkpoint" if is_run else "no run's checkpoint"
+    if is_run != run or not isinstance(ckpt, dict) or any(k not in ckpt for k in holds):
+        kind = "a run's checkpoint" if is_run else "something else"
         raise SystemExit(f"error: {flag} {path} is {kind}, not {what}")
     return ckpt
 
@@ -331,7 +333,7 @@ class Run:
                 raise SystemExit(f"error: --track needs wandb, not installed: {need}") from None
             self.wandb = wandb.init(
                 project=self.args.get("wandb_project"), name=name, config=self.args,
-                dir=str(self.dir), sync_tensorboard=True, resume="allow", id=name.replace("/", "_"),
+                dir=str(self.dir), sync_tensorboard=True, resume="allow", id=name,
             )  # fmt: skip
         self.writer = SummaryWriter(str(self.dir))
         self.writer.add_text(

@@ -446,6 +446,9 @@ def test_a_world_model_flag_naming_a_run_checkpoint_says_what_it_is(
     ckpt = next((tmp_path / "a").glob("*/checkpoint.pt"))
     with pytest.raises(SystemExit, match=r"is a run's checkpoint, not a world model"):
         call_main(**base(data_dir, tmp_path / "b", world_model=str(ckpt)))
+    torch.save({"settings": {}, "weights": {}}, tmp_path / "other.pt")  # no "model" entry
+    with pytest.raises(SystemExit, match=r"other\.pt is something else, not a world model"):
+        call_main(**base(data_dir, tmp_path / "d", world_model=str(tmp_path / "other.pt")))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="is not a checkpoint torch can read"):
         call_main(**base(data_dir, tmp_path / "c", world_model=str(tmp_path / "junk.pt")))
