@@ -564,7 +564,7 @@ def train(args: Config) -> Path:
     resumed run trains on any episode saved after the last checkpoint, then collects the next."""
     name = f"{args.env}-{args.task}-buffer" if args.agent == "dreamer" else f"{args.env}-p2e"
     folder = Path(args.data_dir) / name
-    if folder.exists() and any(folder.glob("*.npz")) and not args.resume:
+    if folder.exists() and any(folder.glob("*.npz")) and not (args.resume or args.resume_or_start):
         raise SystemExit(
             f"error: {folder} holds episodes already; pass --resume to continue that run, "
             f"or choose another --data-dir"

@@ -166,7 +166,7 @@ class Args:
     bco0_args: str = ""
     """extra flags of every bco0.py job, e.g. --bco0-args='--patience 20'"""
     vmail_args: str = ""
-    """extra flags of every vmail_obs.py job, e.g. --vmail-args='--reward d'"""
+    """extra flags of every vmail_obs.py job, e.g. --vmail-args='--reward log_d'"""
 
     # -- SLURM -------------------------------------------------------------------------------------
     slurm_partition: Annotated[Optional[str], derived("the cluster's", "STR")] = None

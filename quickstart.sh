@@ -25,7 +25,7 @@ python dreamer_collect.py --agent dreamer "${TASK[@]}" --obs mdp --action-repeat
     --total-steps 11000 --prefill-episodes 5 --train-steps-per-episode 200 --batch-size 16 \
     --horizon 32 --deter 64 --stoch 16 --hidden 64 --model-lr 1e-3 --actor-lr 4e-4 \
     --value-lr 4e-4 --eval-every 0 --num-demos 20 --no-render --data-dir "$DATA" \
-    --runs-dir "$RUNS/collect" --resume
+    --runs-dir "$RUNS/collect" --resume-or-start
 
 # 3. AIME: the world model on random + buffer data, then the policy from the demonstrations'
 #    observations alone; evaluated on 10 episodes. 2,000 phase-1 steps (the paper's: 100,000) at
@@ -34,13 +34,13 @@ python dreamer_collect.py --agent dreamer "${TASK[@]}" --obs mdp --action-repeat
 #    score (docs/benchmark.md, "Measured times").
 python aime.py "${TASK[@]}" --body-data random+balance --demo balance --obs mdp --num-demos 20 \
     --phase1-epochs 20 --phase2-epochs 15 --steps-per-epoch 100 --batch-size 16 --horizon 32 \
-    --lr 1e-3 --eval-episodes 10 --eval-every 0 --data-dir "$DATA" --runs-dir "$RUNS" --resume
+    --lr 1e-3 --eval-episodes 10 --eval-every 0 --data-dir "$DATA" --runs-dir "$RUNS" --resume-or-start
 
 # 4. The baselines on the same data, at the authors' schedule (bco0.py): BCO(0), the BC oracle
 #    (the demonstrations' true actions) and IIDM (a forward model as implicit IDM).
 for method in bco0 bc iidm; do
   python bco0.py "${TASK[@]}" --method $method --body-data random+balance --demo balance \
-      --obs mdp --num-demos 20 --eval-episodes 10 --data-dir "$DATA" --runs-dir "$RUNS" --resume
+      --obs mdp --num-demos 20 --eval-episodes 10 --data-dir "$DATA" --runs-dir "$RUNS" --resume-or-start
 done
 
 # 5. The table (also written to $RUNS/results.md and results.png), and the random policy's score

@@ -6,18 +6,19 @@
 A variational world model (an RSSM) learns the environment from the policy's experience and the
 demonstrations (the ELBO, eq. 21); a discriminator learns to tell the latent states and actions
 the model infers from the demonstrations from those of on-policy rollouts inside the model
-(eq. 23); the policy climbs a K-step value expansion of log D through the learned dynamics
-(eq. 22). The policy acts on the state the model filters from real observations. Equations carry
-the numbers of the paper's Appendix B, (21)-(23). (`vmail_obs.py` runs the same learner on AIME's
-benchmark: observation-only demonstrations and AIME's frozen world model.)
+(eq. 23); the policy climbs the discounted sum of the discriminator's rewards along its rollouts
+through the learned dynamics (eq. 22). The policy acts on the state the model filters from real
+observations. Equations carry the numbers of the paper's Appendix B, (21)-(23). (`vmail_obs.py`
+runs the same learner on AIME's benchmark: observation-only demonstrations and AIME's frozen
+world model.)
 
 Algorithm 1 of the paper, and where each line lives here:
     collect T steps: z_t ~ q(.|x_t, z_t-1, a_t-1),
       a_t ~ pi(a_t | z_t), step the environment          `collect`, `LatentActor`
     add the episode to B_pi                               `train_online`: buffer.add(...)
-    per training iteration:                               `train_iterations`
+    per training iteration:                               `train_iterations`, `iteration`
       sample {x_1:T, a_1:T-1} ~ B_E u B_pi                `sample_union`
-      optimise the model with eq. (21)                    `model_step`, `elbo_loss`
+      optimise the model with eq. (21)                    `elbo_loss`
       sample {x^E, a^E} ~ B_E; z^E ~ q(.|x^E, a^E)        `expert_latents`
       latent rollouts z^pi_1:H of pi in the model         `imagine`
       update D with z^E, z^pi (eq. 23)                    `discriminator_loss`
@@ -27,7 +28,9 @@ and one aggregated buffer (`train_online`); lines 4-8 fine-tune the model on the
 demonstrations and that buffer and train a new discriminator and policy in the model only
 (`transfer`), with no environment step until the evaluation.
 
-Implementation details (where the paper is silent: the authors' V-MAIL configuration):
+The defaults are the authors' DeepMind Control code (github rmrafailov/VMAIL, `dm_control/`:
+`vmail.py`'s `define_config` and `train`, `models.py`, `tools.py`), which made the paper's
+figures; where it departs from the paper's text a flag gives the text's variant (7-10).
  1. Dreamer-v1 base: RSSM `VMAIL_RSSM` (GRU 200, s of 30 dims, one ELU layer of 200 before the
     GRU and in the prior and posterior, std = softplus + 0.1); the 4-layer convolutional encoder
     and transposed decoder for images, MLPs 2x400 ELU for low-dimensional observations;
@@ -35,40 +38,45 @@ Implementation details (where the paper is silent: the authors' V-MAIL configura
     (model) and 8e-5 (discriminator, actor, value), gradient-norm clip 100.
  2. Actor: tanh-Gaussian from an MLP 4x400 ELU, mean 5 tanh(x / 5), std softplus(x + 4.99) + 1e-4
     (std 5 before the tanh where the net outputs 0: `--actor-init-std`); value: MLP 3x400 ELU;
-    discriminator: MLP 3x400 ELU with a sigmoid output. The actor reads detached states in
+    discriminator: MLP 2x400 ELU with a sigmoid output. The actor reads detached states in
     imagination (gradients reach it through the dynamics and the discriminator, never into them).
- 3. Imagination starts from every posterior state of the model's batch and runs
-    K = `--imag-horizon` = 15 steps; gamma 0.99. The actor maximises eq. (22) at the start
-    states; the value net regresses V(z_tau) to the K - tau step expansion of every imagined
-    state tau, its target detached.
- 4. Expert pairs (z_t, a_t) take a_t from the record after z_t (records store a_t-1 as
-    `pre_action`); the policy's pairs are (z_tau, a_tau) of the rollouts, tau = 0..K-1.
- 5. Data collection samples the policy and adds Gaussian noise of std 0.3 (`--expl-noise`),
-    clipped to [-1, 1]; evaluation acts with the mode tanh(mean), episode i from the initial
-    state of seed + 100 + i, as in aime.py and bco0.py. 5 random episodes start each task's
-    buffer; after each collected episode, 100 training iterations.
+ 3. One iteration computes every loss with the networks as they are (the ELBO, the expert
+    latents, the rollouts, D's, pi's and V's losses), then each network takes one Adam step on
+    its own loss (`iteration`).
+ 4. Imagination starts from every posterior state of the model's batch but each window's last
+    (N = (T - 1) B) and runs K = `--imag-horizon` = 15 steps; gamma 0.99. Expert pairs
+    (z_t, a_t) take a_t from the record after z_t (records store a_t-1 as `pre_action`); the
+    policy's pairs are (z_tau, a_tau) of the rollouts, tau = 0..K-1.
+ 5. Schedule: each task's buffer starts empty (`--prefill-episodes 0`: the authors' 1,000 random
+    steps are made up by the demonstrations they copy into the model's data), 100 iterations
+    before the policy's first episode (`--pretrain-steps`), 200 after each episode (the
+    authors': 200 every 1,000 simulator steps, one DeepMind Control episode); batches of
+    128 windows of 50 records. Collection samples the policy and adds Gaussian noise of std 0.3
+    (`--expl-noise`), clipped to [-1, 1]; evaluation acts with the most likely of 100 samples
+    of the policy (Dreamer-v1's `SampleDist` mode, `--eval-samples`), episode i from the initial
+    state of seed + 100 + i, as in aime.py and bco0.py.
  6. Model batches are drawn from B_E u B_pi in proportion to the trajectories each holds (the
     authors copy the demonstrations into the model's data folder).
-Where the authors' code and the paper differ, this follows the paper; a flag gives the code's
-(the paper names no gradient penalty: the default is the usual one on the inputs):
- 7. Reward: log D (eq. 22) by default; `--reward d` uses D's probability (the authors' code).
- 8. Bootstrap: eq. (22) adds gamma^K V(z_K); `--no-value-bootstrap` drops it (the authors' DMC
-    runs: discounted sums of rewards over the horizon, lambda = 1, no bootstrap).
- 9. Gradient penalty (weight `--gp-weight` 1): `--grad-penalty inputs` (default) penalises
-    (|grad_x logit D(x)| - 1)^2 at points between expert and policy inputs (Gulrajani et al.);
-    `params` takes that norm over the discriminator's parameters (the authors' code); `none`.
-10. Algorithm 2's source policies and discriminators are one per source task; the target task's
-    are new (Alg. 2 line 2). The paper's walker walk/run use target speeds 2-4 and > 8; this uses
-    DeepMind Control's walk and run tasks as they are.
-On the small point mass of tests/systems.py the defaults' game does not settle (the actor
-overshoots the expert's actions to the bound); a faster discriminator, a narrower initial actor
-and no bootstrap imitate there (docs/vmail.md, "On a small system").
+ 7. Reward: D's probability (the code: `reward = policy_d.mean()`); `--reward log_d` is eq. (22).
+ 8. Returns: discounted sums of the first K - 1 rewards with no bootstrap (the code's lambda-return
+    at lambda = 1 of `reward[:-1]`); V(z_tau+1) regresses onto the return from z_tau, weighted by
+    gamma^tau, and never reaches pi. `--value-bootstrap` is eq. (22): K rewards plus
+    gamma^(K - tau) V(z_K), V(z_tau) fit to it.
+ 9. Actor loss: the gamma^tau-weighted mean of the returns of every imagined step (the code);
+    `--actor-loss start` maximises eq. (22) at the start states only (Algorithm 1 line 19).
+10. Gradient penalty (weight `--gp-weight` 1; the paper names none): (|grad logit D| - 1)^2 at
+    points x = alpha x^pi + (1 - alpha) x^E, the gradient taken over D's parameters (the code's,
+    `--grad-penalty params`); `inputs` takes it over the inputs (Gulrajani et al.); `none`.
+11. Algorithm 2's source policies and discriminators are one per source task; the target task's
+    are new (Alg. 2 line 2). The paper's walker walk and run use target speeds 2-4 and > 8; this
+    uses DeepMind Control's walk and run tasks as they are.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -124,16 +132,24 @@ class LearnerArgs(RunArgs):
     """K: steps of the latent rollouts and of the value expansion, eq. (22)"""
     gamma: float = 0.99
     """discount of eq. (22)"""
-    reward: Literal["log_d", "d"] = "log_d"
-    """the policy's reward: log D (the paper, eq. 22) or D (the authors' code)"""
-    value_bootstrap: bool = True
-    """add gamma^K V(z_K) to the expansion (eq. 22); --no-value-bootstrap: the authors' DMC runs"""
-    grad_penalty: Literal["inputs", "params", "none"] = "inputs"
-    """discriminator gradient penalty: over its inputs, over its parameters (the code's), none"""
+    reward: Literal["d", "log_d"] = "d"
+    """the policy's reward: D's probability (the authors' code) or log D (the paper, eq. 22)"""
+    value_bootstrap: bool = False
+    """the paper's eq. (22): add gamma^K V(z_K) to every return and fit V(z_tau) to it; without
+    it, the authors' DMC code: discounted sums of the first K - 1 rewards, V unused by pi"""
+    actor_loss: Literal["every-step", "start"] = "every-step"
+    """pi maximises the gamma^tau-weighted mean of every imagined step's return (the authors'
+    code) or the start states' return (the paper, eq. 22)"""
+    grad_penalty: Literal["params", "inputs", "none"] = "params"
+    """D's gradient penalty, taken over its parameters (the authors' code), over its inputs
+    (Gulrajani et al.'s), or none (the paper names none)"""
     gp_weight: float = 1.0
     """weight of the gradient penalty"""
     actor_init_std: float = 5.0
     """the actor's std before the tanh where its net outputs 0 (Dreamer-v1's and the authors' 5)"""
+    eval_samples: int = 100
+    """evaluation acts with the most likely of this many samples of pi (the authors' mode);
+    0: with tanh(mean)"""
     disc_lr: float = 8e-5
     """Adam learning rate of the discriminator"""
     actor_lr: float = 8e-5
@@ -176,11 +192,15 @@ class Args(LearnerArgs):
     """--zero-shot: iterations per transfer epoch"""
     total_steps: int = 500_000
     """Algorithm 1: environment (simulator) steps per task, the random prefill included"""
-    prefill_episodes: int = 5
-    """Algorithm 1: random-action episodes that start each task's buffer"""
-    train_steps_per_episode: int = 100
-    """Algorithm 1: training iterations after each collected episode"""
-    batch_size: int = 50
+    prefill_episodes: int = 0
+    """Algorithm 1: random-action episodes that start each task's buffer (the authors' 1,000
+    random steps are made up by the demonstrations they copy into the model's data: none)"""
+    pretrain_steps: int = 100
+    """Algorithm 1: training iterations before the first episode of the policy"""
+    train_steps_per_episode: int = 200
+    """Algorithm 1: training iterations after each collected episode (the authors': 200 every
+    1,000 simulator steps, one episode of DeepMind Control)"""
+    batch_size: int = 128
     """sequences per batch (model data and demonstrations)"""
     horizon: int = 50
     """records per sequence"""
@@ -227,10 +247,25 @@ def resolve(args: Args) -> Config:
         check_env(f"{args.env}-{t}", args.obs)
     if args.zero_shot and task in args.source_tasks:
         raise SystemExit(f"error: the target task {task} is one of --source-tasks")
-    if args.actor_init_std <= 0:
-        raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
+    for flag in ("prefill_episodes", "pretrain_steps"):
+        if (value := getattr(args, flag)) < 0:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 0, not {value}")
+    check_learner(args)
     cfg = Config(**{**asdict(args), "task": task, "demo": args.demo or task})
     return replace(cfg, action_repeat=dataset_action_repeat(datasets(cfg), args.action_repeat))
+
+
+def check_learner(args: LearnerArgs) -> None:
+    """The learner's flags that `check_flags` does not cover (vmail_obs.py's too)."""
+    if args.actor_init_std <= 0:
+        raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
+    if args.eval_samples < 0:
+        raise SystemExit(f"error: --eval-samples must be at least 0, not {args.eval_samples}")
+    if args.imag_horizon < 2 and not args.value_bootstrap:
+        raise SystemExit(
+            f"error: --imag-horizon must be at least 2 without --value-bootstrap (the returns "
+            f"leave out the last step's reward), not {args.imag_horizon}"
+        )
 
 
 def demonstrations(cfg: Config) -> dict[str, str]:
@@ -246,11 +281,11 @@ def datasets(cfg: Config) -> list[Path]:
 
 @dataclass
 class Progress:
-    """How far a run got, saved in each checkpoint: the stage, Algorithm 1's episodes trained on
-    and iterations per task, Algorithm 2's transfer epochs."""
+    """How far a run got, saved in each checkpoint: the stage; Algorithm 1's buffer size at each
+    task's last training (-1 or absent: not trained yet) and iterations; Algorithm 2's epochs."""
 
     stage: Literal["online", "transfer", "evaluation"] = "online"
-    episodes: dict[str, int] = field(default_factory=dict)
+    episodes: dict[str, int] = field(default_factory=dict)  # buffer size at the last training
     updates: int = 0
     epoch: int = 0
     env_steps: dict[str, int] = field(default_factory=dict)  # collected per task, at the end
@@ -316,7 +351,7 @@ def make_learner(
     device = torch.device(cfg.device)
     actor = Actor(feature_dim, action_dim, cfg.hidden, cfg.actor_init_std).to(device)
     value = mlp(feature_dim, 1, cfg.hidden, 3).to(device)
-    disc = mlp(feature_dim + (action_dim if with_actions else 0), 1, cfg.hidden, 3).to(device)
+    disc = mlp(feature_dim + (action_dim if with_actions else 0), 1, cfg.hidden, 2).to(device)
     return Learner(
         actor, value, disc,
         torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr),
@@ -350,19 +385,6 @@ def elbo_loss(
     metrics = {"elbo": (log_u - kl).mean(), "rec_term": log_u.mean(), "kl": kl.mean(), "loss": loss}
     start = (post.deter.detach(), post.stoch.detach())
     return loss, start, {k: v.detach() for k, v in metrics.items()}
-
-
-def model_step(
-    model: WorldModel, opt: torch.optim.Optimizer, batch: dict[str, Tensor],
-    keys: tuple[str, ...], cfg: Config,
-) -> tuple[tuple[Tensor, Tensor], dict[str, Tensor]]:  # fmt: skip
-    """Algorithm 1 lines 12-13: one Adam step on eq. (21)."""
-    loss, start, metrics = elbo_loss(model, batch, keys, cfg.free_nats)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    metrics["model_grad_norm"] = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    opt.step()
-    return start, metrics
 
 
 def sample_union(
@@ -417,13 +439,13 @@ def imagine(rssm: RSSM, actor: Actor, h: Tensor, s: Tensor, horizon: int) -> Ima
 def gradient_penalty(
     disc: nn.Module, expert_in: Tensor, policy_in: Tensor, over: Literal["inputs", "params"]
 ) -> Tensor:
-    """(|grad logit D(x_hat)| - 1)^2 at x_hat between expert and policy inputs [N, D] (paired at
-    random), the gradient taken over the inputs (per point, then averaged) or the parameters."""
-    n = min(len(expert_in), len(policy_in))
-    pick_e = torch.randperm(len(expert_in), device=expert_in.device)[:n]
-    pick_p = torch.randperm(len(policy_in), device=policy_in.device)[:n]
-    alpha = torch.rand(n, 1, device=expert_in.device)
-    x_hat = (alpha * expert_in[pick_e] + (1 - alpha) * policy_in[pick_p]).requires_grad_(True)
+    """(|grad logit D(x_hat)| - 1)^2 at x_hat = alpha x^pi + (1 - alpha) x^E, alpha ~ U(0, 1) per
+    point, between each policy input [K, N, D] and the expert input [M, D] of its index n (mod
+    M; the authors tile the expert's inputs over the K steps, M = N). The gradient is taken over
+    the inputs (per point, then averaged) or over D's parameters (of the mean logit, one norm)."""
+    expert = expert_in[torch.arange(policy_in.shape[1], device=expert_in.device) % len(expert_in)]
+    alpha = torch.rand(*policy_in.shape[:2], 1, device=policy_in.device)
+    x_hat = (alpha * policy_in + (1 - alpha) * expert).flatten(0, 1).requires_grad_(True)
     logits = disc(x_hat)
     if over == "inputs":
         (grad,) = torch.autograd.grad(logits.sum(), x_hat, create_graph=True)
@@ -437,7 +459,7 @@ def discriminator_loss(
     disc: nn.Module, expert_in: Tensor, policy_in: Tensor, cfg: LearnerArgs
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """eq. (23): -log D(z^E, a^E) - log(1 - D(z^pi, a^pi)), averaged, plus the gradient penalty.
-    Inputs [N, D] are detached: only D learns from this loss."""
+    Inputs, expert [M, D] and policy [K, N, D], are detached: only D learns from this loss."""
     expert_in, policy_in = expert_in.detach(), policy_in.detach()
     logit_e, logit_p = disc(expert_in).squeeze(-1), disc(policy_in).squeeze(-1)
     # eq. (23), with log D = logsigmoid(logit) and log(1 - D) = logsigmoid(-logit)
@@ -475,23 +497,33 @@ def policy_losses(
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:  # fmt: skip
     """Algorithm 1 lines 17-19: the discriminator, actor and value losses of one iteration.
 
-    start: states (h, s) [T, B, .] the rollouts begin at; expert_feat [T, B, F] the expert
-    latents and expert_actions [T - 1, B, A] their actions (None, in vmail_obs.py: D reads
-    states only)."""
-    h, s = (x.flatten(0, 1) for x in start)  # [T * B, .]
+    start: posterior states (h, s) [T, B, .]; the rollouts begin at every one but the last of
+    each sequence (as the authors'). expert_feat [T, B, F]: the expert latents, expert_actions
+    [T - 1, B, A] their actions (None, in vmail_obs.py: D reads states only)."""
+    h, s = (x[:-1].flatten(0, 1) for x in start)  # [N, .], N = (T - 1) B
     imag = imagine(rssm, learner.actor, h, s, cfg.imag_horizon)
     if expert_actions is not None:  # pairs (z_tau, a_tau), tau = 0..K-1
         expert_in = torch.cat([expert_feat[:-1], expert_actions], -1).flatten(0, 1)
         policy_in = torch.cat([imag.features[:-1], imag.actions], -1)  # [K, N, F + A]
     else:  # states only: z_1..z_K, the states the policy's actions reach
         expert_in, policy_in = expert_feat.flatten(0, 1), imag.features[1:]
-    disc_loss, metrics = discriminator_loss(learner.disc, expert_in, policy_in.flatten(0, 1), cfg)
+    disc_loss, metrics = discriminator_loss(learner.disc, expert_in, policy_in, cfg)
     logit = learner.disc(policy_in).squeeze(-1)  # [K, N], through the model and the actions
-    reward = F.logsigmoid(logit) if cfg.reward == "log_d" else torch.sigmoid(logit)
-    v = learner.value(imag.features).squeeze(-1)  # V(z_tau)  [K + 1, N]
-    returns = value_expansion(reward, v[-1] if cfg.value_bootstrap else None, cfg.gamma)
-    actor_loss = -returns[0].mean()  # eq. (22): maximise V^K at the start states
-    value_loss = 0.5 * (v[:-1] - returns.detach()).square().mean()  # fit V to eq. (22)'s targets
+    reward = torch.sigmoid(logit) if cfg.reward == "d" else F.logsigmoid(logit)
+    if cfg.value_bootstrap:  # eq. (22): K rewards, then gamma^(K - tau) V(z_K); V(z_tau) fit
+        v = learner.value(imag.features).squeeze(-1)  # V(z_0) .. V(z_K)  [K + 1, N]
+        returns = value_expansion(reward, v[-1], cfg.gamma)  # [K, N]
+        v_fit = v[:-1]
+    else:  # the authors' DMC code: lambda-returns at lambda = 1 with no bootstrap over the
+        # first K - 1 rewards, and V(z_tau+1) fit to the return from z_tau (V never reaches pi)
+        returns = value_expansion(reward[:-1], None, cfg.gamma)  # [K - 1, N]
+        v_fit = learner.value(imag.features[1:-1]).squeeze(-1)
+    weight = cfg.gamma ** torch.arange(len(returns), device=returns.device)[:, None]  # gamma^tau
+    if cfg.actor_loss == "every-step":  # the authors': every imagined step's return
+        actor_loss = -(weight * returns).mean()
+    else:  # eq. (22) and Algorithm 1 line 19: maximise V^K at the start states
+        actor_loss = -returns[0].mean()
+    value_loss = 0.5 * (weight * (v_fit - returns.detach()).square()).mean()
     metrics.update(
         actor_loss=actor_loss.detach(), value_loss=value_loss.detach(),
         imagined_reward=reward.detach().mean(), imagined_return=returns[0].detach().mean(),
@@ -500,42 +532,80 @@ def policy_losses(
     return disc_loss, actor_loss, value_loss, metrics
 
 
+Step = tuple[Tensor, nn.Module, torch.optim.Optimizer, str]  # a loss, its network, its Adam
+
+
+def adam_steps(steps: list[Step], grad_clip: float) -> dict[str, Tensor]:
+    """One Adam step of each network on its own loss (gradient norm clipped): every gradient is
+    computed before any parameter moves, and each loss reaches only its own network."""
+    metrics: dict[str, Tensor] = {}
+    for i, (loss, net, opt, name) in enumerate(steps):
+        params = list(net.parameters())
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=params, retain_graph=i < len(steps) - 1)
+        metrics[f"{name}_grad_norm"] = nn.utils.clip_grad_norm_(params, grad_clip).detach()
+    for _, _, opt, _ in steps:
+        opt.step()
+    return metrics
+
+
 def imitation_step(
     rssm: RSSM, learner: Learner, start: tuple[Tensor, Tensor], expert_feat: Tensor,
     expert_actions: Optional[Tensor], cfg: LearnerArgs,
 ) -> dict[str, Tensor]:  # fmt: skip
-    """Algorithm 1 lines 17-19: one Adam step each of D (eq. 23), pi (eq. 22) and V; each loss
-    reaches only its own network's parameters."""
+    """Algorithm 1 lines 17-19 in a fixed model (vmail_obs.py): one Adam step each of D
+    (eq. 23), pi (eq. 22) and V."""
     disc_loss, actor_loss, value_loss, metrics = policy_losses(
         rssm, learner, start, expert_feat, expert_actions, cfg
     )
-    for loss, net, opt, name in (
+    metrics.update(adam_steps([
         (actor_loss, learner.actor, learner.actor_opt, "actor"),
         (value_loss, learner.value, learner.value_opt, "value"),
         (disc_loss, learner.disc, learner.disc_opt, "disc"),
-    ):
-        params = list(net.parameters())
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=params, retain_graph=name != "disc")
-        metrics[f"{name}_grad_norm"] = nn.utils.clip_grad_norm_(params, cfg.grad_clip).detach()
-    for opt in (learner.actor_opt, learner.value_opt, learner.disc_opt):
-        opt.step()  # after all three backward passes: every loss saw the same parameters
+    ], cfg.grad_clip))  # fmt: skip
+    return metrics
+
+
+def iteration(
+    nets: Nets, task: str, batch: dict[str, Tensor], expert: dict[str, Tensor],
+    keys: tuple[str, ...], cfg: Config,
+) -> dict[str, Tensor]:  # fmt: skip
+    """Algorithm 1 lines 12-19, one iteration in the authors' order: every loss is computed with
+    the networks as they are (eq. (21) on the batch of B_E u B_pi, the expert latents of line 16
+    from `expert`, the rollouts, eqs. (22)-(23)), then the model and `task`'s D, pi and V each
+    take one Adam step on their own loss."""
+    model, learner = nets.model, nets.learners[task]
+    model_loss, start, metrics = elbo_loss(model, batch, keys, cfg.free_nats)  # lines 12-13
+    feat, actions = expert_latents(model.encoder, model.rssm, expert, keys)  # line 16
+    disc_loss, actor_loss, value_loss, more = policy_losses(
+        model.rssm, learner, start, feat, actions, cfg
+    )  # lines 17-19
+    metrics.update(more)
+    metrics.update(adam_steps([
+        (model_loss, model, nets.model_opt, "model"),
+        (actor_loss, learner.actor, learner.actor_opt, "actor"),
+        (value_loss, learner.value, learner.value_opt, "value"),
+        (disc_loss, learner.disc, learner.disc_opt, "disc"),
+    ], cfg.grad_clip))  # fmt: skip
     return metrics
 
 
 # -- Acting in the environment -----------------------------------------------------------------
 class LatentActor:
     """pi acting in n environments on the state the model filters from their observations and the
-    actions taken, z_t ~ q(z_t | x_t, z_t-1, a_t-1) from the zero state (Algorithm 1 lines 5-7):
-    its mode tanh(mean), or with `noise` a sample plus Gaussian noise of that std clipped to
-    [-1, 1]. A `common/run.py` BatchActor: called on each record, the last one too."""
+    actions taken, z_t ~ q(z_t | x_t, z_t-1, a_t-1) from the zero state (Algorithm 1 lines 5-7).
+    It acts with pi's mode: the most likely of `samples` draws (the authors'; drawn from its own
+    generator, seeded 0, so an evaluation is repeatable and leaves torch's stream alone), or
+    tanh(mean) where `samples` is 0; with `noise`, a draw plus Gaussian noise of that std clipped
+    to [-1, 1]. A `common/run.py` BatchActor: called on each record, the last one too."""
 
     def __init__(
         self, encoder: nn.Module, rssm: RSSM, actor: Actor, keys: tuple[str, ...],
-        device: torch.device, n: int, noise: Optional[float] = None,
+        device: torch.device, n: int, noise: Optional[float] = None, samples: int = 0,
     ) -> None:  # fmt: skip
         self.encoder, self.rssm, self.actor, self.keys = encoder, rssm, actor, keys
-        self.device, self.noise = device, noise
+        self.device, self.noise, self.samples = device, noise, samples
+        self.generator = torch.Generator(device=device).manual_seed(0)
         self.h, self.s = rssm.initial(n, device)
 
     @torch.no_grad()
@@ -547,11 +617,20 @@ class LatentActor:
         self.h, self.s, _, _ = self.rssm.obs_step(self.h, self.s, batch["pre_action"][0], embed)
         pi = self.actor(torch.cat([self.h, self.s], -1))
         if self.noise is None:
-            return pi.mode.cpu().numpy()
+            mode = pi.sampled_mode(self.samples, self.generator) if self.samples else pi.mode
+            return mode.cpu().numpy()
         action = pi.rsample()
         if self.noise > 0:
             action = (action + self.noise * torch.randn_like(action)).clamp(-1, 1)
         return action.cpu().numpy()
+
+
+def mode_actor(
+    encoder: nn.Module, rssm: RSSM, actor: Actor, keys: tuple[str, ...], cfg: LearnerArgs
+) -> Callable[[int], LatentActor]:
+    """`common/run.py::evaluate`'s actor: pi's mode (`--eval-samples`) in n environments."""
+    device = torch.device(cfg.device)
+    return partial(LatentActor, encoder, rssm, actor, keys, device, samples=cfg.eval_samples)
 
 
 def collect(env: DMCEnv, seed: int, act: Optional[BatchActor]) -> dict[str, np.ndarray]:
@@ -590,33 +669,39 @@ def restore_rng_at(run: Run, stage: str, samplers: list[WindowSampler]) -> None:
 
 
 # -- Algorithm 1 (and Algorithm 2 line 3): online V-MAIL on one or several tasks ---------------
+def iterations_due(collected: int, cfg: Config) -> int:
+    """Training iterations due once a task's buffer holds `collected` episodes: none during the
+    random prefill, `pretrain_steps` when it ends (the authors pretrain at their agent's first
+    call), then `train_steps_per_episode` after each episode of the policy."""
+    if collected < cfg.prefill_episodes:
+        return 0
+    return cfg.pretrain_steps if collected == cfg.prefill_episodes else cfg.train_steps_per_episode
+
+
 def train_iterations(
-    run: Run, cfg: Config, progress: Progress, task: str, episode: int, demo: TrajectoryDataset,
+    run: Run, cfg: Config, progress: Progress, task: str, demo: TrajectoryDataset,
     sources: list[WindowSampler], buffers: dict[str, ReplayBuffer], nets: Nets,
     keys: tuple[str, ...],
 ) -> None:  # fmt: skip
-    """Algorithm 1 lines 10-19 after `episode` of `task` (none before its last prefill episode),
-    then a checkpoint. `demo` is the task's B_E; `sources` B_E u B_pi, every online task's
-    demonstrations and buffers."""
+    """Algorithm 1 lines 10-19: the iterations due for each of `task`'s buffer sizes not trained
+    at yet (`progress.episodes`), each followed by a checkpoint. `demo` is the task's B_E;
+    `sources` B_E u B_pi, every online task's demonstrations and buffers."""
     device = torch.device(cfg.device)
-    if episode >= cfg.prefill_episodes - 1:
-        sums: dict[str, Tensor] = {}
-        for _ in range(cfg.train_steps_per_episode):
-            batch = sample_union(
-                sources, cfg.batch_size, cfg.horizon, device, [*keys, "pre_action"]
-            )
-            start, metrics = model_step(nets.model, nets.model_opt, batch, keys, cfg)
-            expert = demo.sample(cfg.batch_size, cfg.horizon, device)  # line 15
-            feat, actions = expert_latents(nets.model.encoder, nets.model.rssm, expert, keys)
-            learner = nets.learners[task]
-            metrics.update(imitation_step(nets.model.rssm, learner, start, feat, actions, cfg))
-            add_to(sums, metrics)
-        step = sum(env_steps(b, cfg.action_repeat) for b in buffers.values())
-        means = run.log(f"train/{task}", sums, cfg.train_steps_per_episode, step)
-        run.check_finite(means, f"after {task} episode {episode}")
-        progress.updates += cfg.train_steps_per_episode
-    progress.episodes[task] = episode + 1
-    checkpoint(run, progress, sources, nets)
+    for collected in range(progress.episodes.get(task, -1) + 1, len(buffers[task]) + 1):
+        if n := iterations_due(collected, cfg):
+            sums: dict[str, Tensor] = {}
+            for _ in range(n):
+                batch = sample_union(  # line 10: {x_1:T, a_1:T-1} ~ B_E u B_pi
+                    sources, cfg.batch_size, cfg.horizon, device, [*keys, "pre_action"]
+                )
+                expert = demo.sample(cfg.batch_size, cfg.horizon, device)  # line 15
+                add_to(sums, iteration(nets, task, batch, expert, keys, cfg))
+            step = sum(env_steps(b, cfg.action_repeat) for b in buffers.values())
+            means = run.log(f"train/{task}", sums, n, step)
+            run.check_finite(means, f"after {collected} episodes of {task}")
+            progress.updates += n
+        progress.episodes[task] = collected
+        checkpoint(run, progress, sources, nets)
 
 
 def train_online(
@@ -634,13 +719,10 @@ def train_online(
     }  # fmt: skip
     sources: list[WindowSampler] = [*demos.values(), *buffers.values()]  # B_E u B_pi
     restore_rng_at(run, "online", sources)
-    # Episodes saved after the last checkpoint (a kill between saving and updating) are trained
-    # on now, so that none is lost and none is collected twice.
+    # The pretraining, and episodes saved after the last checkpoint (a kill between saving and
+    # updating): trained on now, so that none is lost and none is collected twice.
     for task in tasks:
-        for episode in range(progress.episodes.get(task, 0), len(buffers[task])):
-            train_iterations(
-                run, cfg, progress, task, episode, demos[task], sources, buffers, nets, keys
-            )
+        train_iterations(run, cfg, progress, task, demos[task], sources, buffers, nets, keys)
     done = sum(env_steps(b, repeat) for b in buffers.values())
     bar = tqdm(total=cfg.total_steps * len(tasks), initial=done, desc="V-MAIL online", unit="step")
     while any(env_steps(b, repeat) < cfg.total_steps for b in buffers.values()):
@@ -660,13 +742,11 @@ def train_online(
             ret = float(trajectory["reward"].sum())
             run.writer.add_scalar(f"train/{task}/return", ret, env_steps(buffers[task], repeat))
             bar.set_postfix(task=task, episode=episode, ret=f"{ret:.1f}")
-            train_iterations(
-                run, cfg, progress, task, episode, demos[task], sources, buffers, nets, keys
-            )
+            train_iterations(run, cfg, progress, task, demos[task], sources, buffers, nets, keys)
             if cfg.eval_every and (episode + 1) % cfg.eval_every == 0:
                 returns = evaluate(
                     f"{cfg.env}-{task}", cfg.obs, repeat, cfg.seed, cfg.eval_episodes_during,
-                    partial(LatentActor, nets.model.encoder, nets.model.rssm, actor, keys, device),
+                    mode_actor(nets.model.encoder, nets.model.rssm, actor, keys, cfg),
                 )  # fmt: skip
                 step = env_steps(buffers[task], repeat)
                 run.writer.add_scalar(f"eval/{task}/return", np.mean(returns), step)
@@ -697,11 +777,8 @@ def transfer(
             batch = sample_union(
                 model_data, cfg.batch_size, cfg.horizon, device, [*keys, "pre_action"]
             )
-            start, metrics = model_step(nets.model, nets.model_opt, batch, keys, cfg)
             # line 8: D, pi on the target's expert latents, rollouts from the batch's states
-            feat, actions = expert_latents(encoder, rssm, expert, keys)
-            metrics.update(imitation_step(rssm, learner, start, feat, actions, cfg))
-            add_to(sums, metrics)
+            add_to(sums, iteration(nets, cfg.task, batch, expert, keys, cfg))
         n = cfg.steps_per_epoch
         means = run.log("imitation", sums, n, (epoch + 1) * n)
         run.check_finite(means, f"in epoch {epoch}")
@@ -711,7 +788,7 @@ def transfer(
             returns = evaluate(
                 f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
                 cfg.eval_episodes_during,
-                partial(LatentActor, encoder, rssm, learner.actor, keys, device),
+                mode_actor(encoder, rssm, learner.actor, keys, cfg),
             )  # fmt: skip
             run.log_returns(returns, epoch + 1)
         progress.epoch = epoch + 1
@@ -776,7 +853,7 @@ def main(args: Args) -> dict[str, Any]:
     actor = learners[cfg.task].actor
     returns = evaluate(
         f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed, cfg.eval_episodes,
-        partial(LatentActor, model.encoder, model.rssm, actor, keys, device), video,
+        mode_actor(model.encoder, model.rssm, actor, keys, cfg), video,
     )  # fmt: skip
     random = random_scores(
         f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]

@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -138,8 +137,7 @@ def resolve(args: Args) -> Config:
         )
     if not Path(args.world_model).is_file():
         raise SystemExit(f"error: --world-model {args.world_model} does not exist")
-    if args.actor_init_std <= 0:
-        raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
+    vmail.check_learner(args)
     demo_task = dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     check_env(f"{args.env}-{task}", args.obs)
@@ -218,7 +216,7 @@ def imitate(
             returns = evaluate(
                 f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
                 cfg.eval_episodes_during,
-                partial(vmail.LatentActor, model.encoder, model.rssm, learner.actor, keys, device),
+                vmail.mode_actor(model.encoder, model.rssm, learner.actor, keys, cfg),
             )  # fmt: skip
             run.log_returns(returns, epoch + 1)
         progress.epoch = epoch + 1
@@ -262,7 +260,7 @@ def main(args: Args) -> dict[str, Any]:
     video = run.video("final")
     returns = evaluate(
         f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed, cfg.eval_episodes,
-        partial(vmail.LatentActor, model.encoder, model.rssm, learner.actor, keys, device), video,
+        vmail.mode_actor(model.encoder, model.rssm, learner.actor, keys, cfg), video,
     )  # fmt: skip
     random = random_scores(
         f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]

@@ -157,11 +157,10 @@ def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], obje
     model = vmail.WorldModel(24, 6, obs == "visual", v_args).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=v_args.model_lr)
     learner = vmail.make_learner(model.rssm.feature_dim, 6, True, v_args)
+    nets = vmail.Nets(model, opt, {"walk": learner})
 
     def step() -> None:
-        start, _ = vmail.model_step(model, opt, batch, keys, v_args)
-        feat, actions = vmail.expert_latents(model.encoder, model.rssm, batch, keys)
-        vmail.imitation_step(model.rssm, learner, start, feat, actions, v_args)
+        vmail.iteration(nets, "walk", batch, batch, keys, v_args)
 
     return step
 

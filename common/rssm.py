@@ -376,3 +376,18 @@ class TanhNormal:
     def mode(self) -> Tensor:
         """tanh(mean), the deterministic action used for evaluation."""
         return torch.tanh(self.mean)
+
+    def sampled_mode(self, samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The most likely of `samples` draws [..., A], per batch element: Dreamer-v1's
+        `SampleDist.mode`, the V-MAIL authors' evaluation action. Each draw's log-probability is
+        computed as Dreamer-v1's tanh bijector does, from atanh of the action clipped to
+        +-0.99999997, so a saturated draw (|u| > 8.7) counts as u = +-8.7."""
+        noise = torch.randn(
+            (samples, *self.mean.shape), generator=generator, device=self.mean.device
+        )
+        action = torch.tanh(self.mean + self.std * noise)  # [samples, ..., A]
+        u = torch.atanh(action.clamp(-0.99999997, 0.99999997))
+        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
+        log_p = (self._log_normal(u) - log_det).sum(-1)  # [samples, ...]
+        best = log_p.argmax(0)[None, ..., None].expand(1, *action.shape[1:])
+        return action.gather(0, best)[0]

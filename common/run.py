@@ -5,7 +5,10 @@ A run lives in `{runs_dir}/{name}/`: TensorBoard events (with a table of the fla
 epoch or episode) and, when it ends, `results.json`. The rules:
   - a folder that holds a run already is refused unless `--resume` is passed;
   - `--resume` continues from the checkpoint only with the flags it was written with (the flags
-    that differ are named); with no checkpoint yet it starts from scratch;
+    that differ are named); it refuses a folder that does not exist (a mistyped flag would start
+    a new run), and starts from scratch in one killed before its first checkpoint;
+  - `--resume-or-start` continues the run where there is one and starts it where there is none
+    (for a command re-run until it finishes, as quickstart.sh does);
   - a non-finite loss stops the run and keeps the last good checkpoint.
 
 Scores are normalised as in the AIME paper (section 4.1): 100 * return / the expert's return,
@@ -32,7 +35,7 @@ from common.envs import EXPERT_RETURNS, ObsSetting, Record, make_env
 from common.replay import Dataset, WindowSampler, atomic_write, remove_stale_temporaries
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
-LOGGING = {"resume", "track", "wandb_project"}  # flags a resumed run may change
+LOGGING = {"resume", "resume_or_start", "track", "wandb_project"}  # flags a resumed run may change
 
 
 def check_flags(args: Any, positive: Sequence[str]) -> None:
@@ -72,7 +75,9 @@ class RunArgs:
     cache_dir: Annotated[Optional[str], derived(".cache/ in each dataset folder", "PATH")] = None
     """where the datasets' memory-mapped caches go (for datasets in read-only folders)"""
     resume: bool = False
-    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint"""
+    """continue the run in {runs_dir}/{run_name}/ from its last checkpoint (it must exist)"""
+    resume_or_start: bool = False
+    """continue the run in {runs_dir}/{run_name}/ where it exists, else start it"""
     capture_video: bool = False
     """save GIFs of evaluation episodes to {runs_dir}/{run_name}/videos/"""
     track: bool = False
@@ -295,10 +300,17 @@ class Run:
         settings: Optional[Sequence[str]] = None,
     ) -> None:
         """`args` is the script's (resolved) flags dataclass; `settings` the flags a resumed run
-        must share with the checkpoint (None: every flag but --resume)."""
+        must share with the checkpoint (None: every flag but --resume). A true
+        `args.resume_or_start` acts as `resume` where the folder exists."""
         self.dir = Path(runs_dir) / name
         self.ckpt_path = self.dir / checkpoint_name
         self.args = asdict(args)
+        if resume and not self.dir.is_dir():
+            raise SystemExit(
+                f"error: --resume: {self.dir} does not exist; check the flags that name the run, "
+                "or drop --resume to start it"
+            )
+        resume = resume or bool(self.args.get("resume_or_start"))
         if (self.ckpt_path.exists() or (self.dir / "results.json").exists()) and not resume:
             other = ", or another --exp-name" if "exp_name" in self.args else ""
             raise SystemExit(

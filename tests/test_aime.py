@@ -357,9 +357,15 @@ def test_world_model_of_another_setting_is_refused(data_dir: Path, tmp_path: Pat
 
 
 def test_existing_run_is_not_overwritten_without_resume(data_dir: Path, tmp_path: Path) -> None:
-    call_main(**base(data_dir, tmp_path))
+    # --resume of a run that does not exist (a mistyped flag names another run) starts nothing.
+    with pytest.raises(SystemExit, match=r"--resume: .* does not exist; check the flags"):
+        call_main(**base(data_dir, tmp_path, resume=True))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    first = call_main(**base(data_dir, tmp_path, resume_or_start=True))  # starts it
     with pytest.raises(SystemExit, match="pass --resume"):
         call_main(**base(data_dir, tmp_path))
+    again = call_main(**base(data_dir, tmp_path, resume_or_start=True))  # continues: ends as is
+    assert again["returns"] == first["returns"]
 
 
 def test_non_finite_data_are_named_by_file_key_and_record(data_dir: Path, tmp_path: Path) -> None:

@@ -503,3 +503,43 @@ def test_cache_dir_keeps_caches_out_of_the_dataset_folder(tmp_path: Path) -> Non
     (folder / ".cache").write_text("")  # a folder where no cache can be made
     with pytest.raises(DatasetError, match="pass --cache-dir with a writable folder"):
         open_dataset(tmp_path, "walker", "random", "body", ["velocity"], shapes, actions=False)
+
+
+READER = """
+import sys
+import numpy as np
+from common.replay import TrajectoryDataset
+for _ in range(int(sys.argv[2])):
+    data = TrajectoryDataset(sys.argv[1], ["velocity"], progress=False)
+    velocity = data.trajectories[1]["velocity"]
+    assert np.all(velocity == velocity.flat[0]), "one trajectory mixed from two versions"
+print("ok")
+"""
+
+
+def test_readers_racing_a_writer_each_see_one_whole_version(tmp_path: Path) -> None:
+    """Two processes load the dataset over and over while its file 1 is rewritten and the cache
+    rebuilt under them: no reader dies (a cache file pulled away mid-read was the failure) and
+    each sees a whole version of the file."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "d"
+    trajs = write_folder(folder, [6, 40], image=False)
+    TrajectoryDataset(folder, ["velocity"], progress=False)
+    root = Path(__file__).resolve().parents[1]
+    readers = [
+        subprocess.Popen([sys.executable, "-c", READER, str(folder), "25"], cwd=root,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    version = 0
+    while any(r.poll() is None for r in readers):
+        version += 1
+        velocity = np.full_like(trajs[1]["velocity"], float(version))
+        save_trajectory(folder / "1.npz", {**trajs[1], "velocity": velocity})
+        TrajectoryDataset(folder, ["velocity"], progress=False)  # the writer rebuilds the cache
+    for r in readers:
+        out, err = r.communicate()
+        assert r.returncode == 0 and out.strip() == "ok", err.strip().splitlines()[-1:]
+    assert version > 3, "the readers finished before the file was rewritten"

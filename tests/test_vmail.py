@@ -60,7 +60,8 @@ def tiny(root: Path, runs: Path, **kwargs: Any) -> vmail.Args:
     """Budgets that take real optimiser steps in seconds: 2 episodes per task (one random)."""
     settings: dict[str, Any] = dict(
         obs="mdp", data_dir=str(root), runs_dir=str(runs), device="cpu", num_demos=3,
-        total_steps=2 * 2 * EPISODE, prefill_episodes=1, train_steps_per_episode=3,
+        total_steps=2 * 2 * EPISODE, prefill_episodes=1, pretrain_steps=3,
+        train_steps_per_episode=3,
         phase2_epochs=2, steps_per_epoch=3, batch_size=4, horizon=12,
         imag_horizon=5, eval_episodes=2, eval_every=0, deter=32, stoch=8, hidden=32,
     )  # fmt: skip
@@ -85,13 +86,19 @@ def test_gradient_penalty_of_a_linear_discriminator() -> None:
     disc = nn.Linear(3, 1)
     with torch.no_grad():
         disc.weight.copy_(torch.tensor([[3.0, 0.0, 4.0]]))  # |grad_x logit| = 5 everywhere
-    x_e, x_p = torch.randn(7, 3), torch.randn(9, 3)
+    x_e, x_p = torch.randn(7, 3), torch.randn(4, 9, 3)  # expert [M, D], policy [K, N, D]
     got = vmail.gradient_penalty(disc, x_e, x_p, "inputs")
     torch.testing.assert_close(got, torch.tensor(16.0))  # (5 - 1)^2
-    # over the parameters: d mean(logit) / d(w, b) = (mean x_hat, 1); here x_hat = c always
-    c = torch.tensor([[1.0, 2.0, 2.0]]).expand(5, 3)
-    got = vmail.gradient_penalty(disc, c, c, "params")
-    torch.testing.assert_close(got.detach(), torch.tensor((10**0.5 - 1) ** 2))  # |(c, 1)| = 10^.5
+    # Over the parameters: d mean(logit) / d(w, b) = (mean x_hat, 1), x_hat = a x^pi_tau,n +
+    # (1 - a) x^E_n with a ~ U(0, 1) per point: the policy input of rollout n meets expert n.
+    x_e, x_p = torch.randn(5, 3), torch.randn(4, 5, 3)
+    torch.manual_seed(0)
+    alpha = torch.rand(4, 5, 1)
+    mean_x = (alpha * x_p + (1 - alpha) * x_e[None]).mean((0, 1))
+    expected = (torch.cat([mean_x, torch.ones(1)]).norm() - 1) ** 2
+    torch.manual_seed(0)
+    got = vmail.gradient_penalty(disc, x_e, x_p, "params")
+    torch.testing.assert_close(got.detach(), expected)
 
 
 def test_discriminator_separates_two_latent_distributions() -> None:
@@ -102,7 +109,7 @@ def test_discriminator_separates_two_latent_distributions() -> None:
     expert_mean, policy_mean = torch.full((8,), 1.0), torch.full((8,), -1.0)
     for _ in range(300):
         x_e = expert_mean + torch.randn(64, 8)
-        x_p = policy_mean + torch.randn(64, 8)
+        x_p = policy_mean + torch.randn(1, 64, 8)  # [K, N, D]
         loss, _ = vmail.discriminator_loss(disc, x_e, x_p, args)
         opt.zero_grad()
         loss.backward()
@@ -131,7 +138,7 @@ def test_policy_gradient_reaches_only_the_actor_and_raises_d() -> None:
     learner = learner._replace(disc=disc, disc_opt=frozen_d)
     model_before = [p.clone() for p in model.parameters()]
     h, s = model.rssm.initial(8, torch.device("cpu"))
-    start = (h[None], s[None])
+    start = (torch.stack([h, h]), torch.stack([s, s]))  # rollouts from all but the last
     feat = torch.randn(6, 8, model.rssm.feature_dim)
     actions = torch.rand(5, 8, 2) * 2 - 1
     means = []
@@ -183,7 +190,10 @@ def test_adversarial_policy_learning_imitates_a_point_mass_expert() -> None:
     model = vmail.WorldModel(4, 2, False, args)
     model_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(300):
-        vmail.model_step(model, model_opt, body.sample(16, 20), keys, args)
+        loss, _, _ = vmail.elbo_loss(model, body.sample(16, 20), keys, args.free_nats)
+        model_opt.zero_grad()
+        loss.backward()
+        model_opt.step()
     model.requires_grad_(False)
     learner = vmail.make_learner(model.rssm.feature_dim, 2, True, args)
     untrained = final_distance(model, learner.actor)
