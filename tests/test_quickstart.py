@@ -1,5 +1,6 @@
-"""The README's quick start, run as written (`bash quickstart.sh`, about 11 minutes on 2 CPU
-cores). It is also the Dreamer learning check: the quick start's expert is a short Dreamer run."""
+"""The README's quick start, run as written (`bash quickstart.sh`, about 13 minutes on 2 CPU
+cores). It is also the Dreamer learning check (the quick start's expert is a short Dreamer run)
+and V-MAIL's online learning check (its V-MAIL run)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 import dreamer_collect as dc
 from common.envs import make_env
+from common.run import eval_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +29,7 @@ def quick_start(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, s
         ["bash", str(ROOT / "quickstart.sh")], cwd=root, capture_output=True, text=True,
         timeout=3600, env={**os.environ, "DATA": str(data), "RUNS": str(runs)},
     )  # fmt: skip
+    (root / "quickstart.out").write_text(r.stdout)  # what it printed, kept for a look later
     assert r.returncode == 0, r.stderr[-3000:]
     return data, runs, r.stdout
 
@@ -63,7 +66,7 @@ def test_aime_imitates_the_expert_and_the_table_is_printed(
     results = {
         r["algorithm"]: r for r in (json.loads(p.read_text()) for p in runs.glob("*/results.json"))
     }
-    assert set(results) == {"aime", "bco0", "bc", "iidm"}
+    assert set(results) == {"aime", "bco0", "bc", "iidm", "vmail"}
     random_ = json.loads((data / "cartpole-random" / "info.json").read_text())
     aime = results["aime"]
     assert len(aime["returns"]) == 10 and aime["args"]["action_repeat"] == 8
@@ -76,3 +79,35 @@ def test_aime_imitates_the_expert_and_the_table_is_printed(
     assert "| cartpole | none->balance | BC-MDP |" in stdout  # the oracle reads no body data
     assert stdout.strip().splitlines()[-1].startswith("random policy: return ")
     assert (runs / "results.md").is_file() and (runs / "results.png").is_file()
+
+
+def random_at_evaluation(seed: int, n: int) -> np.ndarray:
+    """Uniform random actions from the initial states of a run's final evaluation episodes."""
+    env, returns = make_env("cartpole-balance", "mdp", action_repeat=8), []
+    for i in range(n):
+        rng = np.random.default_rng(eval_seed(seed, i))
+        record, total = env.reset(seed=eval_seed(seed, i)), 0.0
+        while not record["is_last"]:
+            record = env.step(rng.uniform(env.action_low, env.action_high).astype(np.float32))
+            total += float(record["reward"])
+        returns.append(total)
+    return np.array(returns)
+
+
+@pytest.mark.slow
+def test_vmail_online_imitates_the_expert(quick_start: tuple[Path, Path, str]) -> None:
+    """The online learning check of vmail.py (quickstart.sh step 5): Algorithm 1 with the world
+    model learning every iteration, 25 episodes of cartpole-balance. The policy's mode must beat
+    uniform random actions from the same 10 initial states by more than 2 of their standard
+    deviations and score at least 60% of the expert's return."""
+    _, runs, stdout = quick_start
+    (path,) = runs.glob("*__online__balance__vmail__1/results.json")
+    vmail = json.loads(path.read_text())
+    baseline = random_at_evaluation(vmail["seed"], len(vmail["returns"]))
+    print(f"vmail {vmail['mean_return']:.1f} (score {vmail['normalised_score']:.1f}), "
+          f"random {baseline.mean():.1f} +- {baseline.std():.1f}")  # fmt: skip
+    assert vmail["mode"] == "online" and vmail["env_steps"] == {"balance": 25000}
+    assert len(vmail["returns"]) == 10
+    assert vmail["mean_return"] > baseline.mean() + 2 * baseline.std()
+    assert vmail["normalised_score"] >= 60
+    assert "| cartpole | online->balance | V-MAIL-MDP |" in stdout
