@@ -240,27 +240,23 @@ def resolve(args: Args) -> Config:
     (the demonstrations' info.json)."""
     check_flags(args, ("num_demos", "steps_per_epoch", "train_steps_per_episode", "batch_size",
                        "horizon", "imag_horizon", "eval_episodes", "eval_episodes_during",
-                       "action_repeat"))  # fmt: skip
+                       "action_repeat"),
+                ("prefill_episodes", "pretrain_steps", "eval_samples"))  # fmt: skip
     demo_task = dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     for t in (*(args.source_tasks if args.zero_shot else ()), task):
         check_env(f"{args.env}-{t}", args.obs)
     if args.zero_shot and task in args.source_tasks:
         raise SystemExit(f"error: the target task {task} is one of --source-tasks")
-    for flag in ("prefill_episodes", "pretrain_steps"):
-        if (value := getattr(args, flag)) < 0:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 0, not {value}")
     check_learner(args)
     cfg = Config(**{**asdict(args), "task": task, "demo": args.demo or task})
     return replace(cfg, action_repeat=dataset_action_repeat(datasets(cfg), args.action_repeat))
 
 
 def check_learner(args: LearnerArgs) -> None:
-    """The learner's flags that `check_flags` does not cover (vmail_obs.py's too)."""
+    """The learner's flags beyond `check_flags`' ranges (vmail_obs.py's too)."""
     if args.actor_init_std <= 0:
         raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
-    if args.eval_samples < 0:
-        raise SystemExit(f"error: --eval-samples must be at least 0, not {args.eval_samples}")
     if args.imag_horizon < 2 and not args.value_bootstrap:
         raise SystemExit(
             f"error: --imag-horizon must be at least 2 without --value-bootstrap (the returns "

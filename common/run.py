@@ -38,12 +38,15 @@ Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
 LOGGING = {"resume", "resume_or_start", "track", "wandb_project"}  # flags a resumed run may change
 
 
-def check_flags(args: Any, positive: Sequence[str]) -> None:
+def check_flags(args: Any, positive: Sequence[str], nonnegative: Sequence[str] = ()) -> None:
     """Refuse, in one line and before anything else runs, a flag out of its range: each flag of
-    `positive` must be at least 1, and `--device` must be a device this machine has."""
-    for flag in positive:
-        if (value := getattr(args, flag)) is not None and value < 1:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1, not {value}")
+    `positive` must be at least 1, each of `nonnegative` at least 0, and `--device` must be a
+    device this machine has."""
+    for flags, least in ((positive, 1), (nonnegative, 0)):
+        for flag in flags:
+            if (value := getattr(args, flag)) is not None and value < least:
+                name = flag.replace("_", "-")
+                raise SystemExit(f"error: --{name} must be at least {least}, not {value}")
     try:
         device = torch.device(args.device)
     except RuntimeError:
