@@ -48,11 +48,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import tyro
@@ -60,9 +59,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from common.authors import embodiment_dataset, is_published_form, map_policy, read_world_model
-from common.envs import EnvError, Record, check_env, make_env
+from common.envs import EnvError, check_env, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
+    Dataset,
     DatasetError,
     TrajectoryDataset,
     atomic_write,
@@ -70,7 +70,6 @@ from common.replay import (
     dataset_folders,
     dataset_task,
     open_dataset,
-    records_batch,
     require_datasets,
 )
 from common.rssm import (
@@ -78,6 +77,7 @@ from common.rssm import (
     DREAMER_RSSM,
     RSSM,
     Filtered,
+    FilteringActor,
     RSSMConfig,
     TanhNormal,
     kl_loss,
@@ -222,9 +222,19 @@ def trained_on(path: Path, env: str) -> Optional[str]:
         return (embodiment_dataset(path) or "").removeprefix(f"{env}-") or None
     if not path.is_file():
         return None  # load_world_model says what is wrong with it
-    ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)", ["model"])
-    recorded = ckpt.get("settings", {}).get("body_data")
+    recorded = read_model_file(path).get("settings", {}).get("body_data")
     return str(recorded) if recorded else None
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """A world_model.pt of this script, read from disk once for `resolve` and `main` both."""
+    stat = path.stat() if path.is_file() else None  # a file rewritten since is read again
+    return _read_model_file(path.resolve(), stat and (stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=1)
+def _read_model_file(path: Path, version: Optional[tuple[int, int]]) -> dict[str, Any]:
+    return read_checkpoint(path, "--world-model", "a world model (world_model.pt)", ["model"])
 
 
 def datasets(args: Args) -> list[Path]:
@@ -234,6 +244,23 @@ def datasets(args: Args) -> list[Path]:
     body = [] if args.world_model else dataset_folders(data, env, args.body_data or "mix", "body")
     demo = [] if args.phase1_only else dataset_folders(data, env, args.demo, "demo")
     return [*body, *demo]
+
+
+def open_datasets(
+    cfg: Config, keys: tuple[str, ...], shapes: dict[str, tuple[int, ...]]
+) -> tuple[Optional[Dataset], Optional[Dataset]]:
+    """D_body, observations and the actions that led to them (none with --world-model), and
+    D_demo, observations (actions, where held, for analysis only; none with --phase1-only),
+    every file read and checked, every missing folder named at once."""
+    require_datasets(datasets(cfg))
+    body = demo = None
+    if not cfg.world_model:
+        body = open_dataset(cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes,
+                            seed=cfg.seed, cache_dir=cfg.cache_dir)  # fmt: skip
+    if not cfg.phase1_only:
+        demo = open_dataset(cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos,
+                            None, cfg.seed + 1, cache_dir=cfg.cache_dir)  # fmt: skip
+    return body, demo
 
 
 # == Networks =====================================================================================
@@ -441,36 +468,6 @@ def open_loop_images(model: WorldModel, batch: dict[str, Tensor], context: int =
 
 
 # == Evaluation in the environment ================================================================
-class FilteringPolicy:
-    """Acts in `n` environments with the policy's mode tanh(mean) on the posterior state that the
-    model filters from the real observations and the actions taken (implementation detail 7)."""
-
-    def __init__(
-        self,
-        model: WorldModel,
-        policy: Policy,
-        keys: tuple[str, ...],
-        noise: torch.Generator,
-        n: int,
-    ) -> None:
-        self.model, self.policy, self.keys, self.noise = model, policy, keys, noise
-        self.device = noise.device
-        self.h, self.s = model.rssm.initial(n, self.device)
-
-    @torch.no_grad()
-    def __call__(self, recs: list[Record]) -> np.ndarray:
-        batch = records_batch(recs, (*self.keys, "pre_action"), self.device)  # [1, n, ...]
-        embed = self.model.encoder(observation(batch, self.keys))[0]
-        noise = torch.randn(
-            len(recs), self.model.cfg.stoch, device=self.device, generator=self.noise
-        )
-        rssm = self.model.rssm
-        self.h, self.s, _, _ = rssm.obs_step(
-            self.h, self.s, batch["pre_action"][0], rssm.project_embed(embed), noise
-        )
-        return self.policy(torch.cat([self.h, self.s], -1)).mode.cpu().numpy()
-
-
 def evaluate_policy(
     model: WorldModel,
     policy: Policy,
@@ -480,10 +477,11 @@ def evaluate_policy(
     device: torch.device,
     video: Optional[Path] = None,
 ) -> list[float]:
-    """Episode returns of the policy on the task (`common.run.evaluate`: the shared initial
-    states, 10 episodes in lockstep); the filter's noise has a generator apart from training's."""
+    """Episode returns of the policy's mode tanh(mean) acting on the posterior state the model
+    filters from the real observations (implementation detail 7), on the task's shared initial
+    states (`common.run.evaluate`); the filter's noise has a generator apart from training's."""
     noise = torch.Generator(device).manual_seed(cfg.seed + 100)
-    actor = partial(FilteringPolicy, model, policy, keys, noise)
+    actor = partial(FilteringActor, model.encoder, model.rssm, policy, keys, device, noise=noise)
     name = f"{cfg.env}-{cfg.task}"
     return evaluate(name, cfg.obs, cfg.action_repeat, cfg.seed, episodes, actor, video)
 
@@ -535,7 +533,7 @@ def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Con
     elif path.is_dir():
         raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml")
     else:
-        ckpt = read_checkpoint(path, "--world-model", "a world model (world_model.pt)", ["model"])
+        ckpt = read_model_file(path)
         settings, state, unused = (
             {"action_repeat": 2, **ckpt.get("settings", {})},
             ckpt["model"],
@@ -597,19 +595,7 @@ def main(args: Args) -> dict[str, Any]:
     dims = {k: math.prod(env.record_shapes[k]) for k in keys}  # the observation's keys and sizes
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
 
-    # -- data: every dataset opened and checked before any training --------------------------
-    require_datasets(datasets(cfg))  # every missing one named at once
-    body = demo = None
-    if not cfg.world_model:  # D_body: observations and the actions that led to them
-        body = open_dataset(
-            cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed,
-            cache_dir=cfg.cache_dir,
-        )  # fmt: skip
-    if not cfg.phase1_only:  # D_demo: observations (actions, where held, for analysis only)
-        demo = open_dataset(
-            cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, None,
-            cfg.seed + 1, cache_dir=cfg.cache_dir,
-        )  # fmt: skip
+    body, demo = open_datasets(cfg, keys, shapes)  # every file checked before any training
     expert = expert_return(cfg.env, cfg.task, demo) if demo else (0.0, "", None)
     run = Run(cfg.runs_dir, run_name(cfg), cfg, cfg.resume)
     model_path, n_steps = run.dir / "world_model.pt", cfg.steps_per_epoch
@@ -622,9 +608,7 @@ def main(args: Args) -> dict[str, Any]:
         model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm).to(device)
     model_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     parts: dict[str, Any] = {"model": model, "model_opt": model_opt}  # what a checkpoint holds
-    progress = Progress()
-    if cfg.world_model:
-        progress.phase = 2
+    progress = Progress(phase=2 if cfg.world_model else 1)
     if run.resumed:
         progress = Progress(**run.resumed["state"])
         run.restore(**parts)

@@ -73,12 +73,11 @@ from common.replay import (
     ReplayBuffer,
     check_dataset_settings,
     fill_folder,
-    records_batch,
     save_trajectory,
     stack_records,
     write_info,
 )
-from common.rssm import DREAMER_RSSM, RSSM, TanhNormal, kl_loss
+from common.rssm import DREAMER_RSSM, RSSM, FilteringActor, TanhNormal, kl_loss
 from common.run import (
     Run,
     RunArgs,
@@ -412,34 +411,28 @@ def run_episodes(
 ) -> list[dict[str, np.ndarray]]:
     """One episode in each environment, in lockstep; returns each episode's stacked records.
 
-    The agent filters the posterior state from the real observations and the actions taken
-    (`obs_step`) and acts on it: a sample of the policy (plus `expl_noise`) or its mode.
+    The agent acts on the posterior state it filters from the real observations and the actions
+    taken (`common/rssm.py::FilteringActor`): a sample of the policy (plus `expl_noise`) or its
+    mode.
     `random` draws uniform actions from the action seeds of `seeds`. Of `args` only
     `expl_noise` is read.
     """
-    n = len(envs)
-    keys = envs[0].obs_keys
     rngs = [np.random.default_rng([s, 1]) for s in seeds]  # random actions, apart from the env
     records = [[env.reset(seed=s)] for env, s in zip(envs, seeds, strict=True)]
-    if agent is not None:
-        h, s = agent.model.rssm.initial(n, device)
+    act = None
+    if mode != "random" and agent is not None:
+        explore = args.expl_noise if mode == "sample" else None
+        model, keys = agent.model, envs[0].obs_keys
+        act = FilteringActor(
+            model.encoder, model.rssm, agent.actor, keys, device, len(envs), explore
+        )
     while not records[0][-1]["is_last"]:
-        last = [r[-1] for r in records]
-        if mode == "random" or agent is None:
+        if act is None:
             actions = np.stack(
                 [rng.uniform(envs[0].action_low, envs[0].action_high) for rng in rngs]
             )
         else:
-            batch = records_batch(last, (*keys, "pre_action"), device)  # [1, n, ...]
-            embed = agent.model.encoder(observation(batch, keys))[0]  # [n, embed]
-            h, s, _, _ = agent.model.rssm.obs_step(
-                h, s, batch["pre_action"][0], agent.model.rssm.project_embed(embed)
-            )
-            pi = agent.actor(torch.cat([h, s], -1))
-            action = pi.mode if mode == "mode" else pi.rsample()
-            if mode == "sample" and args.expl_noise > 0:
-                action = (action + args.expl_noise * torch.randn_like(action)).clamp(-1, 1)
-            actions = action.cpu().numpy()
+            actions = act([r[-1] for r in records])
         for env, rec, a in zip(envs, records, actions, strict=True):
             rec.append(env.step(a.astype(np.float32)))
     return [stack_records(r) for r in records]

@@ -14,7 +14,7 @@ world model.)
 
 Algorithm 1 of the paper, and where each line lives here:
     collect T steps: z_t ~ q(.|x_t, z_t-1, a_t-1),
-      a_t ~ pi(a_t | z_t), step the environment          `collect`, `LatentActor`
+      a_t ~ pi(a_t | z_t), step the environment          `collect`, `FilteringActor`
     add the episode to B_pi                               `train_online`: buffer.add(...)
     per training iteration:                               `train_iterations`, `iteration`
       sample {x_1:T, a_1:T-1} ~ B_E u B_pi                `sample_union`
@@ -89,7 +89,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common.envs import DMCEnv, EnvError, Record, check_env, make_env
+from common.envs import DMCEnv, EnvError, check_env, make_env
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
 from common.replay import (
     DatasetError,
@@ -100,12 +100,11 @@ from common.replay import (
     dataset_folders,
     dataset_task,
     open_dataset,
-    records_batch,
     require_datasets,
     stack_records,
     to_torch_batch,
 )
-from common.rssm import RSSM, RSSMConfig, TanhNormal, kl_normal
+from common.rssm import RSSM, FilteringActor, RSSMConfig, TanhNormal, kl_normal
 from common.run import (
     BatchActor,
     Run,
@@ -587,46 +586,13 @@ def iteration(
 
 
 # -- Acting in the environment -----------------------------------------------------------------
-class LatentActor:
-    """pi acting in n environments on the state the model filters from their observations and the
-    actions taken, z_t ~ q(z_t | x_t, z_t-1, a_t-1) from the zero state (Algorithm 1 lines 5-7).
-    It acts with pi's mode: the most likely of `samples` draws (the authors'; drawn from its own
-    generator, seeded 0, so an evaluation is repeatable and leaves torch's stream alone), or
-    tanh(mean) where `samples` is 0; with `noise`, a draw plus Gaussian noise of that std clipped
-    to [-1, 1]. A `common/run.py` BatchActor: called on each record, the last one too."""
-
-    def __init__(
-        self, encoder: nn.Module, rssm: RSSM, actor: Actor, keys: tuple[str, ...],
-        device: torch.device, n: int, noise: Optional[float] = None, samples: int = 0,
-    ) -> None:  # fmt: skip
-        self.encoder, self.rssm, self.actor, self.keys = encoder, rssm, actor, keys
-        self.device, self.noise, self.samples = device, noise, samples
-        self.generator = torch.Generator(device=device).manual_seed(0)
-        self.h, self.s = rssm.initial(n, device)
-
-    @torch.no_grad()
-    def __call__(self, records: list[Record]) -> np.ndarray:
-        if records[0]["is_last"]:  # the episodes end: no action is taken, nothing is drawn
-            return np.zeros((len(records), *records[0]["pre_action"].shape), np.float32)
-        batch = records_batch(records, (*self.keys, "pre_action"), self.device)  # [1, n, ...]
-        embed = self.rssm.project_embed(self.encoder(observation(batch, self.keys))[0])  # [n, .]
-        self.h, self.s, _, _ = self.rssm.obs_step(self.h, self.s, batch["pre_action"][0], embed)
-        pi = self.actor(torch.cat([self.h, self.s], -1))
-        if self.noise is None:
-            mode = pi.sampled_mode(self.samples, self.generator) if self.samples else pi.mode
-            return mode.cpu().numpy()
-        action = pi.rsample()
-        if self.noise > 0:
-            action = (action + self.noise * torch.randn_like(action)).clamp(-1, 1)
-        return action.cpu().numpy()
-
-
 def mode_actor(
     encoder: nn.Module, rssm: RSSM, actor: Actor, keys: tuple[str, ...], cfg: LearnerArgs
-) -> Callable[[int], LatentActor]:
-    """`common/run.py::evaluate`'s actor: pi's mode (`--eval-samples`) in n environments."""
+) -> Callable[[int], FilteringActor]:
+    """`common/run.py::evaluate`'s actor: pi's mode (`--eval-samples`) in n environments, on the
+    state z_t ~ q(z_t | x_t, z_t-1, a_t-1) the model filters from the real observations."""
     device = torch.device(cfg.device)
-    return partial(LatentActor, encoder, rssm, actor, keys, device, samples=cfg.eval_samples)
+    return partial(FilteringActor, encoder, rssm, actor, keys, device, samples=cfg.eval_samples)
 
 
 def collect(env: DMCEnv, seed: int, act: Optional[BatchActor]) -> dict[str, np.ndarray]:
@@ -726,7 +692,7 @@ def train_online(
             if env_steps(buffers[task], repeat) >= cfg.total_steps:
                 continue
             episode, actor = len(buffers[task]), nets.learners[task].actor
-            act = LatentActor(
+            act = FilteringActor(  # lines 5-7: z_t ~ q(z_t | x_t, z_t-1, a_t-1), a_t ~ pi
                 nets.model.encoder, nets.model.rssm, actor, keys, device, 1, cfg.expl_noise
             )
             random = episode < cfg.prefill_episodes

@@ -294,6 +294,16 @@ def _sort_key(path: Path) -> tuple[int, Union[int, str]]:
     return (0, int(path.stem)) if path.stem.isdigit() else (1, path.name)
 
 
+_NOTICES: set[str] = set()  # the notices already printed by this process
+
+
+def notice(message: str) -> None:
+    """Print `notice: {message}`, once per process (two datasets may share a folder)."""
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        print(f"notice: {message}")
+
+
 def trajectory_files(folder: PathLike) -> list[Path]:
     """The trajectory files of a dataset folder in order; a clear error if there are none."""
     folder = Path(folder)
@@ -304,8 +314,8 @@ def trajectory_files(folder: PathLike) -> list[Path]:
     found = sorted(folder.glob("*.npz"), key=_sort_key)
     files = [f for f in found if TRAJECTORY_NAME.fullmatch(f.name)]
     if others := [f.name for f in found if f not in files]:
-        print(f"notice: {folder}: not trajectory names, ignored: {', '.join(others[:5])}"
-              + (f" and {len(others) - 5} more" if len(others) > 5 else ""))  # fmt: skip
+        notice(f"{folder}: not trajectory names, ignored: {', '.join(others[:5])}"
+               + (f" and {len(others) - 5} more" if len(others) > 5 else ""))  # fmt: skip
     if not files:
         raise DatasetError(f"dataset folder {folder} contains no .npz trajectory files")
     return files

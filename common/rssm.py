@@ -8,7 +8,8 @@ The latent state at time t is (h_t, s_t): h_t deterministic (a GRU), s_t Gaussia
 
 with e_t = f_φ(o_t) the encoder's embedding (the encoders live in the scripts). One cell serves
 every path: `obs_step` (one posterior step), `img_step` (one prior step), `observe` (filter a
-sequence with the posterior) and `imagine` (roll the prior forward under given actions or a policy).
+sequence with the posterior) and `imagine` (roll the prior forward under given actions or a policy);
+`FilteringActor` acts in environments on the state it filters from their observations, step by step.
 
 Two layouts, both from the AIME authors' code (`RSSMConfig`):
 - `AIME_RSSM` (paper default, Appendix B): GRU 512 on [s, a], s of 128 dims, separate mean and std
@@ -26,13 +27,17 @@ loop, the prior after it; everything traces under torch.compile.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from common.nets import observation
+from common.replay import records_batch
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,12 @@ class GaussianNet(nn.Module):
         return mean, std + self.cfg.min_std
 
 
+def normal_sample(mean: Tensor, std: Tensor, noise: Optional[Tensor] = None) -> Tensor:
+    """mean + std * noise, a reparameterised Gaussian sample; `noise` standard normal, drawn
+    where None."""
+    return mean + std * (torch.randn_like(mean) if noise is None else noise)
+
+
 class Filtered(NamedTuple):
     """States filtered by `RSSM.observe`, each [T, B, ...]."""
 
@@ -218,8 +229,7 @@ class RSSM(nn.Module):
         """
         h = self.transition(h, s, action)
         mean, std = self.prior(h)
-        noise = torch.randn_like(mean) if noise is None else noise
-        return h, mean + std * noise, mean, std
+        return h, normal_sample(mean, std, noise), mean, std
 
     def obs_step(
         self,
@@ -236,8 +246,7 @@ class RSSM(nn.Module):
         """
         h = self.transition(h, s, action)
         post_mean, post_std = self.posterior(h, embed_proj)
-        noise = torch.randn_like(post_mean) if noise is None else noise
-        return h, post_mean + post_std * noise, post_mean, post_std
+        return h, normal_sample(post_mean, post_std, noise), post_mean, post_std
 
     def observe(
         self,
@@ -391,3 +400,50 @@ class TanhNormal:
         log_p = (self._log_normal(u) - log_det).sum(-1)  # [samples, ...]
         best = log_p.argmax(0)[None, ..., None].expand(1, *action.shape[1:])
         return action.gather(0, best)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Acting on the filtered state
+# --------------------------------------------------------------------------------------------
+class FilteringActor:
+    """A policy acting in `n` environments on the state the model filters from their real
+    observations: s_t ~ q(s_t | s_t-1, a_t-1, f(o_t)) by `RSSM.obs_step` from the zero state,
+    then a_t from pi(a_t | s_t). Called with the current records, it returns the actions [n, A].
+
+    The action is the policy's mode where `explore` is None (tanh(mean), or the most likely of
+    `samples` draws from a generator of its own, seeded 0, so that an evaluation is repeatable and
+    leaves torch's stream alone), otherwise a sample plus Gaussian noise of std `explore`, clipped
+    to [-1, 1]. The posterior's noise comes from `noise` (None:
+    torch's global generator, which only the steps that act draw from); at the episodes' last
+    record no action is taken and zeros are returned."""
+
+    def __init__(
+        self, encoder: nn.Module, rssm: RSSM, policy: Callable[[Tensor], TanhNormal],
+        keys: tuple[str, ...], device: torch.device, n: int, explore: Optional[float] = None,
+        samples: int = 0, noise: Optional[torch.Generator] = None,
+    ) -> None:  # fmt: skip
+        self.encoder, self.rssm, self.policy, self.keys = encoder, rssm, policy, keys
+        self.device, self.explore, self.samples, self.noise = device, explore, samples, noise
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self.h, self.s = rssm.initial(n, device)
+
+    @torch.no_grad()
+    def __call__(self, records: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+        n, stoch = len(records), self.rssm.cfg.stoch
+        noise = None  # obs_step draws from the global generator
+        if self.noise is not None:  # drawn at every call, the last one too
+            noise = torch.randn(n, stoch, device=self.device, generator=self.noise)
+        if records[0]["is_last"]:  # the episodes end: no action is taken
+            return np.zeros((n, *records[0]["pre_action"].shape), np.float32)
+        batch = records_batch(records, (*self.keys, "pre_action"), self.device)  # [1, n, ...]
+        embed = self.rssm.project_embed(self.encoder(observation(batch, self.keys))[0])  # [n, .]
+        h, s, action = self.h, self.s, batch["pre_action"][0]
+        self.h, self.s, _, _ = self.rssm.obs_step(h, s, action, embed, noise)
+        pi = self.policy(torch.cat([self.h, self.s], -1))
+        if self.explore is None:
+            mode = pi.sampled_mode(self.samples, self.generator) if self.samples else pi.mode
+            return mode.cpu().numpy()
+        action = pi.rsample()
+        if self.explore > 0:
+            action = (action + self.explore * torch.randn_like(action)).clamp(-1, 1)
+        return action.cpu().numpy()

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,20 @@ def test_visual_model_shapes() -> None:
 # ---------------------------------------------------------------------------------------------
 # Learning, checked by behaviour
 # ---------------------------------------------------------------------------------------------
+def train_phase1(
+    model: aime.WorldModel, sample: Callable[[], dict[str, torch.Tensor]], keys: tuple[str, ...],
+    args: aime.Config, steps: int, metric: str,
+) -> list[float]:  # fmt: skip
+    """`steps` Adam steps (lr 1e-3) of phase 1 on `sample()`'s batches; `metric` at each."""
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    values = []
+    for _ in range(steps):
+        loss, m = aime.phase1_step(model, sample(), keys, args)
+        opt.zero_grad(), loss.backward(), opt.step()
+        values.append(float(m[metric]))
+    return values
+
+
 def test_phase2_infers_the_actions_of_a_known_policy() -> None:
     """Random-action embodiment data, demonstrations of a = tanh(-2x - v): after phase 2 the
     inferred actions are far closer to the true ones than a random policy's or the initial ones."""
@@ -117,12 +132,7 @@ def test_phase2_infers_the_actions_of_a_known_policy() -> None:
     keys = ("position", "velocity")
     args = aime.resolve(aime.Args(env="walker", obs="mdp"))
     model = aime.WorldModel(POINT_MASS, 2, "aime", False, RSSMConfig(deter=64, stoch=8, hidden=64))
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    elbo = []
-    for _ in range(300):
-        loss, m = aime.phase1_step(model, body.sample(16, 20), keys, args)
-        opt.zero_grad(), loss.backward(), opt.step()
-        elbo.append(float(m["elbo"]))
+    elbo = train_phase1(model, lambda: body.sample(16, 20), keys, args, 300, "elbo")
     assert np.mean(elbo[-20:]) > np.mean(elbo[:20]) + 50, "phase 1 did not learn the dynamics"
 
     model.requires_grad_(False)
@@ -164,12 +174,7 @@ def test_idm_learns_the_actions_on_detached_inputs() -> None:
     others = [p for n, p in model.named_parameters() if not n.startswith("idm.")]
     grads = torch.autograd.grad(with_idm - without_idm, others, allow_unused=True)
     assert all(g is None or float(g.abs().max()) < 1e-6 for g in grads)
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    idm_loss = []
-    for _ in range(200):
-        loss, m = aime.phase1_step(model, body.sample(16, 10), keys, args)
-        opt.zero_grad(), loss.backward(), opt.step()
-        idm_loss.append(float(m["idm_loss"]))
+    idm_loss = train_phase1(model, lambda: body.sample(16, 10), keys, args, 200, "idm_loss")
     assert np.mean(idm_loss[-20:]) < np.mean(idm_loss[:20]) - 5, (idm_loss[:3], idm_loss[-3:])
 
 
@@ -422,6 +427,23 @@ def test_phase1_only_needs_no_demonstrations_and_serves_later_runs(
         SystemExit, match="--body-data mix, but --world-model was trained on random"
     ):
         call_main(**base(data_dir, tmp_path / "c", world_model=str(model), body_data="mix"))
+
+
+def test_a_world_model_file_is_read_once_per_run(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`resolve` (the data it was trained on) and `main` (the weights) share one read."""
+    out = call_main(**base(data_dir, tmp_path, demo=str(tmp_path / "none"), phase1_only=True))
+    reads: list[Path] = []
+    read = aime.read_checkpoint
+
+    def counted(path: Path, *args: Any) -> dict[str, Any]:
+        reads.append(path)
+        return read(path, *args)
+
+    monkeypatch.setattr(aime, "read_checkpoint", counted)
+    call_main(**{**base(data_dir, tmp_path, world_model=out["world_model"]), "body_data": None})
+    assert reads == [Path(out["world_model"]).resolve()]
 
 
 def test_a_published_world_model_names_its_embodiment_dataset() -> None:

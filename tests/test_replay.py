@@ -301,6 +301,8 @@ def test_only_trajectory_names_are_read(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "d" / "0 (copy).npz").write_bytes((tmp_path / "d" / "0.npz").read_bytes())
     assert [p.name for p in trajectory_files(tmp_path / "d")] == ["0.npz", "1.npz"]
     assert "not trajectory names, ignored: 0 (copy).npz" in capsys.readouterr().out
+    trajectory_files(tmp_path / "d")  # a second dataset reading the folder: said once only
+    assert "notice" not in capsys.readouterr().out
 
 
 def test_missing_key_is_named(tmp_path: Path) -> None:
