@@ -3,6 +3,7 @@ log-probability against a numerical change of variables."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,6 +12,7 @@ from common.rssm import (
     AIME_RSSM,
     DREAMER_RSSM,
     RSSM,
+    FilteringActor,
     RSSMConfig,
     TanhNormal,
     kl_loss,
@@ -230,3 +232,34 @@ def test_gradients_flow_through_observe() -> None:
     kl.backward()
     assert actions.grad is not None and float(actions.grad.abs().sum()) > 0
     assert all(p.grad is not None for p in rssm.parameters())
+
+
+def test_filtering_actor_filters_as_observe_does_and_acts_with_the_mode() -> None:
+    """Called record by record, `FilteringActor` reaches the states `RSSM.observe` filters from
+    the whole sequence (the posterior's std set near 0, so its noise drops out) and acts with
+    tanh(mean) of the policy there; at the last record it returns zeros and draws nothing."""
+    torch.manual_seed(0)
+    rssm = RSSM(action_dim=2, embed_dim=9, cfg=SMALL_AIME)
+    std_head = list(rssm.posterior.rest[1].children())[-1]
+    assert isinstance(std_head, nn.Linear)
+    nn.init.zeros_(std_head.weight), nn.init.constant_(std_head.bias, -30.0)  # std ~ 1e-6
+    embed, actions = make_sequence()  # [T, B, 9], [T, B, 2]: the records' observations, a_t-1
+    T, B = actions.shape[:2]
+    records = [
+        [{"obs": embed[t, b].numpy(), "pre_action": actions[t, b].numpy(),
+          "is_last": np.array(t == T - 1)} for b in range(B)]
+        for t in range(T)
+    ]  # fmt: skip
+    head = nn.Linear(rssm.feature_dim, 2)
+
+    def policy(features: torch.Tensor) -> TanhNormal:
+        return TanhNormal(head(features), torch.ones(len(features), 2))
+
+    actor = FilteringActor(nn.Identity(), rssm, policy, ("obs",), torch.device("cpu"), B)
+    acted = np.stack([actor(records[t]) for t in range(T - 1)])
+    with torch.no_grad():
+        expected = torch.tanh(head(rssm.observe(embed, actions, sample=False).features()[:-1]))
+    torch.testing.assert_close(torch.as_tensor(acted), expected, atol=1e-4, rtol=0)
+    before = torch.random.get_rng_state()
+    assert not actor(records[-1]).any()
+    assert torch.equal(torch.random.get_rng_state(), before)
