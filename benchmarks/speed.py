@@ -12,6 +12,8 @@ Cases:
 - vmail-mdp, vmail-visual: one V-MAIL training iteration of Algorithm 1 per second at the
   default sizes (a model step on 50 x 50, the expert latents of 50 x 50 demonstration records,
   then discriminator, actor and value steps on K = 15 rollouts from all 2500 posterior states).
+- vmail-mdp-inputs-gp, vmail-mdp-no-gp: vmail-mdp with D's gradient penalty over its inputs
+  (`--grad-penalty inputs`) and without one (`none`), beside the default over its parameters.
 - vmail-obsonly-mdp: one iteration of `vmail_obs.py` on AIME's (frozen) world model.
 - dataset: batches of 50 x 50 64x64 images per second from a memory-mapped dataset.
 - collect-mdp, collect-visual: `dreamer_collect.py --agent dreamer` on walker-walk at the default
@@ -49,7 +51,7 @@ WALKER_MDP = {"orientations": 14, "height": 1, "velocity": 9}  # walker's keys a
 CASES = (
     "phase1-mdp", "phase1-visual", "phase2-mdp", "phase2-visual",
     "rssm-aime", "rssm-dreamer", "env", "env-render", "dataset", "collect-mdp", "collect-visual",
-    "vmail-mdp", "vmail-visual", "vmail-obsonly-mdp",
+    "vmail-mdp", "vmail-mdp-inputs-gp", "vmail-mdp-no-gp", "vmail-visual", "vmail-obsonly-mdp",
 )  # fmt: skip
 
 
@@ -57,8 +59,8 @@ CASES = (
 class Args:
     cases: list[str] = field(default_factory=lambda: list(CASES))
     """cases to run, from: phase1-mdp phase1-visual phase2-mdp phase2-visual rssm-aime
-    rssm-dreamer env env-render dataset collect-mdp collect-visual vmail-mdp vmail-visual
-    vmail-obsonly-mdp"""
+    rssm-dreamer env env-render dataset collect-mdp collect-visual vmail-mdp vmail-mdp-inputs-gp
+    vmail-mdp-no-gp vmail-visual vmail-obsonly-mdp"""
     steps: int = 5
     """timed repetitions of each case (after one warm-up)"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
@@ -153,7 +155,8 @@ def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], obje
             vmail.imitation_step(frozen.rssm, learner, start, feat, None, o_args)
 
         return obs_only
-    v_args = vmail.Config(obs=obs, device=str(device))  # type: ignore[arg-type]
+    penalty = {"vmail-mdp-inputs-gp": "inputs", "vmail-mdp-no-gp": "none"}.get(case, "params")
+    v_args = vmail.Config(obs=obs, device=str(device), grad_penalty=penalty)  # type: ignore[arg-type]
     model = vmail.WorldModel(24, 6, obs == "visual", v_args).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=v_args.model_lr)
     learner = vmail.make_learner(model.rssm.feature_dim, 6, True, v_args)
