@@ -14,7 +14,7 @@ world model.)
 
 Algorithm 1 of the paper, and where each line lives here:
     collect T steps: z_t ~ q(.|x_t, z_t-1, a_t-1),
-      a_t ~ pi(a_t | z_t), step the environment          `collect`, `FilteringActor`
+      a_t ~ pi(a_t | z_t), step the environment          `collect`, `common/rssm.py::FilteringActor`
     add the episode to B_pi                               `train_online`: buffer.add(...)
     per training iteration:                               `train_iterations`, `iteration`
       sample {x_1:T, a_1:T-1} ~ B_E u B_pi                `sample_union`
