@@ -544,20 +544,25 @@ def adam_steps(steps: list[Step], grad_clip: float) -> dict[str, Tensor]:
     return metrics
 
 
+def learner_steps(
+    learner: Learner, disc_loss: Tensor, actor_loss: Tensor, value_loss: Tensor
+) -> list[Step]:
+    """The learner's steps for `adam_steps`, in the authors' order: pi, V, then D."""
+    return [
+        (actor_loss, learner.actor, learner.actor_opt, "actor"),
+        (value_loss, learner.value, learner.value_opt, "value"),
+        (disc_loss, learner.disc, learner.disc_opt, "disc"),
+    ]
+
+
 def imitation_step(
     rssm: RSSM, learner: Learner, start: tuple[Tensor, Tensor], expert_feat: Tensor,
     expert_actions: Optional[Tensor], cfg: LearnerArgs,
 ) -> dict[str, Tensor]:  # fmt: skip
     """Algorithm 1 lines 17-19 in a fixed model (vmail_obs.py): one Adam step each of D
     (eq. 23), pi (eq. 22) and V."""
-    disc_loss, actor_loss, value_loss, metrics = policy_losses(
-        rssm, learner, start, expert_feat, expert_actions, cfg
-    )
-    metrics.update(adam_steps([
-        (actor_loss, learner.actor, learner.actor_opt, "actor"),
-        (value_loss, learner.value, learner.value_opt, "value"),
-        (disc_loss, learner.disc, learner.disc_opt, "disc"),
-    ], cfg.grad_clip))  # fmt: skip
+    *losses, metrics = policy_losses(rssm, learner, start, expert_feat, expert_actions, cfg)
+    metrics.update(adam_steps(learner_steps(learner, *losses), cfg.grad_clip))
     return metrics
 
 
@@ -572,16 +577,11 @@ def iteration(
     model, learner = nets.model, nets.learners[task]
     model_loss, start, metrics = elbo_loss(model, batch, keys, cfg.free_nats)  # lines 12-13
     feat, actions = expert_latents(model.encoder, model.rssm, expert, keys)  # line 16
-    disc_loss, actor_loss, value_loss, more = policy_losses(
-        model.rssm, learner, start, feat, actions, cfg
-    )  # lines 17-19
+    # lines 17-19: the losses of D (eq. 23), pi (eq. 22) and V
+    *losses, more = policy_losses(model.rssm, learner, start, feat, actions, cfg)
     metrics.update(more)
-    metrics.update(adam_steps([
-        (model_loss, model, nets.model_opt, "model"),
-        (actor_loss, learner.actor, learner.actor_opt, "actor"),
-        (value_loss, learner.value, learner.value_opt, "value"),
-        (disc_loss, learner.disc, learner.disc_opt, "disc"),
-    ], cfg.grad_clip))  # fmt: skip
+    steps = [(model_loss, model, nets.model_opt, "model"), *learner_steps(learner, *losses)]
+    metrics.update(adam_steps(steps, cfg.grad_clip))
     return metrics
 
 
