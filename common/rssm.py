@@ -413,9 +413,9 @@ class FilteringActor:
     The action is the policy's mode where `explore` is None (tanh(mean), or the most likely of
     `samples` draws from a generator of its own, seeded 0, so that an evaluation is repeatable and
     leaves torch's stream alone), otherwise a sample plus Gaussian noise of std `explore`, clipped
-    to [-1, 1]. The posterior's noise comes from `noise` (None:
-    torch's global generator, which only the steps that act draw from); at the episodes' last
-    record no action is taken and zeros are returned."""
+    to [-1, 1]. The posterior's noise comes from the generator `noise`, drawn at every call, or,
+    where it is None, from torch's global one, drawn only at the steps that act. At the episodes'
+    last record no action is taken and zeros are returned."""
 
     def __init__(
         self, encoder: nn.Module, rssm: RSSM, policy: Callable[[Tensor], TanhNormal],
