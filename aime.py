@@ -48,7 +48,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -58,47 +58,13 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common.authors import embodiment_dataset, is_published_form, map_policy, read_world_model
+from common import replay
 from common.envs import EnvError, check_env, make_env
-from common.nets import ConvDecoder, ConvEncoder, mlp, observation
-from common.replay import (
-    Dataset,
-    DatasetError,
-    TrajectoryDataset,
-    atomic_write,
-    dataset_action_repeat,
-    dataset_folders,
-    dataset_task,
-    open_dataset,
-    require_datasets,
-)
-from common.rssm import (
-    AIME_RSSM,
-    DREAMER_RSSM,
-    RSSM,
-    Filtered,
-    FilteringActor,
-    RSSMConfig,
-    TanhNormal,
-    kl_loss,
-    kl_normal,
-)
-from common.run import (
-    Run,
-    RunArgs,
-    add_to,
-    check_flags,
-    check_settings,
-    derived,
-    evaluate,
-    expert_return,
-    label,
-    load_state,
-    random_scores,
-    read_checkpoint,
-    scores,
-    seed_everything,
-)
+from common.evaluation import evaluate, expert_return, scores
+from common.model_files import read_world_model, save_world_model, trained_on
+from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_loss, kl_normal, mlp, observation
+from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, Filtered, FilteringActor, RSSMConfig
+from common.run import Run, RunArgs, add_to, check_flags, derived, label, seed_everything
 
 Layout = Literal["aime", "dreamer"]
 
@@ -192,9 +158,10 @@ def resolve(args: Args) -> Config:
         raise SystemExit("error: --kl-only and --rec-only exclude each other")
     if args.phase1_only and args.world_model:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
-    task = args.task or dataset_task(args.env, args.demo)
+    task = args.task or replay.dataset_task(args.env, args.demo)
     check_env(f"{args.env}-{task}", args.obs)
     cheetah = args.env == "cheetah"
+    kl_scale = 2e-4 if cheetah and args.obs == "lpomdp" else 1.0  # the paper's cheetah LPOMDP
     # a world model's run is named and scored by the embodiment data the model was trained on
     made_on = trained_on(Path(args.world_model), args.env) if args.world_model else None
     if args.body_data and made_on and args.body_data != made_on:
@@ -206,60 +173,37 @@ def resolve(args: Args) -> Config:
         "layout": args.layout or ("dreamer" if cheetah else "aime"),
         "free_nats": float(cheetah) if args.free_nats is None else args.free_nats,
         "kl_balance": (0.8 if cheetah else None) if args.kl_balance is None else args.kl_balance,
-        "kl_scale": (2e-4 if cheetah and args.obs == "lpomdp" else 1.0)
-        if args.kl_scale is None
-        else args.kl_scale,
+        "kl_scale": kl_scale if args.kl_scale is None else args.kl_scale,
         # the action repeat the datasets this run reads were recorded at (their info.json)
-        "action_repeat": dataset_action_repeat(datasets(args), args.action_repeat),
+        "action_repeat": replay.dataset_action_repeat(datasets(args), args.action_repeat),
     }
     return Config(**{**asdict(args), **derived})
-
-
-def trained_on(path: Path, env: str) -> Optional[str]:
-    """The embodiment dataset a --world-model was trained on: the `--body-data` aime.py recorded
-    in its world_model.pt, or the authors' config.yaml (walker-mix -> mix); None if unknown."""
-    if is_published_form(path):
-        return (embodiment_dataset(path) or "").removeprefix(f"{env}-") or None
-    if not path.is_file():
-        return None  # load_world_model says what is wrong with it
-    recorded = read_model_file(path).get("settings", {}).get("body_data")
-    return str(recorded) if recorded else None
-
-
-def read_model_file(path: Path) -> dict[str, Any]:
-    """A world_model.pt of this script, read from disk once for `resolve` and `main` both."""
-    stat = path.stat() if path.is_file() else None  # a file rewritten since is read again
-    return _read_model_file(path.resolve(), stat and (stat.st_mtime_ns, stat.st_size))
-
-
-@lru_cache(maxsize=1)
-def _read_model_file(path: Path, version: Optional[tuple[int, int]]) -> dict[str, Any]:
-    return read_checkpoint(path, "--world-model", "a world model (world_model.pt)", ["model"])
 
 
 def datasets(args: Args) -> list[Path]:
     """The dataset folders a run reads: D_body (none with --world-model), then D_demo (none with
     --phase1-only)."""
-    data, env = args.data_dir, args.env
-    body = [] if args.world_model else dataset_folders(data, env, args.body_data or "mix", "body")
-    demo = [] if args.phase1_only else dataset_folders(data, env, args.demo, "demo")
+    data, env, body_data = args.data_dir, args.env, args.body_data or "mix"
+    body = [] if args.world_model else replay.dataset_folders(data, env, body_data, "body")
+    demo = [] if args.phase1_only else replay.dataset_folders(data, env, args.demo, "demo")
     return [*body, *demo]
 
 
 def open_datasets(
     cfg: Config, keys: tuple[str, ...], shapes: dict[str, tuple[int, ...]]
-) -> tuple[Optional[Dataset], Optional[Dataset]]:
+) -> tuple[Optional[replay.Dataset], Optional[replay.Dataset]]:
     """D_body, observations and the actions that led to them (none with --world-model), and
     D_demo, observations (actions, where held, for analysis only; none with --phase1-only),
     every file read and checked, every missing folder named at once."""
-    require_datasets(datasets(cfg))
+    replay.require_datasets(datasets(cfg))
     body = demo = None
     if not cfg.world_model:
-        body = open_dataset(cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes,
-                            seed=cfg.seed, cache_dir=cfg.cache_dir)  # fmt: skip
+        body = replay.open_dataset(cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes,
+                                   seed=cfg.seed, cache_dir=cfg.cache_dir)  # fmt: skip
     if not cfg.phase1_only:
-        demo = open_dataset(cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos,
-                            None, cfg.seed + 1, cache_dir=cfg.cache_dir)  # fmt: skip
+        demo = replay.open_dataset(cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes,
+                                   cfg.num_demos, None, cfg.seed + 1,
+                                   cache_dir=cfg.cache_dir)  # fmt: skip
     return body, demo
 
 
@@ -479,7 +423,7 @@ def evaluate_policy(
 ) -> list[float]:
     """Episode returns of the policy's mode tanh(mean) acting on the posterior state the model
     filters from the real observations (implementation detail 7), on the task's shared initial
-    states (`common.run.evaluate`); the filter's noise has a generator apart from training's."""
+    states (`common/evaluation.py::evaluate`); the filter's noise has a generator of its own."""
     noise = torch.Generator(device).manual_seed(cfg.seed + 100)
     actor = partial(FilteringActor, model.encoder, model.rssm, policy, keys, device, noise=noise)
     name = f"{cfg.env}-{cfg.task}"
@@ -512,54 +456,20 @@ def run_name(cfg: Config) -> str:
     )
 
 
-def save_world_model(path: Path, model: WorldModel, cfg: Config) -> None:
-    settings: dict[str, Any] = {k: getattr(cfg, k) for k in MODEL_SETTINGS}
-    settings.update(body_data=cfg.body_data, args=asdict(cfg))
-    payload = {"settings": settings, "model": model.state_dict()}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    print(f"world model saved to {path}")
-
-
 def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Config) -> WorldModel:
-    """The frozen world model of --world-model: a world_model.pt of aime.py, or a folder in the
-    authors' published form (model.pt + config.yaml, read by `common/authors.py`, sizes from
-    their config); refused if made for other settings or another observation."""
-    published = is_published_form(path)
-    if published:
-        theirs = read_world_model(path)
-        settings, state, unused = theirs.settings, theirs.state, theirs.unused
-        model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm, theirs.rssm, theirs.width,
-                           theirs.depth)  # fmt: skip
-    elif path.is_dir():
-        raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml")
-    else:
-        ckpt = read_model_file(path)
-        settings, state, unused = (
-            {"action_repeat": 2, **ckpt.get("settings", {})},
-            ckpt["model"],
-            [],
-        )
-        model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm)
-    if not cfg.use_idm and settings.get("use_idm"):  # a model with an IDM serves plain AIME too
-        settings = {**settings, "use_idm": False}
-        unused += [k for k in state if k.startswith("idm.")]
-    check_settings(path, settings, cfg, MODEL_SETTINGS)
-    if unused and published:
-        groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in unused})
-        print(f"notice: {path}: not used here, dropped: {', '.join(groups)}")
-    load_state(path, model, {k: v for k, v in state.items() if k not in unused})
+    """The frozen world model of --world-model, a world_model.pt of aime.py or a folder in the
+    authors' published form, with its sizes (`common/model_files.py::read_world_model`); refused
+    if made for other settings or another observation."""
+    saved = read_world_model(path, cfg, MODEL_SETTINGS)
+    model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm, saved.rssm, saved.width,
+                       saved.depth)  # fmt: skip
+    saved.load_into(model)
     return model
-
-
-def load_policy(path: Path, policy: Policy) -> None:
-    """Load a policy's weights: a policy.pt of the authors' AIME script (their names mapped)."""
-    theirs = torch.load(path, map_location="cpu", weights_only=True)
-    policy.load_state_dict(map_policy(theirs))
 
 
 def train_epoch(
     step: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]],
-    data: TrajectoryDataset,
+    data: replay.TrajectoryDataset,
     opt: torch.optim.Optimizer,
     cfg: Config,
     device: torch.device,
@@ -631,7 +541,7 @@ def main(args: Args) -> dict[str, Any]:
             progress.wall["phase1"] += time.time() - start
             progress.epoch = epoch + 1
             run.checkpoint(asdict(progress), [body.data], **parts)
-        save_world_model(model_path, model, cfg)
+        save_world_model(model_path, model, cfg, MODEL_SETTINGS)
         progress.phase, progress.epoch = 2, 0
         if cfg.phase1_only:
             run.checkpoint(asdict(progress), [body.data], **parts)
@@ -672,14 +582,10 @@ def main(args: Args) -> dict[str, Any]:
     start = time.time()
     video = run.video("final")
     returns = evaluate_policy(model, policy, keys, cfg, cfg.eval_episodes, device, video)
-    random = random_scores(
-        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
-    )  # the reference below the score, on the same episodes
     results = {
         "algorithm": "aime", "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
         "body_data": cfg.body_data, "demo": cfg.demo, "num_demos": cfg.num_demos, "seed": cfg.seed,
-        **scores(returns, *expert),
-        **random,
+        **scores(returns, expert, f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed),
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
         "world_model": cfg.world_model or str(model_path),
     }  # fmt: skip
@@ -689,5 +595,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
+    except (replay.DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

@@ -64,33 +64,11 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from common import replay
 from common.envs import EnvError, Record, check_env, make_env
+from common.evaluation import evaluate, expert_return, scores
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
-from common.replay import (
-    DatasetError,
-    WindowSampler,
-    dataset_action_repeat,
-    dataset_folders,
-    dataset_task,
-    open_dataset,
-    records_batch,
-    require_datasets,
-    to_torch_batch,
-)
-from common.run import (
-    Run,
-    RunArgs,
-    Stateful,
-    add_to,
-    check_flags,
-    derived,
-    evaluate,
-    expert_return,
-    label,
-    random_scores,
-    scores,
-    seed_everything,
-)
+from common.run import Run, RunArgs, Stateful, add_to, check_flags, derived, label, seed_everything
 
 Method = Literal["bco0", "bc", "iidm"]
 
@@ -165,8 +143,8 @@ def datasets(args: Args) -> list[Path]:
     """The dataset folders a run reads: the embodiment data (none for the oracle), the
     demonstrations."""
     data, env = args.data_dir, args.env
-    body = [] if args.method == "bc" else dataset_folders(data, env, args.body_data, "body")
-    return [*body, *dataset_folders(data, env, args.demo, "demo")]
+    body = [] if args.method == "bc" else replay.dataset_folders(data, env, args.body_data, "body")
+    return [*body, *replay.dataset_folders(data, env, args.demo, "demo")]
 
 
 def resolve(args: Args) -> Config:
@@ -177,7 +155,7 @@ def resolve(args: Args) -> Config:
     check_flags(args, ("batch_size", "steps_per_epoch", "val_windows", "phase1_epochs",
                        "phase2_epochs", "num_demos", "eval_episodes", "stack",
                        "action_repeat"))  # fmt: skip
-    task = args.task or dataset_task(args.env, args.demo)
+    task = args.task or replay.dataset_task(args.env, args.demo)
     check_env(f"{args.env}-{task}", args.obs)
     return Config(
         **{
@@ -185,7 +163,7 @@ def resolve(args: Args) -> Config:
             "exp_name": args.exp_name or args.method,
             "task": task,
             "stack": args.stack or (1 if args.obs == "mdp" else 5),
-            "action_repeat": dataset_action_repeat(datasets(args), args.action_repeat),
+            "action_repeat": replay.dataset_action_repeat(datasets(args), args.action_repeat),
         }
     )
 
@@ -318,7 +296,7 @@ def iidm_loss(
 class Windows:
     """Windows of `frames` consecutive records of one dataset: trajectory indices and starts."""
 
-    data: WindowSampler
+    data: replay.WindowSampler
     traj: np.ndarray
     start: np.ndarray
 
@@ -326,12 +304,12 @@ class Windows:
         return len(self.traj)
 
     def batch(self, idx: np.ndarray, frames: int, keys: list[str], device: torch.device) -> Batch:
-        return to_torch_batch(
+        return replay.to_torch_batch(
             self.data.gather(self.traj[idx], self.start[idx], frames, keys), device
         )
 
 
-def split(data: WindowSampler, frames: int, by: str, seed: int) -> tuple[Windows, Windows]:
+def split(data: replay.WindowSampler, frames: int, by: str, seed: int) -> tuple[Windows, Windows]:
     """7:3 train/validation split of the windows of `frames` records (the authors'
     `random_split`), or of whole trajectories (`by="trajectories"`)."""
     traj, start = data.windows(frames)
@@ -401,7 +379,7 @@ def train(
     run: Run,
     progress: Progress,
     parts: Mapping[str, Stateful],
-    samplers: Sequence[WindowSampler],
+    samplers: Sequence[replay.WindowSampler],
 ) -> None:
     """Adam on `loss` over the training windows of `data` (train, validation), each of the
     `stack` + 1 records `keys`, until `stopped`; `net` ends with its weights of lowest
@@ -462,7 +440,7 @@ class StackActor:
 
     @torch.no_grad()
     def __call__(self, recs: list[Record]) -> np.ndarray:
-        batch = records_batch(recs, self.keys, self.device)  # [1, n, ...]
+        batch = replay.records_batch(recs, self.keys, self.device)  # [1, n, ...]
         obs = observation(batch, self.keys)  # [1, n, ...]
         if self.history is None:
             self.history = obs.expand(self.stack, *obs.shape[1:])
@@ -478,14 +456,15 @@ def main(args: Args) -> dict[str, Any]:
     # -- data: the datasets opened and checked, and split, before anything is written ------------
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
     keys, shapes, frames = env.obs_keys, env.record_shapes, cfg.stack + 1
-    require_datasets(datasets(cfg))  # every missing one named at once
+    replay.require_datasets(datasets(cfg))  # every missing one named at once
     body = None
     if cfg.method != "bc":  # the embodiment data of phase 1
-        body = open_dataset(
+        body = replay.open_dataset(
             cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed,
             cache_dir=cfg.cache_dir,
         )  # fmt: skip
-    demo = open_dataset(  # actions: the oracle's targets; otherwise read, where held, for analysis
+    # the demonstrations' actions: the oracle's targets; otherwise read, where held, for analysis
+    demo = replay.open_dataset(
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos,
         True if cfg.method == "bc" else None, cfg.seed + 1, cache_dir=cfg.cache_dir,
     )  # fmt: skip
@@ -554,15 +533,12 @@ def main(args: Args) -> dict[str, Any]:
                        cfg.eval_episodes, lambda n: StackActor(policy, keys, cfg.stack, device),
                        video)  # fmt: skip
     expert = expert_return(cfg.env, cfg.task, demo)
-    random = random_scores(
-        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
-    )  # the reference below the score, on the same episodes
     results = {
         "algorithm": cfg.method,
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
         "body_data": cfg.body_data if body else None, "demo": cfg.demo,
-        "num_demos": cfg.num_demos, "seed": cfg.seed, **scores(returns, *expert),
-        **random,
+        "num_demos": cfg.num_demos, "seed": cfg.seed,
+        **scores(returns, expert, f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed),
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
     }  # fmt: skip
     return run.finish(results)
@@ -571,5 +547,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
+    except (replay.DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

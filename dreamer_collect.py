@@ -66,25 +66,17 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from common import replay
 from common.envs import DMCEnv, EnvError, check_env, make_env
-from common.nets import ConvDecoder, ConvEncoder, mlp, observation
-from common.replay import (
-    DatasetError,
-    ReplayBuffer,
-    check_dataset_settings,
-    fill_folder,
-    save_trajectory,
-    stack_records,
-    write_info,
-)
-from common.rssm import DREAMER_RSSM, RSSM, FilteringActor, TanhNormal, kl_loss
+from common.evaluation import collect_episodes, episode_seed
+from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_loss, mlp, observation
+from common.rssm import DREAMER_RSSM, RSSM, FilteringActor
 from common.run import (
     Run,
     RunArgs,
     add_to,
     check_flags,
     derived,
-    episode_seed,
     load_state,
     read_checkpoint,
     save_gif,
@@ -254,7 +246,7 @@ def world_model_loss(
     # Plan2Explore's states never learn from the task reward: its reward head reads them detached.
     reward_in = feat.detach() if len(model.ensemble) else feat
     reward_loss = 0.5 * (model.reward(reward_in).squeeze(-1) - batch["reward"]).square().mean()
-    # the KL term of eq. (10), with free nats and KL balancing (`common/rssm.py::kl_loss`)
+    # the KL term of eq. (10), with free nats and KL balancing (`common/nets.py::kl_loss`)
     kl = kl_loss(
         post.post_mean, post.post_std, post.prior_mean, post.prior_std,
         args.free_nats, args.kl_balance,
@@ -409,16 +401,14 @@ def run_episodes(
     args: Args,
     device: torch.device,
 ) -> list[dict[str, np.ndarray]]:
-    """One episode in each environment, in lockstep; returns each episode's stacked records.
+    """One episode in each environment, in lockstep (`common/evaluation.py::collect_episodes`);
+    returns each episode's stacked records.
 
     The agent acts on the posterior state it filters from the real observations and the actions
     taken (`common/rssm.py::FilteringActor`): a sample of the policy (plus `expl_noise`) or its
-    mode.
-    `random` draws uniform actions from the action seeds of `seeds`. Of `args` only
+    mode. `random` draws uniform actions from the action seeds of `seeds`. Of `args` only
     `expl_noise` is read.
     """
-    rngs = [np.random.default_rng([s, 1]) for s in seeds]  # random actions, apart from the env
-    records = [[env.reset(seed=s)] for env, s in zip(envs, seeds, strict=True)]
     act = None
     if mode != "random" and agent is not None:
         explore = args.expl_noise if mode == "sample" else None
@@ -426,16 +416,7 @@ def run_episodes(
         act = FilteringActor(
             model.encoder, model.rssm, agent.actor, keys, device, len(envs), explore
         )
-    while not records[0][-1]["is_last"]:
-        if act is None:
-            actions = np.stack(
-                [rng.uniform(envs[0].action_low, envs[0].action_high) for rng in rngs]
-            )
-        else:
-            actions = act([r[-1] for r in records])
-        for env, rec, a in zip(envs, records, actions, strict=True):
-            rec.append(env.step(a.astype(np.float32)))
-    return [stack_records(r) for r in records]
+    return collect_episodes(envs, seeds, act)
 
 
 # == Datasets =====================================================================================
@@ -455,7 +436,7 @@ def collect_random(args: Args) -> Path:
     cfg = resolve(args)
     folder = Path(cfg.data_dir) / f"{cfg.env}-random"
     settings = folder_settings(cfg, "random", cfg.render)
-    todo = fill_folder(folder, settings, cfg.num_trajectories, "trajectories")
+    todo = replay.fill_folder(folder, settings, cfg.num_trajectories, "trajectories")
     if todo:
         env = make_env(
             f"{cfg.env}-{cfg.task}", obs="mdp", seed=cfg.seed,
@@ -469,10 +450,10 @@ def collect_random(args: Args) -> Path:
             while not records[-1]["is_last"]:
                 action = rng.uniform(env.action_low, env.action_high).astype(np.float32)
                 records.append(env.step(action))
-            trajectory = stack_records(records)
-            save_trajectory(folder / f"{i}.npz", trajectory)
+            trajectory = replay.stack_records(records)
+            replay.save_trajectory(folder / f"{i}.npz", trajectory)
             bar.set_postfix(ret=f"{trajectory['reward'].sum():.1f}")
-    print(write_info(folder, settings))
+    print(replay.write_info(folder, settings))
     return folder
 
 
@@ -481,7 +462,7 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
     mode (no exploration noise). Demonstration i depends only on (seed, i) and the agent."""
     folder = Path(args.data_dir) / f"{args.env}-{args.task}-expert"
     settings = folder_settings(args, "dreamer-expert", args.render, source=str(agent_path))
-    todo = fill_folder(folder, settings, args.num_demos, "demonstrations")
+    todo = replay.fill_folder(folder, settings, args.num_demos, "demonstrations")
     chunk = 10  # episodes in lockstep: one batched policy call per step
     render = args.render or args.obs == "visual"
     envs = [
@@ -496,13 +477,13 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
         seeds = [episode_seed(args.seed, EXPERT, i) for i in index]
         episodes = run_episodes(envs[: len(index)], seeds, agent, "mode", args, device)
         for i, episode in zip(index, episodes, strict=True):
-            save_trajectory(folder / f"{i}.npz", episode)
+            replay.save_trajectory(folder / f"{i}.npz", episode)
             if i == 0 and args.capture_video and "image" in episode:
                 save_gif(Path(args.runs_dir) / "videos" / f"{folder.name}-0.gif", episode["image"])
         bar.update(len(index))
         bar.set_postfix(ret=f"{np.mean([e['reward'].sum() for e in episodes]):.1f}")
     bar.close()
-    print(write_info(folder, settings, "expert trajectories"))
+    print(replay.write_info(folder, settings, "expert trajectories"))
     return folder
 
 
@@ -527,7 +508,7 @@ class Progress:
 def update(
     run: Run,
     agent: Agent,
-    buffer: ReplayBuffer,
+    buffer: replay.ReplayBuffer,
     keys: tuple[str, ...],
     progress: Progress,
     episode: int,
@@ -566,7 +547,7 @@ def train(args: Config) -> Path:
     device = torch.device(args.device)
     render = args.render or args.obs == "visual"
     settings = folder_settings(args, args.agent, render)
-    check_dataset_settings(folder, settings)
+    replay.check_dataset_settings(folder, settings)
     # Plan2Explore learns no task: its run is named after the embodiment alone
     where = f"{args.env}-{args.task}" if args.agent == "dreamer" else args.env
     run_name = f"{where}__{args.agent}__{args.obs}__{args.seed}"
@@ -582,7 +563,7 @@ def train(args: Config) -> Path:
     )  # fmt: skip
     keys = env.obs_keys
     agent = make_agent(env, args, device)
-    buffer = ReplayBuffer(folder, seed=args.seed, keys=[*keys, "pre_action", "reward"])
+    buffer = replay.ReplayBuffer(folder, seed=args.seed, keys=[*keys, "pre_action", "reward"])
     progress = Progress()
     if run.resumed is not None:
         run.restore(**agent._asdict())
@@ -593,12 +574,12 @@ def train(args: Config) -> Path:
             f"error: {run.ckpt_path} was trained on {progress.episodes_trained} episodes but "
             f"{folder} holds {len(buffer)}; the buffer lost files"
         )
-    progress.env_steps = int((buffer.lengths - 1).sum()) * args.action_repeat
+    progress.env_steps = buffer.transitions * args.action_repeat
     if len(buffer):
         print(
             f"resuming: {len(buffer)} episodes in {folder}, {progress.episodes_trained} trained on"
         )
-    write_info(folder, settings)
+    replay.write_info(folder, settings)
     bar = tqdm(total=args.total_steps, initial=progress.env_steps, desc=name, unit="step")
 
     # Episodes saved after the last checkpoint (a kill between saving and updating) are trained
@@ -629,7 +610,7 @@ def train(args: Config) -> Path:
             if args.capture_video:
                 save_gif(run.dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
     bar.close()
-    print(f"{write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
+    print(f"{replay.write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
     run.close()
     return run.ckpt_path
 
@@ -672,7 +653,7 @@ def main(args: Args) -> None:
             path = train(cfg)
             if cfg.agent == "dreamer" and cfg.num_demos > 0:
                 expert_only(replace(cfg, load_agent=str(path)))
-    except (DatasetError, EnvError) as e:
+    except (replay.DatasetError, EnvError) as e:
         raise SystemExit(f"error: {e}") from e
 
 

@@ -7,17 +7,15 @@ A variational world model (an RSSM) learns the environment from the policy's exp
 demonstrations (the ELBO, eq. 21); a discriminator learns to tell the latent states and actions
 the model infers from the demonstrations from those of on-policy rollouts inside the model
 (eq. 23); the policy climbs the discounted sum of the discriminator's rewards along its rollouts
-through the learned dynamics (eq. 22). The policy acts on the state the model filters from real
-observations. Equations carry the numbers of the paper's Appendix B, (21)-(23). (`vmail_obs.py`
-runs the same learner on AIME's benchmark: observation-only demonstrations and AIME's frozen
-world model.)
+through the learned dynamics (eq. 22), and acts on the state the model filters from real
+observations. Equations carry the numbers of the paper's Appendix B, (21)-(23).
 
 Algorithm 1 of the paper, and where each line lives here:
     collect T steps: z_t ~ q(.|x_t, z_t-1, a_t-1),
-      a_t ~ pi(a_t | z_t), step the environment          `collect`, `common/rssm.py::FilteringActor`
+      a_t ~ pi(a_t | z_t), step the environment          `train_online`: FilteringActor(...)
     add the episode to B_pi                               `train_online`: buffer.add(...)
     per training iteration:                               `train_iterations`, `iteration`
-      sample {x_1:T, a_1:T-1} ~ B_E u B_pi                `sample_union`
+      sample {x_1:T, a_1:T-1} ~ B_E u B_pi                `replay.sample_union`
       optimise the model with eq. (21)                    `elbo_loss`
       sample {x^E, a^E} ~ B_E; z^E ~ q(.|x^E, a^E)        `expert_latents`
       latent rollouts z^pi_1:H of pi in the model         `imagine`
@@ -28,48 +26,31 @@ and one aggregated buffer (`train_online`); lines 4-8 fine-tune the model on the
 demonstrations and that buffer and train a new discriminator and policy in the model only
 (`transfer`), with no environment step until the evaluation.
 
-The defaults are the authors' DeepMind Control code (github rmrafailov/VMAIL, `dm_control/`:
-`vmail.py`'s `define_config` and `train`, `models.py`, `tools.py`), which made the paper's
-figures; where it departs from the paper's text a flag gives the text's variant (7-10).
- 1. Dreamer-v1 base: RSSM `VMAIL_RSSM` (GRU 200, s of 30 dims, one ELU layer of 200 before the
-    GRU and in the prior and posterior, std = softplus + 0.1); the 4-layer convolutional encoder
-    and transposed decoder for images, MLPs 2x400 ELU for low-dimensional observations;
-    unit-variance Gaussian decoders; free nats 3 on the batch-mean KL; Adam, learning rates 6e-4
-    (model) and 8e-5 (discriminator, actor, value), gradient-norm clip 100.
- 2. Actor: tanh-Gaussian from an MLP 4x400 ELU, mean 5 tanh(x / 5), std softplus(x + 4.99) + 1e-4
-    (std 5 before the tanh where the net outputs 0: `--actor-init-std`); value: MLP 3x400 ELU;
-    discriminator: MLP 2x400 ELU with a sigmoid output. The actor reads detached states in
-    imagination (gradients reach it through the dynamics and the discriminator, never into them).
- 3. One iteration computes every loss with the networks as they are (the ELBO, the expert
-    latents, the rollouts, D's, pi's and V's losses), then each network takes one Adam step on
-    its own loss (`iteration`).
- 4. Imagination starts from every posterior state of the model's batch but each window's last
-    (N = (T - 1) B) and runs K = `--imag-horizon` = 15 steps; gamma 0.99. Expert pairs
-    (z_t, a_t) take a_t from the record after z_t (records store a_t-1 as `pre_action`); the
-    policy's pairs are (z_tau, a_tau) of the rollouts, tau = 0..K-1.
- 5. Schedule: each task's buffer starts empty (`--prefill-episodes 0`: the authors' 1,000 random
-    steps are made up by the demonstrations they copy into the model's data), 100 iterations
-    before the policy's first episode (`--pretrain-steps`), 200 after each episode (the
-    authors': 200 every 1,000 simulator steps, one DeepMind Control episode); batches of
-    128 windows of 50 records. Collection samples the policy and adds Gaussian noise of std 0.3
-    (`--expl-noise`), clipped to [-1, 1]; evaluation acts with the most likely of 100 samples
-    of the policy (Dreamer-v1's `SampleDist` mode, `--eval-samples`), episode i from the initial
-    state of seed + 100 + i, as in aime.py and bco0.py.
- 6. Model batches are drawn from B_E u B_pi in proportion to the trajectories each holds (the
-    authors copy the demonstrations into the model's data folder).
+Implementation details. The defaults are the authors' DeepMind Control code (github rmrafailov/
+VMAIL, `dm_control/`: `vmail.py`, `models.py`, `tools.py`), which made the paper's figures; where
+it departs from the paper's text a flag gives the text's variant (7-10); docs/vmail.md has more.
+ 1. Dreamer-v1 base: RSSM `VMAIL_RSSM`, the conv encoder and decoder or MLPs 2x400 ELU, unit-
+    variance decoders, free nats 3 on the batch-mean KL; Adam 6e-4 (model) and 8e-5 (D, pi, V),
+    gradient-norm clip 100.
+ 2. Actor: tanh-Gaussian from an MLP 4x400 ELU, mean 5 tanh(x / 5), std softplus(x + c) + 1e-4
+    (5 where the net outputs 0: `--actor-init-std`), reading detached states in imagination; V:
+    MLP 3x400 ELU; D: MLP 2x400 ELU, sigmoid.
+ 3. An iteration computes every loss first, then steps each network once on its own loss.
+ 4. Rollouts of K = `--imag-horizon` = 15 steps from every posterior state of the model's batch
+    but each window's last; gamma 0.99. Expert pairs (z_t, a_t) take a_t from the next record.
+ 5. Schedule: empty buffers (`--prefill-episodes 0`), 100 iterations before the first episode,
+    200 after each; batches 128 x 50. Collection: a sample plus noise 0.3 (`--expl-noise`);
+    evaluation: the most likely of 100 samples (`--eval-samples`), episode i from seed + 100 + i.
+ 6. Model batches are drawn from B_E u B_pi in proportion to the trajectories each holds.
  7. Reward: D's probability (the code: `reward = policy_d.mean()`); `--reward log_d` is eq. (22).
- 8. Returns: discounted sums of the first K - 1 rewards with no bootstrap (the code's lambda-return
-    at lambda = 1 of `reward[:-1]`); V(z_tau+1) regresses onto the return from z_tau, weighted by
-    gamma^tau, and never reaches pi. `--value-bootstrap` is eq. (22): K rewards plus
-    gamma^(K - tau) V(z_K), V(z_tau) fit to it.
- 9. Actor loss: the gamma^tau-weighted mean of the returns of every imagined step (the code);
+ 8. Returns: discounted sums of the first K - 1 rewards, no bootstrap; V(z_tau+1) is fit to the
+    return from z_tau, unused by pi. `--value-bootstrap` is eq. (22): plus gamma^(K - tau) V(z_K).
+ 9. Actor loss: the gamma^tau-weighted mean of every imagined step's return (the code);
     `--actor-loss start` maximises eq. (22) at the start states only (Algorithm 1 line 19).
-10. Gradient penalty (weight `--gp-weight` 1; the paper names none): (|grad logit D| - 1)^2 at
-    points x = alpha x^pi + (1 - alpha) x^E, the gradient taken over D's parameters (the code's,
-    `--grad-penalty params`); `inputs` takes it over the inputs (Gulrajani et al.); `none`.
-11. Algorithm 2's source policies and discriminators are one per source task; the target task's
-    are new (Alg. 2 line 2). The paper's walker walk and run use target speeds 2-4 and > 8; this
-    uses DeepMind Control's walk and run tasks as they are.
+10. Gradient penalty (|grad logit D| - 1)^2 at interpolated inputs, weight 1 (`--gp-weight`; the
+    paper names none), over D's parameters (the code's); `--grad-penalty inputs`, `none`.
+11. Algorithm 2: one pi, V and D per source task, new ones for the target (line 2); DeepMind
+    Control's walk and run as they are (the paper's target speeds are 2-4 and over 8).
 """
 
 from __future__ import annotations
@@ -89,38 +70,12 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common.envs import DMCEnv, EnvError, check_env, make_env
-from common.nets import ConvDecoder, ConvEncoder, mlp, observation
-from common.replay import (
-    DatasetError,
-    ReplayBuffer,
-    TrajectoryDataset,
-    WindowSampler,
-    dataset_action_repeat,
-    dataset_folders,
-    dataset_task,
-    open_dataset,
-    require_datasets,
-    stack_records,
-    to_torch_batch,
-)
-from common.rssm import RSSM, FilteringActor, RSSMConfig, TanhNormal, kl_normal
-from common.run import (
-    BatchActor,
-    Run,
-    RunArgs,
-    Stateful,
-    add_to,
-    check_flags,
-    derived,
-    episode_seed,
-    evaluate,
-    expert_return,
-    label,
-    random_scores,
-    scores,
-    seed_everything,
-)
+from common import replay
+from common.envs import EnvError, check_env, make_env
+from common.evaluation import collect_episodes, episode_seed, evaluate, expert_return, scores
+from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_normal, mlp, observation
+from common.rssm import RSSM, VMAIL_RSSM, FilteringActor
+from common.run import Run, RunArgs, add_to, check_flags, derived, label, seed_everything
 
 
 @dataclass
@@ -134,21 +89,17 @@ class LearnerArgs(RunArgs):
     reward: Literal["d", "log_d"] = "d"
     """the policy's reward: D's probability (the authors' code) or log D (the paper, eq. 22)"""
     value_bootstrap: bool = False
-    """the paper's eq. (22): add gamma^K V(z_K) to every return and fit V(z_tau) to it; without
-    it, the authors' DMC code: discounted sums of the first K - 1 rewards, V unused by pi"""
+    """eq. (22): add gamma^(K - tau) V(z_K) to the returns, fit V(z_tau) to them (the paper's)"""
     actor_loss: Literal["every-step", "start"] = "every-step"
-    """pi maximises the gamma^tau-weighted mean of every imagined step's return (the authors'
-    code) or the start states' return (the paper, eq. 22)"""
+    """pi maximises every imagined step's return (the authors') or eq. (22) at the start states"""
     grad_penalty: Literal["params", "inputs", "none"] = "params"
-    """D's gradient penalty, taken over its parameters (the authors' code), over its inputs
-    (Gulrajani et al.'s), or none (the paper names none)"""
+    """D's gradient penalty: over its parameters (the authors'), its inputs (Gulrajani's), none"""
     gp_weight: float = 1.0
     """weight of the gradient penalty"""
     actor_init_std: float = 5.0
     """the actor's std before the tanh where its net outputs 0 (Dreamer-v1's and the authors' 5)"""
     eval_samples: int = 100
-    """evaluation acts with the most likely of this many samples of pi (the authors' mode);
-    0: with tanh(mean)"""
+    """evaluation acts with the most likely of this many samples of pi (0: with tanh(mean))"""
     disc_lr: float = 8e-5
     """Adam learning rate of the discriminator"""
     actor_lr: float = 8e-5
@@ -158,8 +109,7 @@ class LearnerArgs(RunArgs):
     grad_clip: float = 100.0
     """gradient-norm clip of every optimiser"""
     hidden: int = 400
-    """width of the actor's, value net's and discriminator's dense layers (vmail.py: also of the
-    low-dimensional encoder and decoder)"""
+    """width of pi's, V's and D's dense layers (vmail.py: and of the low-dimensional encoder's)"""
 
 
 @dataclass
@@ -197,8 +147,8 @@ class Args(LearnerArgs):
     pretrain_steps: int = 100
     """Algorithm 1: training iterations before the first episode of the policy"""
     train_steps_per_episode: int = 200
-    """Algorithm 1: training iterations after each collected episode (the authors': 200 every
-    1,000 simulator steps, one episode of DeepMind Control)"""
+    """Algorithm 1: training iterations after each collected episode (the authors' 200 per 1,000
+    simulator steps)"""
     batch_size: int = 128
     """sequences per batch (model data and demonstrations)"""
     horizon: int = 50
@@ -213,9 +163,7 @@ class Args(LearnerArgs):
     """size of the RSSM's deterministic state h"""
     stoch: int = 30
     """size of the RSSM's stochastic state s"""
-    action_repeat: Annotated[
-        Optional[int], derived("the demonstrations' info.json, else 2", "INT")
-    ] = None
+    action_repeat: Annotated[Optional[int], derived("the data's info.json, else 2", "INT")] = None
     """simulator steps per action"""
     eval_episodes: int = 10
     """evaluation episodes at the end"""
@@ -235,13 +183,12 @@ class Config(Args):
 
 
 def resolve(args: Args) -> Config:
-    """Check the flags and fill the defaults: the task, its demonstrations, and the action repeat
-    (the demonstrations' info.json)."""
+    """Check the flags; fill in the task, its demonstrations and the action repeat (the data's)."""
     check_flags(args, ("num_demos", "steps_per_epoch", "train_steps_per_episode", "batch_size",
                        "horizon", "imag_horizon", "eval_episodes", "eval_episodes_during",
                        "action_repeat"),
                 ("prefill_episodes", "pretrain_steps", "eval_samples"))  # fmt: skip
-    demo_task = dataset_task(args.env, args.demo) if args.demo else None
+    demo_task = replay.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     for t in (*(args.source_tasks if args.zero_shot else ()), task):
         check_env(f"{args.env}-{t}", args.obs)
@@ -249,7 +196,8 @@ def resolve(args: Args) -> Config:
         raise SystemExit(f"error: the target task {task} is one of --source-tasks")
     check_learner(args)
     cfg = Config(**{**asdict(args), "task": task, "demo": args.demo or task})
-    return replace(cfg, action_repeat=dataset_action_repeat(datasets(cfg), args.action_repeat))
+    repeat = replay.dataset_action_repeat(datasets(cfg), args.action_repeat)
+    return replace(cfg, action_repeat=repeat)
 
 
 def check_learner(args: LearnerArgs) -> None:
@@ -257,10 +205,8 @@ def check_learner(args: LearnerArgs) -> None:
     if args.actor_init_std <= 0:
         raise SystemExit(f"error: --actor-init-std must be positive, got {args.actor_init_std}")
     if args.imag_horizon < 2 and not args.value_bootstrap:
-        raise SystemExit(
-            f"error: --imag-horizon must be at least 2 without --value-bootstrap (the returns "
-            f"leave out the last step's reward), not {args.imag_horizon}"
-        )
+        why = "without --value-bootstrap (the returns leave out the last step's reward)"
+        raise SystemExit(f"error: --imag-horizon must be at least 2 {why}, not {args.imag_horizon}")
 
 
 def demonstrations(cfg: Config) -> dict[str, str]:
@@ -270,30 +216,23 @@ def demonstrations(cfg: Config) -> dict[str, str]:
 
 def datasets(cfg: Config) -> list[Path]:
     """The dataset folders a run reads: every task's demonstrations."""
-    names = demonstrations(cfg).values()
-    return [f for name in names for f in dataset_folders(cfg.data_dir, cfg.env, name, "demo")]
+    names, data = demonstrations(cfg).values(), cfg.data_dir
+    return [f for name in names for f in replay.dataset_folders(data, cfg.env, name, "demo")]
 
 
 @dataclass
 class Progress:
-    """How far a run got, saved in each checkpoint: the stage; Algorithm 1's buffer size at each
-    task's last training (-1 or absent: not trained yet) and iterations; Algorithm 2's epochs."""
+    """How far a run got, saved in each checkpoint: its stage, then Algorithm 1's and 2's counts."""
 
     stage: Literal["online", "transfer", "evaluation"] = "online"
-    episodes: dict[str, int] = field(default_factory=dict)  # buffer size at the last training
-    updates: int = 0
-    epoch: int = 0
+    episodes: dict[str, int] = field(default_factory=dict)  # buffer size at a task's last training
+    updates: int = 0  # Algorithm 1's iterations done
+    epoch: int = 0  # Algorithm 2's epochs done
     env_steps: dict[str, int] = field(default_factory=dict)  # collected per task, at the end
     wall: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 # -- Networks ----------------------------------------------------------------------------------
-VMAIL_RSSM = RSSMConfig(
-    deter=200, stoch=30, hidden=200, layers=1, act="elu", pre_gru=True,
-    separate_std=False, std_act="softplus", min_std=0.1,
-)  # fmt: skip
-
-
 class WorldModel(nn.Module):
     """The variational model of eq. (21): encoder, belief q(z_t | x_t, z_t-1, a_t-1) and forward
     model T(z_t | z_t-1, a_t-1) (the RSSM), observation model U(x_t | z_t)."""
@@ -338,6 +277,10 @@ class Learner(NamedTuple):
     value_opt: torch.optim.Adam
     disc_opt: torch.optim.Adam
 
+    def parts(self, task: str) -> dict[str, Any]:
+        """Its networks and optimisers, as checkpoint parts named `{task}/{field}`."""
+        return {f"{task}/{f}": getattr(self, f) for f in self._fields}
+
 
 def make_learner(
     feature_dim: int, action_dim: int, with_actions: bool, cfg: LearnerArgs
@@ -362,6 +305,11 @@ class Nets(NamedTuple):
     model_opt: torch.optim.Adam
     learners: dict[str, Learner]
 
+    def parts(self) -> dict[str, Any]:
+        """What a checkpoint holds of them: the model, its Adam, each learner's `parts`."""
+        learners = {k: v for t, lr in self.learners.items() for k, v in lr.parts(t).items()}
+        return {"model": self.model, "model_opt": self.model_opt, **learners}
+
 
 # -- Dynamics learning, eq. (21) ---------------------------------------------------------------
 def elbo_loss(
@@ -380,24 +328,6 @@ def elbo_loss(
     metrics = {"elbo": (log_u - kl).mean(), "rec_term": log_u.mean(), "kl": kl.mean(), "loss": loss}
     start = (post.deter.detach(), post.stoch.detach())
     return loss, start, {k: v.detach() for k, v in metrics.items()}
-
-
-def sample_union(
-    samplers: list[WindowSampler], batch_size: int, horizon: int, device: torch.device,
-    keys: list[str],
-) -> dict[str, Tensor]:  # fmt: skip
-    """A batch from the union of the samplers (B_E u B_pi): each window's source is drawn in
-    proportion to the trajectories the sources hold, then a window of it uniformly."""
-    rng = samplers[0].rng
-    sizes = np.array([len(s) for s in samplers], dtype=np.float64)
-    counts = rng.multinomial(batch_size, sizes / sizes.sum())
-    parts = []
-    for sampler, n in zip(samplers, counts, strict=True):
-        if n:
-            traj, start = sampler.sample_windows(int(n), horizon)
-            parts.append(sampler.gather(traj, start, horizon, keys))
-    batch = {k: np.concatenate([p[k] for p in parts], axis=1) for k in keys}
-    return to_torch_batch(batch, device)
 
 
 # -- Adversarial policy learning, eqs. (22) and (23) -------------------------------------------
@@ -519,11 +449,9 @@ def policy_losses(
     else:  # eq. (22) and Algorithm 1 line 19: maximise V^K at the start states
         actor_loss = -returns[0].mean()
     value_loss = 0.5 * (weight * (v_fit - returns.detach()).square()).mean()
-    metrics.update(
-        actor_loss=actor_loss.detach(), value_loss=value_loss.detach(),
-        imagined_reward=reward.detach().mean(), imagined_return=returns[0].detach().mean(),
-        action_std=imag.action_std,
-    )  # fmt: skip
+    metrics.update(actor_loss=actor_loss.detach(), value_loss=value_loss.detach(),
+                   imagined_reward=reward.detach().mean(), action_std=imag.action_std,
+                   imagined_return=returns[0].detach().mean())  # fmt: skip
     return disc_loss, actor_loss, value_loss, metrics
 
 
@@ -555,17 +483,6 @@ def learner_steps(
     ]
 
 
-def imitation_step(
-    rssm: RSSM, learner: Learner, start: tuple[Tensor, Tensor], expert_feat: Tensor,
-    expert_actions: Optional[Tensor], cfg: LearnerArgs,
-) -> dict[str, Tensor]:  # fmt: skip
-    """Algorithm 1 lines 17-19 in a fixed model (vmail_obs.py): one Adam step each of D
-    (eq. 23), pi (eq. 22) and V."""
-    *losses, metrics = policy_losses(rssm, learner, start, expert_feat, expert_actions, cfg)
-    metrics.update(adam_steps(learner_steps(learner, *losses), cfg.grad_clip))
-    return metrics
-
-
 def iteration(
     nets: Nets, task: str, batch: dict[str, Tensor], expert: dict[str, Tensor],
     keys: tuple[str, ...], cfg: Config,
@@ -585,49 +502,13 @@ def iteration(
     return metrics
 
 
-# -- Acting in the environment -----------------------------------------------------------------
 def mode_actor(
     encoder: nn.Module, rssm: RSSM, actor: Actor, keys: tuple[str, ...], cfg: LearnerArgs
 ) -> Callable[[int], FilteringActor]:
-    """`common/run.py::evaluate`'s actor: pi's mode (`--eval-samples`) in n environments, on the
-    state z_t ~ q(z_t | x_t, z_t-1, a_t-1) the model filters from the real observations."""
+    """The evaluation's actor (`common/evaluation.py::evaluate`): pi's mode (`--eval-samples`) in
+    n environments, on the state z_t ~ q(z_t | x_t, z_t-1, a_t-1) filtered from the observations."""
     device = torch.device(cfg.device)
     return partial(FilteringActor, encoder, rssm, actor, keys, device, samples=cfg.eval_samples)
-
-
-def collect(env: DMCEnv, seed: int, act: Optional[BatchActor]) -> dict[str, np.ndarray]:
-    """One episode from the initial state of `seed` (Algorithm 1 lines 5-8), its records stacked:
-    the actions of `act`, or uniformly random ones (the prefill) where it is None."""
-    rng = np.random.default_rng([seed, 1])
-    records = [env.reset(seed=seed)]
-    while not records[-1]["is_last"]:
-        a = rng.uniform(env.action_low, env.action_high) if act is None else act(records[-1:])[0]
-        records.append(env.step(a.astype(np.float32)))
-    return stack_records(records)
-
-
-def env_steps(buffer: ReplayBuffer, action_repeat: int) -> int:
-    """Simulator steps collected into a buffer."""
-    return int((buffer.lengths - 1).sum()) * action_repeat
-
-
-# -- Checkpoints -------------------------------------------------------------------------------
-def learner_parts(learners: dict[str, Learner]) -> dict[str, Stateful]:
-    """Each learner's networks and optimisers, as checkpoint parts named `{task}/{field}`."""
-    return {f"{t}/{f}": getattr(lr, f) for t, lr in learners.items() for f in Learner._fields}
-
-
-def checkpoint(run: Run, progress: Progress, samplers: list[WindowSampler], nets: Nets) -> None:
-    """checkpoint.pt: the progress, every random stream, the model, its Adam, every learner."""
-    parts = learner_parts(nets.learners)
-    run.checkpoint(asdict(progress), samplers, model=nets.model, model_opt=nets.model_opt, **parts)
-
-
-def restore_rng_at(run: Run, stage: str, samplers: list[WindowSampler]) -> None:
-    """Put the random streams back where the checkpoint left them, if it was written in `stage`
-    (with these samplers), so a resumed run draws what the uninterrupted one would have."""
-    if run.resumed is not None and run.resumed["state"]["stage"] == stage:
-        run.restore_rng(samplers)
 
 
 # -- Algorithm 1 (and Algorithm 2 line 3): online V-MAIL on one or several tasks ---------------
@@ -641,104 +522,92 @@ def iterations_due(collected: int, cfg: Config) -> int:
 
 
 def train_iterations(
-    run: Run, cfg: Config, progress: Progress, task: str, demo: TrajectoryDataset,
-    sources: list[WindowSampler], buffers: dict[str, ReplayBuffer], nets: Nets,
+    run: Run, cfg: Config, progress: Progress, task: str, demo: replay.TrajectoryDataset,
+    sources: list[replay.WindowSampler], buffers: dict[str, replay.ReplayBuffer], nets: Nets,
     keys: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Algorithm 1 lines 10-19: the iterations due for each of `task`'s buffer sizes not trained
     at yet (`progress.episodes`), each followed by a checkpoint. `demo` is the task's B_E;
     `sources` B_E u B_pi, every online task's demonstrations and buffers."""
-    device = torch.device(cfg.device)
+    device, fields = torch.device(cfg.device), [*keys, "pre_action"]
     for collected in range(progress.episodes.get(task, -1) + 1, len(buffers[task]) + 1):
         if n := iterations_due(collected, cfg):
             sums: dict[str, Tensor] = {}
             for _ in range(n):
-                batch = sample_union(  # line 10: {x_1:T, a_1:T-1} ~ B_E u B_pi
-                    sources, cfg.batch_size, cfg.horizon, device, [*keys, "pre_action"]
-                )
+                # line 10: {x_1:T, a_1:T-1} ~ B_E u B_pi
+                batch = replay.sample_union(sources, cfg.batch_size, cfg.horizon, device, fields)
                 expert = demo.sample(cfg.batch_size, cfg.horizon, device)  # line 15
                 add_to(sums, iteration(nets, task, batch, expert, keys, cfg))
-            step = sum(env_steps(b, cfg.action_repeat) for b in buffers.values())
+            step = sum(b.transitions for b in buffers.values()) * cfg.action_repeat
             means = run.log(f"train/{task}", sums, n, step)
             run.check_finite(means, f"after {collected} episodes of {task}")
             progress.updates += n
         progress.episodes[task] = collected
-        checkpoint(run, progress, sources, nets)
+        run.checkpoint(asdict(progress), sources, **nets.parts())
 
 
 def train_online(
-    run: Run, cfg: Config, progress: Progress, demos: dict[str, TrajectoryDataset],
-    buffers: dict[str, ReplayBuffer], nets: Nets, keys: tuple[str, ...],
+    run: Run, cfg: Config, progress: Progress, demos: dict[str, replay.TrajectoryDataset],
+    buffers: dict[str, replay.ReplayBuffer], nets: Nets, keys: tuple[str, ...],
 ) -> None:  # fmt: skip
-    """Alternate collecting an episode of each task with its policy and training the shared model
-    (on all demonstrations and buffers) and that task's D, pi and V, until every task has
-    `total_steps` simulator steps."""
+    """Alternate an episode of each task's policy and training the shared model (on every task's
+    demonstrations and buffer) and that task's D, pi and V, until each has `total_steps` steps."""
     tasks, device, repeat = tuple(buffers), torch.device(cfg.device), cfg.action_repeat
-    envs = {
-        t: make_env(f"{cfg.env}-{t}", cfg.obs, seed=cfg.seed, action_repeat=repeat,
-                    render=cfg.obs == "visual")
-        for t in tasks
-    }  # fmt: skip
-    sources: list[WindowSampler] = [*demos.values(), *buffers.values()]  # B_E u B_pi
-    restore_rng_at(run, "online", sources)
+    encoder, rssm = nets.model.encoder, nets.model.rssm
+    render = cfg.obs == "visual"  # (seed: the environments' own random streams)
+    envs = {t: make_env(f"{cfg.env}-{t}", cfg.obs, cfg.seed, repeat, render) for t in tasks}
+    sources: list[replay.WindowSampler] = [*demos.values(), *buffers.values()]  # B_E u B_pi
+    if run.resumed is not None and run.resumed["state"]["stage"] == "online":
+        run.restore_rng(sources)  # where a checkpoint of this stage left the random streams
     # The pretraining, and episodes saved after the last checkpoint (a kill between saving and
     # updating): trained on now, so that none is lost and none is collected twice.
     for task in tasks:
         train_iterations(run, cfg, progress, task, demos[task], sources, buffers, nets, keys)
-    done = sum(env_steps(b, repeat) for b in buffers.values())
+    done = sum(b.transitions * repeat for b in buffers.values())
     bar = tqdm(total=cfg.total_steps * len(tasks), initial=done, desc="V-MAIL online", unit="step")
-    while any(env_steps(b, repeat) < cfg.total_steps for b in buffers.values()):
+    while any(b.transitions * repeat < cfg.total_steps for b in buffers.values()):
         for i, task in enumerate(tasks):
-            if env_steps(buffers[task], repeat) >= cfg.total_steps:
+            if buffers[task].transitions * repeat >= cfg.total_steps:
                 continue
             episode, actor = len(buffers[task]), nets.learners[task].actor
-            act = FilteringActor(  # lines 5-7: z_t ~ q(z_t | x_t, z_t-1, a_t-1), a_t ~ pi
-                nets.model.encoder, nets.model.rssm, actor, keys, device, 1, cfg.expl_noise
-            )
-            random = episode < cfg.prefill_episodes
-            trajectory = collect(
-                envs[task], episode_seed(cfg.seed, 10 + i, episode), None if random else act
-            )
+            # lines 5-8: z_t ~ q(z_t | x_t, z_t-1, a_t-1), a_t ~ pi(a_t | z_t) plus noise, step
+            act = FilteringActor(encoder, rssm, actor, keys, device, 1, cfg.expl_noise)
+            seed, random = episode_seed(cfg.seed, 10 + i, episode), episode < cfg.prefill_episodes
+            (trajectory,) = collect_episodes([envs[task]], [seed], None if random else act)
             buffers[task].add(trajectory)  # Algorithm 1 line 9: the episode joins B_pi
             bar.update((len(trajectory["reward"]) - 1) * repeat)
             ret = float(trajectory["reward"].sum())
-            run.writer.add_scalar(f"train/{task}/return", ret, env_steps(buffers[task], repeat))
+            run.writer.add_scalar(f"train/{task}/return", ret, buffers[task].transitions * repeat)
             bar.set_postfix(task=task, episode=episode, ret=f"{ret:.1f}")
             train_iterations(run, cfg, progress, task, demos[task], sources, buffers, nets, keys)
             if cfg.eval_every and (episode + 1) % cfg.eval_every == 0:
-                returns = evaluate(
-                    f"{cfg.env}-{task}", cfg.obs, repeat, cfg.seed, cfg.eval_episodes_during,
-                    mode_actor(nets.model.encoder, nets.model.rssm, actor, keys, cfg),
-                )  # fmt: skip
-                step = env_steps(buffers[task], repeat)
+                mode = mode_actor(encoder, rssm, actor, keys, cfg)
+                n, step = cfg.eval_episodes_during, buffers[task].transitions * repeat
+                returns = evaluate(f"{cfg.env}-{task}", cfg.obs, repeat, cfg.seed, n, mode)
                 run.writer.add_scalar(f"eval/{task}/return", np.mean(returns), step)
     bar.close()
-    progress.env_steps = {t: env_steps(b, repeat) for t, b in buffers.items()}
+    progress.env_steps = {t: b.transitions * repeat for t, b in buffers.items()}
 
 
 # -- Algorithm 2 lines 4-8: the target task in the model, without environment steps ------------
 def transfer(
-    run: Run, cfg: Config, progress: Progress, model_data: list[WindowSampler], nets: Nets,
+    run: Run, cfg: Config, progress: Progress, model_data: list[replay.WindowSampler], nets: Nets,
     keys: tuple[str, ...],
 ) -> None:  # fmt: skip
-    """`phase2_epochs` x `steps_per_epoch` iterations in the model only: each fine-tunes the
-    model on B_E u B_pi (`model_data`: the target's demonstrations, then the source buffers) and
-    trains the target task's D, pi and V."""
+    """`phase2_epochs` x `steps_per_epoch` iterations in the model only, each fine-tuning it on
+    B_E u B_pi (`model_data`) and training the target task's D, pi and V."""
     device, demo, learner = torch.device(cfg.device), model_data[0], nets.learners[cfg.task]
-    encoder, rssm = nets.model.encoder, nets.model.rssm
-    bar = tqdm(
-        range(progress.epoch, cfg.phase2_epochs), initial=progress.epoch,
-        total=cfg.phase2_epochs, desc="V-MAIL transfer, in the model",
-    )  # fmt: skip
+    fields, task_env = [*keys, "pre_action"], f"{cfg.env}-{cfg.task}"
+    mode = mode_actor(nets.model.encoder, nets.model.rssm, learner.actor, keys, cfg)  # pi's mode
+    bar = tqdm(range(progress.epoch, cfg.phase2_epochs), "V-MAIL transfer, in the model",
+               initial=progress.epoch, total=cfg.phase2_epochs)  # fmt: skip
     for epoch in bar:
         start_time = time.time()
         sums: dict[str, Tensor] = {}
         for _ in range(cfg.steps_per_epoch):
             expert = demo.sample(cfg.batch_size, cfg.horizon, device)
             # line 6: fine-tune the model with eq. (21) on B_E u B_pi
-            batch = sample_union(
-                model_data, cfg.batch_size, cfg.horizon, device, [*keys, "pre_action"]
-            )
+            batch = replay.sample_union(model_data, cfg.batch_size, cfg.horizon, device, fields)
             # line 8: D, pi on the target's expert latents, rollouts from the batch's states
             add_to(sums, iteration(nets, cfg.task, batch, expert, keys, cfg))
         n = cfg.steps_per_epoch
@@ -747,27 +616,23 @@ def transfer(
         bar.set_postfix(expert_d=f"{means['expert_d']:.2f}", policy_d=f"{means['policy_d']:.2f}")
         progress.wall["imitation"] = progress.wall.get("imitation", 0.0) + time.time() - start_time
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.phase2_epochs:
-            returns = evaluate(
-                f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
-                cfg.eval_episodes_during,
-                mode_actor(encoder, rssm, learner.actor, keys, cfg),
-            )  # fmt: skip
+            during = cfg.eval_episodes_during
+            returns = evaluate(task_env, cfg.obs, cfg.action_repeat, cfg.seed, during, mode)
             run.log_returns(returns, epoch + 1)
         progress.epoch = epoch + 1
-        checkpoint(run, progress, model_data, nets)
+        run.checkpoint(asdict(progress), model_data, **nets.parts())
 
 
 # -- Main --------------------------------------------------------------------------------------
 def main(args: Args) -> dict[str, Any]:
     cfg = resolve(args)
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
-    keys = env.obs_keys
-    shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
+    keys, shapes = env.obs_keys, {k: env.record_shapes[k] for k in (*env.obs_keys, "pre_action")}
     # B_E of every task, with the actions: each file checked before any training
-    require_datasets(datasets(cfg))  # every missing one named at once
+    replay.require_datasets(datasets(cfg))  # every missing one named at once
     opened = {
-        t: open_dataset(cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos,
-                        seed=cfg.seed + 1 + i, cache_dir=cfg.cache_dir)
+        t: replay.open_dataset(cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos,
+                               seed=cfg.seed + 1 + i, cache_dir=cfg.cache_dir)
         for i, (t, name) in enumerate(demonstrations(cfg).items())
     }  # fmt: skip
     demos = {t: d.data for t, d in opened.items()}
@@ -785,14 +650,15 @@ def main(args: Args) -> dict[str, Any]:
     progress = Progress()
     if run.resumed is not None:
         progress = Progress(**run.resumed["state"])
-        run.restore(model=model, model_opt=nets.model_opt, **learner_parts(learners))
+        run.restore(**nets.parts())
         print(f"resuming {run.dir} at stage {progress.stage}")
     online = cfg.source_tasks if cfg.zero_shot else (cfg.task,)
+    fields = [*keys, "pre_action"]  # B_pi of each task, saved to {run_dir}/buffer/{task}/
     buffers = {
-        t: ReplayBuffer(run.dir / "buffer" / t, seed=cfg.seed + 10 + i, keys=[*keys, "pre_action"])
+        t: replay.ReplayBuffer(run.dir / "buffer" / t, seed=cfg.seed + 10 + i, keys=fields)
         for i, t in enumerate(online)
-    }  # B_pi of each task, saved to {run_dir}/buffer/{task}/
-    model_data: list[WindowSampler] = [demos[cfg.task], *buffers.values()]  # after Algorithm 1
+    }
+    model_data: list[replay.WindowSampler] = [demos[cfg.task], *buffers.values()]  # after Alg. 1
 
     # -- Algorithm 1 (Algorithm 2 line 3: on the source tasks, one model) ---------------------
     if progress.stage == "online":
@@ -800,31 +666,27 @@ def main(args: Args) -> dict[str, Any]:
         train_online(run, cfg, progress, {t: demos[t] for t in online}, buffers, nets, keys)
         progress.wall["online"] = progress.wall.get("online", 0.0) + time.time() - start
         progress.stage = "transfer" if cfg.zero_shot else "evaluation"
-        checkpoint(run, progress, model_data, nets)
+        run.checkpoint(asdict(progress), model_data, **nets.parts())
 
     # -- Algorithm 2 lines 4-8: the target task in the model, no environment step --------------
     if progress.stage == "transfer":
-        restore_rng_at(run, "transfer", model_data)
+        if run.resumed is not None and run.resumed["state"]["stage"] == "transfer":
+            run.restore_rng(model_data)
         transfer(run, cfg, progress, model_data, nets, keys)
         progress.stage = "evaluation"
-        checkpoint(run, progress, model_data, nets)
+        run.checkpoint(asdict(progress), model_data, **nets.parts())
 
     # -- evaluation: the policy's mode on the state filtered from real observations ------------
     start = time.time()
     video = run.video("final")
-    actor = learners[cfg.task].actor
-    returns = evaluate(
-        f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed, cfg.eval_episodes,
-        mode_actor(model.encoder, model.rssm, actor, keys, cfg), video,
-    )  # fmt: skip
-    random = random_scores(
-        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
-    )  # the reference below the score, on the same episodes
+    mode = mode_actor(model.encoder, model.rssm, learners[cfg.task].actor, keys, cfg)
+    task_env, n = f"{cfg.env}-{cfg.task}", cfg.eval_episodes
+    returns = evaluate(task_env, cfg.obs, cfg.action_repeat, cfg.seed, n, mode, video)
     return run.finish({
         "algorithm": "vmail", "mode": "zero_shot" if cfg.zero_shot else "online",
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs, "body_data": body, "demo": cfg.demo,
-        "num_demos": cfg.num_demos, "seed": cfg.seed, **scores(returns, *expert),
-        **random,
+        "num_demos": cfg.num_demos, "seed": cfg.seed,
+        **scores(returns, expert, task_env, cfg.action_repeat, cfg.seed),
         "env_steps": progress.env_steps,  # per task, collected by Algorithm 1 (none after it)
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
     })  # fmt: skip
@@ -833,5 +695,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
+    except (replay.DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

@@ -48,30 +48,13 @@ from tqdm import tqdm
 
 import aime
 import vmail
+from common import replay
 from common.envs import DMCEnv, EnvError, check_env, make_env
+from common.evaluation import evaluate, expert_return, scores
+from common.model_files import trained_on
 from common.nets import observation
-from common.replay import (
-    DatasetError,
-    TrajectoryDataset,
-    dataset_action_repeat,
-    dataset_folders,
-    dataset_task,
-    open_dataset,
-    require_datasets,
-)
 from common.rssm import RSSM
-from common.run import (
-    Run,
-    add_to,
-    check_flags,
-    derived,
-    evaluate,
-    expert_return,
-    label,
-    random_scores,
-    scores,
-    seed_everything,
-)
+from common.run import Run, add_to, check_flags, derived, label, seed_everything
 
 
 @dataclass
@@ -139,11 +122,11 @@ def resolve(args: Args) -> Config:
     if not Path(args.world_model).is_file():
         raise SystemExit(f"error: --world-model {args.world_model} does not exist")
     vmail.check_learner(args)
-    demo_task = dataset_task(args.env, args.demo) if args.demo else None
+    demo_task = replay.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     check_env(f"{args.env}-{task}", args.obs)
-    folders = dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
-    repeat = dataset_action_repeat(folders, args.action_repeat)
+    folders = replay.dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
+    repeat = replay.dataset_action_repeat(folders, args.action_repeat)
     return Config(
         **{**asdict(args), "task": task, "demo": args.demo or task, "action_repeat": repeat}
     )
@@ -189,8 +172,19 @@ def expert_latents(
     return torch.stack(feats)
 
 
+def imitation_step(
+    rssm: RSSM, learner: vmail.Learner, start: tuple[Tensor, Tensor], expert_feat: Tensor,
+    cfg: vmail.LearnerArgs,
+) -> dict[str, Tensor]:  # fmt: skip
+    """V-MAIL's lines 17-19 in the frozen model: one Adam step each of D(z) (eq. 23), pi (eq. 22)
+    and V, from the expert latents `expert_feat` and rollouts from `start`."""
+    *losses, metrics = vmail.policy_losses(rssm, learner, start, expert_feat, None, cfg)
+    metrics.update(vmail.adam_steps(vmail.learner_steps(learner, *losses), cfg.grad_clip))
+    return metrics
+
+
 def imitate(
-    run: Run, cfg: Config, progress: Progress, demo: TrajectoryDataset,
+    run: Run, cfg: Config, progress: Progress, demo: replay.TrajectoryDataset,
     model: aime.WorldModel, learner: vmail.Learner, keys: tuple[str, ...],
 ) -> None:  # fmt: skip
     """`phase2_epochs` x `steps_per_epoch` iterations in the frozen model, a checkpoint after
@@ -207,7 +201,7 @@ def imitate(
             expert = demo.sample(cfg.batch_size, cfg.horizon, device)
             feat = expert_latents(model.encoder, model.rssm, expert, keys, learner.actor)
             start = (feat[..., :deter], feat[..., deter:])  # rollouts from every expert latent
-            add_to(sums, vmail.imitation_step(model.rssm, learner, start, feat, None, cfg))
+            add_to(sums, imitation_step(model.rssm, learner, start, feat, cfg))
         n = cfg.steps_per_epoch
         means = run.log("imitation", sums, n, (epoch + 1) * n)
         run.check_finite(means, f"in epoch {epoch}")
@@ -221,8 +215,7 @@ def imitate(
             )  # fmt: skip
             run.log_returns(returns, epoch + 1)
         progress.epoch = epoch + 1
-        parts = vmail.learner_parts({cfg.task: learner})
-        run.checkpoint(asdict(progress), [demo], model=model, **parts)
+        run.checkpoint(asdict(progress), [demo], model=model, **learner.parts(cfg.task))
 
 
 def main(args: Args) -> dict[str, Any]:
@@ -231,13 +224,13 @@ def main(args: Args) -> dict[str, Any]:
     keys = env.obs_keys
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
     # the demonstrations' observations, every file checked before any training; never actions
-    require_datasets(dataset_folders(cfg.data_dir, cfg.env, cfg.demo, "demo"))
-    demo = open_dataset(
+    replay.require_datasets(replay.dataset_folders(cfg.data_dir, cfg.env, cfg.demo, "demo"))
+    demo = replay.open_dataset(
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1,
         cache_dir=cfg.cache_dir,
     )  # fmt: skip
     expert = expert_return(cfg.env, cfg.task, demo)
-    body = aime.trained_on(Path(cfg.world_model), cfg.env)  # names the run and its cell
+    body = trained_on(Path(cfg.world_model), cfg.env)  # names the run and its cell
     if body is None:
         raise SystemExit(
             f"error: {cfg.world_model} records no embodiment dataset; is it aime.py's?"
@@ -252,7 +245,7 @@ def main(args: Args) -> dict[str, Any]:
     progress = Progress()
     if run.resumed is not None:
         progress = Progress(**run.resumed["state"])
-        run.restore(**vmail.learner_parts({cfg.task: learner}))
+        run.restore(**learner.parts(cfg.task))
         print(f"resuming {run.dir} at epoch {progress.epoch}")
     run.restore_rng([demo.data])
     imitate(run, cfg, progress, demo.data, model, learner, keys)
@@ -263,14 +256,12 @@ def main(args: Args) -> dict[str, Any]:
         f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed, cfg.eval_episodes,
         vmail.mode_actor(model.encoder, model.rssm, learner.actor, keys, cfg), video,
     )  # fmt: skip
-    random = random_scores(
-        f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed, len(returns), expert[0]
-    )  # the reference below the score, on the same episodes
     return run.finish({
         "algorithm": "vmail", "mode": "obs_only", "env": cfg.env, "task": cfg.task,
         "obs": cfg.obs, "body_data": body, "demo": cfg.demo, "num_demos": cfg.num_demos,
-        "seed": cfg.seed, **scores(returns, *expert),
-        **random, "env_steps": {},  # no interaction
+        "seed": cfg.seed,
+        **scores(returns, expert, f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed),
+        "env_steps": {},  # no interaction
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
         "world_model": cfg.world_model,
     })  # fmt: skip
@@ -279,5 +270,5 @@ def main(args: Args) -> dict[str, Any]:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except (DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
+    except (replay.DatasetError, EnvError) as e:  # bad data or task: the file or name, the problem
         raise SystemExit(f"error: {e}") from e

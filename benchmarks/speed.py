@@ -44,8 +44,9 @@ import dreamer_collect
 import vmail
 import vmail_obs
 from common.envs import make_env
+from common.nets import kl_loss
 from common.replay import TrajectoryDataset, save_trajectory
-from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, kl_loss
+from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM
 
 WALKER_MDP = {"orientations": 14, "height": 1, "velocity": 9}  # walker's keys and sizes
 CASES = (
@@ -152,7 +153,7 @@ def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], obje
         def obs_only() -> None:
             feat = vmail_obs.expert_latents(frozen.encoder, frozen.rssm, demo, keys, learner.actor)
             start = (feat[..., :deter], feat[..., deter:])
-            vmail.imitation_step(frozen.rssm, learner, start, feat, None, o_args)
+            vmail_obs.imitation_step(frozen.rssm, learner, start, feat, o_args)
 
         return obs_only
     penalty = {"vmail-mdp-inputs-gp": "inputs", "vmail-mdp-no-gp": "none"}.get(case, "params")

@@ -1,14 +1,18 @@
 """The building blocks every script's networks are made of, one copy each: `mlp`, the
 convolutional image encoder and decoder of World Models / PlaNet (the AIME authors' `cnn_ha`
-encoder and decoder, used by V-MAIL and Dreamer as well), and `observation`, which picks the
-setting's observation out of a batch. The world models, policies and discriminators built from
-them are written out in each script."""
+encoder and decoder, used by V-MAIL and Dreamer as well), `observation`, which picks the
+setting's observation out of a batch, and the distributions the losses are written with: the
+Gaussian KL (`kl_normal`, `kl_loss` with free nats and balancing) and the policies' tanh-Gaussian
+`TanhNormal`. The world models, policies and discriminators built from them are written out in
+each script."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -75,3 +79,101 @@ class ConvDecoder(nn.Module):
 def observation(batch: dict[str, Tensor], keys: tuple[str, ...]) -> Tensor:
     """The setting's observation o_t: the image, or the low-dimensional keys concatenated."""
     return batch["image"] if keys == ("image",) else torch.cat([batch[k] for k in keys], -1)
+
+
+# --------------------------------------------------------------------------------------------
+# KL divergence
+# --------------------------------------------------------------------------------------------
+def kl_normal(q_mean: Tensor, q_std: Tensor, p_mean: Tensor, p_std: Tensor) -> Tensor:
+    """KL[N(q_mean, q_std) || N(p_mean, p_std)] per dimension, in closed form."""
+    var_ratio = (q_std / p_std) ** 2
+    return 0.5 * (var_ratio + ((q_mean - p_mean) / p_std) ** 2 - 1) - torch.log(q_std / p_std)
+
+
+def kl_loss(
+    q_mean: Tensor,
+    q_std: Tensor,
+    p_mean: Tensor,
+    p_std: Tensor,
+    free_nats: float = 0.0,
+    balance: Optional[float] = None,
+) -> Tensor:
+    """The KL term of the ELBO for the loss, summed over the state dims: [...].
+
+    balance=α (KL balancing, DreamerV2): α KL[sg(q) || p] + (1 - α) KL[q || sg(p)], which has the
+    same value as the KL but moves the prior α and the posterior 1 - α of the way.
+    free_nats: the gradient of max(KL, free_nats) per step and sequence (none below `free_nats`)
+    with the value of the KL, as the authors' code reports it (`aime/models/ssm.py`, forward).
+    With the defaults (0, None) this is the true KL of the ELBO.
+    """
+    if balance is None:
+        kl = kl_normal(q_mean, q_std, p_mean, p_std).sum(-1)
+    else:
+        to_prior = kl_normal(q_mean.detach(), q_std.detach(), p_mean, p_std).sum(-1)
+        to_post = kl_normal(q_mean, q_std, p_mean.detach(), p_std.detach()).sum(-1)
+        kl = balance * to_prior + (1 - balance) * to_post
+    if free_nats <= 0:
+        return kl
+    clamped = kl.clamp(min=free_nats)
+    return clamped + (kl - clamped).detach()  # the KL's value, the clamped KL's gradient
+
+
+# --------------------------------------------------------------------------------------------
+# Tanh-Gaussian distribution of the policies
+# --------------------------------------------------------------------------------------------
+class TanhNormal:
+    """a = tanh(u), u ~ N(mean, std) per dimension: actions in (-1, 1).
+
+    log p(a) = sum_i [log N(u_i; mean_i, std_i) - log(1 - tanh(u_i)^2)], u = atanh(a); the log
+    Jacobian is computed as 2 (log 2 - u - softplus(-2u)), which is exact and stable for large |u|.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        self.mean, self.std = mean, std
+
+    def _log_normal(self, u: Tensor) -> Tensor:
+        """log N(u; mean, std) per dimension, u the value before the tanh."""
+        return (
+            -0.5 * ((u - self.mean) / self.std) ** 2
+            - torch.log(self.std)
+            - 0.5 * math.log(2 * math.pi)
+        )
+
+    def rsample(self) -> Tensor:
+        """A reparameterised sample a [..., A]."""
+        return torch.tanh(self.mean + self.std * torch.randn_like(self.mean))
+
+    def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
+        """A reparameterised sample and its log-probability ([..., A], [...]), without atanh."""
+        u = self.mean + self.std * torch.randn_like(self.mean)
+        # in this order (tanh, log N, log det): autograd sums u's gradients in the reverse order
+        action, log_normal = torch.tanh(u), self._log_normal(u)
+        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
+        return action, (log_normal - log_det).sum(-1)
+
+    def log_prob(self, action: Tensor, clip: float = 0.999) -> Tensor:
+        """log p(a) summed over action dims: [...]. As the authors' `TanhNormal` (`aime/dist.py`,
+        TANH_CLIP = 0.999): a is clipped to +-clip first, then log N(atanh(a)) - log(1 - a^2), so
+        a saturated dimension (a = +-1, common in expert data) adds -log(1 - 0.999^2) = 6.2."""
+        a = action.clamp(-clip, clip)
+        return (self._log_normal(torch.atanh(a)) - torch.log(1 - a**2)).sum(-1)
+
+    @property
+    def mode(self) -> Tensor:
+        """tanh(mean), the deterministic action used for evaluation."""
+        return torch.tanh(self.mean)
+
+    def sampled_mode(self, samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The most likely of `samples` draws [..., A], per batch element: Dreamer-v1's
+        `SampleDist.mode`, the V-MAIL authors' evaluation action. Each draw's log-probability is
+        computed as Dreamer-v1's tanh bijector does, from atanh of the action clipped to
+        +-0.99999997, so a saturated draw (|u| > 8.7) counts as u = +-8.7."""
+        noise = torch.randn(
+            (samples, *self.mean.shape), generator=generator, device=self.mean.device
+        )
+        action = torch.tanh(self.mean + self.std * noise)  # [samples, ..., A]
+        u = torch.atanh(action.clamp(-0.99999997, 0.99999997))
+        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
+        log_p = (self._log_normal(u) - log_det).sum(-1)  # [samples, ...]
+        best = log_p.argmax(0)[None, ..., None].expand(1, *action.shape[1:])
+        return action.gather(0, best)[0]

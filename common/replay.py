@@ -413,6 +413,25 @@ def to_torch_batch(
     return batch
 
 
+def sample_union(
+    samplers: Sequence[WindowSampler], batch_size: int, horizon: int, device: torch.device,
+    keys: list[str],
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """A batch from the union of the samplers (V-MAIL's B_E u B_pi): each window's source is
+    drawn in proportion to the trajectories the sources hold (the first sampler's generator),
+    then a window of it uniformly."""
+    rng = samplers[0].rng
+    sizes = np.array([len(s) for s in samplers], dtype=np.float64)
+    counts = rng.multinomial(batch_size, sizes / sizes.sum())
+    parts = []
+    for sampler, n in zip(samplers, counts, strict=True):
+        if n:
+            traj, start = sampler.sample_windows(int(n), horizon)
+            parts.append(sampler.gather(traj, start, horizon, keys))
+    batch = {k: np.concatenate([p[k] for p in parts], axis=1) for k in keys}
+    return to_torch_batch(batch, device)
+
+
 def records_batch(
     records: Sequence[Mapping[str, np.ndarray]],
     keys: Sequence[str],
@@ -450,6 +469,11 @@ class WindowSampler:
     @property
     def num_records(self) -> int:
         return int(self.lengths.sum())
+
+    @property
+    def transitions(self) -> int:
+        """Actions taken over all trajectories (a trajectory of n records holds n - 1)."""
+        return int((self.lengths - 1).sum())
 
     def subset(self, indices: Sequence[int], seed: Optional[int] = None) -> WindowSampler:
         """A sampler over the trajectories `indices` only (views, no copy): splits by trajectory."""

@@ -11,12 +11,15 @@ every path: `obs_step` (one posterior step), `img_step` (one prior step), `obser
 sequence with the posterior) and `imagine` (roll the prior forward under given actions or a policy);
 `FilteringActor` acts in environments on the state it filters from their observations, step by step.
 
-Two layouts, both from the AIME authors' code (`RSSMConfig`):
+Three layouts (`RSSMConfig`), two from the AIME authors' code and one from the V-MAIL authors':
 - `AIME_RSSM` (paper default, Appendix B): GRU 512 on [s, a], s of 128 dims, separate mean and std
   MLPs of 2x128 ELU for prior and posterior, std = softplus(.) + 1e-6.
 - `DREAMER_RSSM` (the original-Dreamer layout the authors used for cheetah): [s, a] -> Linear 512,
   LayerNorm, SiLU before the GRU; prior and posterior one MLP of 512 (LayerNorm + SiLU) giving mean
   and std together, s of 30 dims, std = 2 sigmoid(x / 2) + 0.1.
+- `VMAIL_RSSM` (Dreamer-v1's, the V-MAIL authors' `models.py`): GRU 200, s of 30 dims, one ELU
+  layer of 200 before the GRU and in the prior and posterior, one MLP giving mean and std together,
+  std = softplus(.) + 0.1.
 
 The sequence loop is the hot path: it runs on plain tensors (no dicts or distribution objects per
 step, no host synchronisation), and holds only the GRU and the posterior; the embedding half of
@@ -36,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.nets import observation
+from common.nets import TanhNormal, observation
 from common.replay import records_batch
 
 
@@ -76,6 +79,17 @@ DREAMER_RSSM = RSSMConfig(
     pre_gru=True,
     separate_std=False,
     std_act="sigmoid2",
+    min_std=0.1,
+)
+VMAIL_RSSM = RSSMConfig(
+    deter=200,
+    stoch=30,
+    hidden=200,
+    layers=1,
+    act="elu",
+    pre_gru=True,
+    separate_std=False,
+    std_act="softplus",
     min_std=0.1,
 )
 
@@ -302,104 +316,6 @@ class RSSM(nn.Module):
             h, s, mean, std = self.img_step(h, s, action, noise)
             outputs.append((h, s, mean, std, action))
         return Imagined(*(torch.stack(x) for x in zip(*outputs, strict=True)))
-
-
-# --------------------------------------------------------------------------------------------
-# KL divergence
-# --------------------------------------------------------------------------------------------
-def kl_normal(q_mean: Tensor, q_std: Tensor, p_mean: Tensor, p_std: Tensor) -> Tensor:
-    """KL[N(q_mean, q_std) || N(p_mean, p_std)] per dimension, in closed form."""
-    var_ratio = (q_std / p_std) ** 2
-    return 0.5 * (var_ratio + ((q_mean - p_mean) / p_std) ** 2 - 1) - torch.log(q_std / p_std)
-
-
-def kl_loss(
-    q_mean: Tensor,
-    q_std: Tensor,
-    p_mean: Tensor,
-    p_std: Tensor,
-    free_nats: float = 0.0,
-    balance: Optional[float] = None,
-) -> Tensor:
-    """The KL term of the ELBO for the loss, summed over the state dims: [...].
-
-    balance=α (KL balancing, DreamerV2): α KL[sg(q) || p] + (1 - α) KL[q || sg(p)], which has the
-    same value as the KL but moves the prior α and the posterior 1 - α of the way.
-    free_nats: the gradient of max(KL, free_nats) per step and sequence (none below `free_nats`)
-    with the value of the KL, as the authors' code reports it (`aime/models/ssm.py`, forward).
-    With the defaults (0, None) this is the true KL of the ELBO.
-    """
-    if balance is None:
-        kl = kl_normal(q_mean, q_std, p_mean, p_std).sum(-1)
-    else:
-        to_prior = kl_normal(q_mean.detach(), q_std.detach(), p_mean, p_std).sum(-1)
-        to_post = kl_normal(q_mean, q_std, p_mean.detach(), p_std.detach()).sum(-1)
-        kl = balance * to_prior + (1 - balance) * to_post
-    if free_nats <= 0:
-        return kl
-    clamped = kl.clamp(min=free_nats)
-    return clamped + (kl - clamped).detach()  # the KL's value, the clamped KL's gradient
-
-
-# --------------------------------------------------------------------------------------------
-# Tanh-Gaussian distribution of the policies
-# --------------------------------------------------------------------------------------------
-class TanhNormal:
-    """a = tanh(u), u ~ N(mean, std) per dimension: actions in (-1, 1).
-
-    log p(a) = sum_i [log N(u_i; mean_i, std_i) - log(1 - tanh(u_i)^2)], u = atanh(a); the log
-    Jacobian is computed as 2 (log 2 - u - softplus(-2u)), which is exact and stable for large |u|.
-    """
-
-    def __init__(self, mean: Tensor, std: Tensor) -> None:
-        self.mean, self.std = mean, std
-
-    def _log_normal(self, u: Tensor) -> Tensor:
-        """log N(u; mean, std) per dimension, u the value before the tanh."""
-        return (
-            -0.5 * ((u - self.mean) / self.std) ** 2
-            - torch.log(self.std)
-            - 0.5 * math.log(2 * math.pi)
-        )
-
-    def rsample(self) -> Tensor:
-        """A reparameterised sample a [..., A]."""
-        return torch.tanh(self.mean + self.std * torch.randn_like(self.mean))
-
-    def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
-        """A reparameterised sample and its log-probability ([..., A], [...]), without atanh."""
-        u = self.mean + self.std * torch.randn_like(self.mean)
-        # in this order (tanh, log N, log det): autograd sums u's gradients in the reverse order
-        action, log_normal = torch.tanh(u), self._log_normal(u)
-        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
-        return action, (log_normal - log_det).sum(-1)
-
-    def log_prob(self, action: Tensor, clip: float = 0.999) -> Tensor:
-        """log p(a) summed over action dims: [...]. As the authors' `TanhNormal` (`aime/dist.py`,
-        TANH_CLIP = 0.999): a is clipped to +-clip first, then log N(atanh(a)) - log(1 - a^2), so
-        a saturated dimension (a = +-1, common in expert data) adds -log(1 - 0.999^2) = 6.2."""
-        a = action.clamp(-clip, clip)
-        return (self._log_normal(torch.atanh(a)) - torch.log(1 - a**2)).sum(-1)
-
-    @property
-    def mode(self) -> Tensor:
-        """tanh(mean), the deterministic action used for evaluation."""
-        return torch.tanh(self.mean)
-
-    def sampled_mode(self, samples: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The most likely of `samples` draws [..., A], per batch element: Dreamer-v1's
-        `SampleDist.mode`, the V-MAIL authors' evaluation action. Each draw's log-probability is
-        computed as Dreamer-v1's tanh bijector does, from atanh of the action clipped to
-        +-0.99999997, so a saturated draw (|u| > 8.7) counts as u = +-8.7."""
-        noise = torch.randn(
-            (samples, *self.mean.shape), generator=generator, device=self.mean.device
-        )
-        action = torch.tanh(self.mean + self.std * noise)  # [samples, ..., A]
-        u = torch.atanh(action.clamp(-0.99999997, 0.99999997))
-        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))  # log(1 - tanh(u)^2)
-        log_p = (self._log_normal(u) - log_det).sum(-1)  # [samples, ...]
-        best = log_p.argmax(0)[None, ..., None].expand(1, *action.shape[1:])
-        return action.gather(0, best)[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,9 +10,7 @@ epoch or episode) and, when it ends, `results.json`. The rules:
   - `--resume-or-start` continues the run where there is one and starts it where there is none
     (for a command re-run until it finishes, as quickstart.sh does);
   - a non-finite loss stops the run and keeps the last good checkpoint.
-
-Scores are normalised as in the AIME paper (section 4.1): 100 * return / the expert's return,
-with the published expert returns of its Appendix D where the task has one.
+The evaluation (paired episodes, normalised scores) is `common/evaluation.py`'s.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
@@ -31,8 +29,7 @@ import tyro
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from common.envs import EXPERT_RETURNS, ObsSetting, Record, make_env
-from common.replay import Dataset, WindowSampler, atomic_write, remove_stale_temporaries
+from common.replay import WindowSampler, atomic_write, remove_stale_temporaries
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
 LOGGING = {"resume", "resume_or_start", "track", "wandb_project"}  # flags a resumed run may change
@@ -131,119 +128,6 @@ def save_gif(path: Path, frames: Union[np.ndarray, Sequence[np.ndarray]]) -> Non
             tmp, format="GIF", save_all=True, append_images=images[1:], duration=40, loop=0
         ),
     )
-
-
-# -- evaluation ---------------------------------------------------------------------------------
-# An actor for a batch of episodes: the current record of each environment -> actions [n, A].
-# It is called on every record, the last one too (whose actions are not taken), so that a
-# stateful actor (one filtering a latent state) sees each observation exactly once.
-BatchActor = Callable[[list[Record]], np.ndarray]
-
-
-def eval_seed(seed: int, episode: int) -> int:
-    """The initial-state seed of evaluation episode `episode`, the same in every script, so that
-    the scores of the algorithms run with one `--seed` are paired episode by episode."""
-    return seed + 100 + episode
-
-
-def episode_seed(seed: int, stream: int, index: int) -> int:
-    """The initial-state (and random-action) seed of episode `index` of a collection stream:
-    episodes of different streams, and of different indices, never share a seed."""
-    return int(np.random.SeedSequence(seed, spawn_key=(stream, index)).generate_state(1)[0])
-
-
-def evaluate(
-    env: str,
-    obs: ObsSetting,
-    action_repeat: int,
-    seed: int,
-    episodes: int,
-    new_actor: Callable[[int], BatchActor],
-    video: Optional[Path] = None,
-    lockstep: int = 10,
-) -> list[float]:
-    """The returns of `episodes` episodes of the task `env` ('walker-run'), episode i starting
-    from `eval_seed(seed, i)`; up to `lockstep` run side by side, acting through one call of
-    the actor `new_actor(n)` per step. With `video`, the first episode is saved as a GIF."""
-    returns: list[float] = []
-    for first in range(0, episodes, lockstep):
-        n = min(lockstep, episodes - first)
-        render = obs == "visual" or (video is not None and first == 0)
-        envs = [make_env(env, obs, render=render, action_repeat=action_repeat) for _ in range(n)]
-        recs = [e.reset(seed=eval_seed(seed, first + i)) for i, e in enumerate(envs)]
-        act, total, frames = new_actor(n), np.zeros(n), []
-        while True:
-            actions = act(recs)
-            if recs[0]["is_last"]:
-                break
-            recs = [e.step(a) for e, a in zip(envs, actions, strict=True)]
-            total += [r["reward"] for r in recs]
-            if video is not None and first == 0:
-                frames.append(recs[0]["image"])
-        returns += total.tolist()
-        if video is not None and frames:
-            save_gif(video, frames)
-    return returns
-
-
-def random_scores(
-    env: str, action_repeat: int, seed: int, episodes: int, expert: float
-) -> dict[str, float]:
-    """The random policy on the evaluation's very episodes (`eval_seed`): uniform actions, the
-    mean return and normalised score that results.json records beside the policy's, and
-    results_table.py's figure draws as the bottom reference line."""
-    world = make_env(env, "mdp", action_repeat=action_repeat)  # no images: nothing observes
-    returns = []
-    for i in range(episodes):
-        rng = np.random.default_rng(eval_seed(seed, i))  # its own stream: training's untouched
-        rec, total = world.reset(seed=eval_seed(seed, i)), 0.0
-        while not rec["is_last"]:
-            rec = world.step(rng.uniform(world.action_low, world.action_high).astype(np.float32))
-            total += float(rec["reward"])
-        returns.append(total)
-    mean = float(np.mean(returns))
-    return {"random_return": mean, "random_normalised_score": 100 * mean / expert}
-
-
-def expert_return(env: str, task: str, demo: Dataset) -> tuple[float, str, Optional[float]]:
-    """The return that normalises scores, where it comes from, and the published expert return
-    (AIME Appendix D; None for tasks without one).
-
-    The normaliser is the mean return of the demonstrations used, as in the authors' code (their
-    experts' datasets reproduce Appendix D's returns); a warning says when it differs from the
-    published return by more than 10% (the demonstrations are then not the paper's expert). Only
-    where the demonstrations hold no positive return does the published one normalise instead.
-    """
-    published = EXPERT_RETURNS.get(f"{env}-{task}")
-    used = demo.mean_return()
-    if used <= 0 and published is not None:
-        print(f"warning: the demonstrations' mean return is {used:.1f}; scores are normalised by "
-              f"the published expert return {published:.1f}")  # fmt: skip
-        return published, "published expert return (AIME Appendix D)", published
-    if used <= 0:
-        raise SystemExit(f"error: the demonstrations' mean return is {used:.1f}: no normaliser")
-    if published is not None and abs(used - published) > 0.1 * published:
-        print(f"warning: the demonstrations' mean return {used:.1f} differs from the published "
-              f"expert return {published:.1f} by over 10%: not the paper's expert")  # fmt: skip
-    return used, "mean return of the demonstrations used", published
-
-
-def scores(
-    returns: Sequence[float], expert: float, source: str, published: Optional[float] = None
-) -> dict[str, Any]:
-    """The evaluation's part of results.json: returns and normalised scores (mean and std), the
-    normaliser and the published expert return beside it."""
-    normalised = 100 * np.asarray(returns) / expert
-    return {
-        "returns": list(returns),
-        "mean_return": float(np.mean(returns)),
-        "std_return": float(np.std(returns)),
-        "normalised_score": float(normalised.mean()),
-        "normalised_score_std": float(normalised.std()),
-        "expert_return": expert,
-        "expert_return_source": source,
-        "published_expert_return": published,
-    }
 
 
 def read_checkpoint(

@@ -11,7 +11,7 @@ import pytest
 
 import aime
 import bco0
-import common.run
+import common.evaluation
 from common.envs import make_env
 from common.replay import DatasetError, dataset_action_repeat
 from dreamer_collect import Args as CollectArgs
@@ -67,7 +67,7 @@ def test_policy_acts_at_the_datasets_action_repeat(
         return make_env(name, obs, **kwargs)
 
     monkeypatch.setattr(script, "make_env", recording_make_env)
-    monkeypatch.setattr(common.run, "make_env", recording_make_env)  # the evaluation's
+    monkeypatch.setattr(common.evaluation, "make_env", recording_make_env)  # the evaluation's
     budget = TINY_AIME if script is aime else TINY_BCO
     demo = str(repeat4 / "walker-random")
     where = dict(env="walker", task="walk", body_data="random", obs="mdp", data_dir=str(repeat4))

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import aime
+from common import model_files
 from common.nets import PointDeconv
 from common.replay import (
     DatasetError,
@@ -435,20 +436,20 @@ def test_a_world_model_file_is_read_once_per_run(
     """`resolve` (the data it was trained on) and `main` (the weights) share one read."""
     out = call_main(**base(data_dir, tmp_path, demo=str(tmp_path / "none"), phase1_only=True))
     reads: list[Path] = []
-    read = aime.read_checkpoint
+    read = model_files.read_checkpoint
 
     def counted(path: Path, *args: Any) -> dict[str, Any]:
         reads.append(path)
         return read(path, *args)
 
-    monkeypatch.setattr(aime, "read_checkpoint", counted)
+    monkeypatch.setattr(model_files, "read_checkpoint", counted)
     call_main(**{**base(data_dir, tmp_path, world_model=out["world_model"]), "body_data": None})
     assert reads == [Path(out["world_model"]).resolve()]
 
 
 def test_a_published_world_model_names_its_embodiment_dataset() -> None:
     folder = ROOT / "tests" / "fixtures" / "authors-aime" / "walker-mdp-small"
-    assert aime.trained_on(folder, "walker") == "mix"  # config.yaml: walker-mix
+    assert model_files.trained_on(folder, "walker") == "mix"  # config.yaml: walker-mix
 
 
 def test_track_mirrors_the_run_to_weights_and_biases_offline(

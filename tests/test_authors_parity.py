@@ -6,9 +6,10 @@ policy as the authors' code saves them (`model.pt` + `config.yaml`, `policy.pt`)
 (`batch.npz`, time-major, T = 8, B = 3) and what their code computed on it with every sample
 replaced by its mean (`outputs.npz`). The folders were made by running their unmodified code
 (github argmax-ai/aime, commit 3d2cd90) at small sizes; `meta.json` records how. Here the same
-batch goes through aime.py's loader (`load_world_model`, `load_policy`) and its own functions
-(`phase1_step`, `RSSM.observe`, `WorldModel.decode`, `RSSM.imagine`, `Policy`), and every array
-is compared at float32 tolerance, one test case per folder and group of arrays.
+batch goes through aime.py's loader (`load_world_model`, with `common/model_files.py`'s
+`load_policy`) and its own functions (`phase1_step`, `RSSM.observe`, `WorldModel.decode`,
+`RSSM.imagine`, `Policy`), and every array is compared at float32 tolerance, one test case per
+folder and group of arrays.
 
 Their phase-1 loss also trains probe heads (detached, in LPOMDP and Visual) that aime.py does
 not have: their `reconstruction_loss` and `total_loss` are compared less those probe terms.
@@ -27,7 +28,8 @@ import torch
 import yaml
 
 import aime
-from common.rssm import kl_normal
+from common.model_files import load_policy
+from common.nets import kl_normal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors-aime"
 FOLDERS = sorted(p for p in FIXTURES.iterdir() if p.is_dir()) + [
@@ -75,7 +77,7 @@ def ours(folder: Path) -> dict[str, np.ndarray]:
     )  # fmt: skip
     model = aime.load_world_model(folder, dims, 6, cfg)
     policy = aime.Policy(model.rssm.feature_dim, 6)
-    aime.load_policy(folder / "policy.pt", policy)
+    load_policy(folder / "policy.pt", policy)
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         total, metrics = aime.phase1_step(model, batch, keys, cfg, sample=False)

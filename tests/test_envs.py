@@ -155,7 +155,7 @@ def test_expert_returns_cover_every_benchmark_task() -> None:
 def test_the_random_reference_is_paired_with_the_evaluation_and_leaves_training_alone() -> None:
     """`random_scores` acts from the evaluation's initial states with its own random stream: the
     same figures twice, whatever the global generators hold, and it draws nothing from them."""
-    from common.run import random_scores
+    from common.evaluation import random_scores
 
     np.random.seed(0)
     first = random_scores("cartpole-balance", 8, seed=3, episodes=2, expert=200.0)

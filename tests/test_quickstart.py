@@ -15,7 +15,7 @@ import torch
 
 import dreamer_collect as dc
 from common.envs import make_env
-from common.run import eval_seed
+from common.evaluation import eval_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 

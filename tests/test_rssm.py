@@ -8,16 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.rssm import (
-    AIME_RSSM,
-    DREAMER_RSSM,
-    RSSM,
-    FilteringActor,
-    RSSMConfig,
-    TanhNormal,
-    kl_loss,
-    kl_normal,
-)
+from common.nets import TanhNormal, kl_loss, kl_normal
+from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, FilteringActor, RSSMConfig
 
 SMALL_AIME = RSSMConfig(deter=16, stoch=6, hidden=12)
 SMALL_DREAMER = RSSMConfig(

@@ -23,7 +23,7 @@ from torch import nn
 import vmail
 from common.envs import DMCEnv
 from common.nets import mlp
-from common.replay import load_trajectory, save_trajectory
+from common.replay import load_trajectory, sample_union, save_trajectory
 from tests.systems import point_mass_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +123,15 @@ def test_discriminator_separates_two_latent_distributions() -> None:
     assert float(d_e.mean()) > 0.8 and float(d_p.mean()) < 0.2
 
 
+def learner_step(
+    model: vmail.WorldModel, learner: vmail.Learner, start: tuple[torch.Tensor, torch.Tensor],
+    feat: torch.Tensor, actions: torch.Tensor, args: vmail.Config,
+) -> None:  # fmt: skip
+    """Algorithm 1 lines 17-19 in a fixed model: one Adam step each of D, pi and V."""
+    *losses, _ = vmail.policy_losses(model.rssm, learner, start, feat, actions, args)
+    vmail.adam_steps(vmail.learner_steps(learner, *losses), args.grad_clip)
+
+
 def test_policy_gradient_reaches_only_the_actor_and_raises_d() -> None:
     """One imitation step moves pi towards what D calls expert, and leaves model and D alone."""
     torch.manual_seed(0)
@@ -143,7 +152,7 @@ def test_policy_gradient_reaches_only_the_actor_and_raises_d() -> None:
     actions = torch.rand(5, 8, 2) * 2 - 1
     means = []
     for _ in range(30):
-        vmail.imitation_step(model.rssm, learner, start, feat, actions, args)
+        learner_step(model, learner, start, feat, actions, args)
         with torch.no_grad():
             means.append(float(learner.actor(torch.zeros(1, model.rssm.feature_dim)).mode[0, 0]))
     assert means[-1] > means[0] + 0.3, means
@@ -199,11 +208,11 @@ def test_adversarial_policy_learning_imitates_a_point_mass_expert() -> None:
     untrained = final_distance(model, learner.actor)
     cpu, fields = torch.device("cpu"), [*keys, "pre_action"]
     for _ in range(500):
-        batch = vmail.sample_union([body, demos], 16, 20, cpu, fields)
+        batch = sample_union([body, demos], 16, 20, cpu, fields)
         with torch.no_grad():
             _, start, _ = vmail.elbo_loss(model, batch, keys, args.free_nats)
         feat, actions = vmail.expert_latents(model.encoder, model.rssm, demos.sample(16, 20), keys)
-        vmail.imitation_step(model.rssm, learner, start, feat, actions, args)
+        learner_step(model, learner, start, feat, actions, args)
     trained, random = final_distance(model, learner.actor), final_distance(model, None)
     # here: untrained 1.30, trained 0.46, random 1.50; doing nothing ends at 0.71, the expert at 0
     assert trained < 0.5 * random and trained < untrained - 0.2, (untrained, trained, random)

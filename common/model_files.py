@@ -1,11 +1,17 @@
-"""The AIME authors' published checkpoints, read into aime.py's networks.
+"""The world-model files aime.py reads and writes: its own world_model.pt, and the AIME authors'
+published checkpoints, read into aime.py's networks.
+
+aime.py's `world_model.pt` holds the model's `state_dict` and the settings it was made with (the
+ones a run that loads it must share, the embodiment dataset, every flag). A file is read from disk
+once per process (`read_model_file`), although a run asks for it twice: the embodiment dataset,
+which names the run, and the weights.
 
 The authors (github argmax-ai/aime) publish each world model as a folder holding `model.pt`, the
 model's `state_dict`, and `config.yaml`, the Hydra config their training script wrote beside it;
-their AIME script saves the policy's `state_dict` as `policy.pt`. `read_world_model` reads such a
+their AIME script saves the policy's `state_dict` as `policy.pt`. `read_published` reads such a
 folder: the layout, setting, embodiment and sizes come from `config.yaml`, and every parameter is
 renamed to aime.py's `WorldModel`. What aime.py has no place for (the probe heads, the start-state
-buffers, a reward decoder) is returned apart, so the caller can name it in a notice.
+buffers, a reward decoder) is dropped, and named in a notice.
 
 Facts from their code (`aime/models/ssm.py`, `base.py`, `policy.py`, `configs/`):
 - `world_model.name` is `rssm` (the paper's layout, aime.py's "aime") or `rssmo` (the original
@@ -21,15 +27,19 @@ Facts from their code (`aime/models/ssm.py`, `base.py`, `policy.py`, `configs/`)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 
+from common.replay import atomic_write
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSMConfig
+from common.run import check_settings, load_state, read_checkpoint
 
 LAYOUTS = {"rssm": "aime", "rssmo": "dreamer"}
 # their name -> ours, for every parameter that is only renamed (the layer index is kept); the prior
@@ -49,28 +59,80 @@ UNUSED = re.compile(r"probes\.|initial_memory|initial_state|decoders\.reward\.")
 
 
 @dataclass
-class AuthorsModel:
-    """A published world model: its settings, sizes, and parameters in aime.py's names."""
+class SavedModel:
+    """A world model read from a file: the settings it was made with, its sizes (None: aime.py's
+    defaults), its parameters in aime.py's names, and those aime.py does not use."""
 
-    env: str
-    obs: str
-    layout: str
-    action_repeat: int
-    rssm: RSSMConfig
-    width: int  # tabular decoders' (and the Dreamer encoder's) width
-    depth: int  # the conv encoder's and decoder's width
+    path: Path
+    settings: dict[str, Any]
     state: dict[str, Tensor]
-    unused: list[str]  # their parameters aime.py does not use (probe heads, buffers)
+    rssm: Optional[RSSMConfig] = None
+    width: Optional[int] = None  # tabular decoders' (and the Dreamer encoder's) width
+    depth: int = 32  # the conv encoder's and decoder's width
+    unused: list[str] = field(default_factory=list)  # e.g. their probe heads and buffers
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        """What aime.py's world_model.pt records of its making (their models all hold an IDM)."""
-        return {
-            "env": self.env, "obs": self.obs, "layout": self.layout, "use_idm": True,
-            "action_repeat": self.action_repeat,
-        }  # fmt: skip
+    def load_into(self, model: nn.Module) -> None:
+        """Load the parameters; a file made for other sizes is refused in one line."""
+        load_state(self.path, model, self.state)
 
 
+# == aime.py's world_model.pt ======================================================================
+def save_world_model(path: Path, model: nn.Module, cfg: Any, keys: Sequence[str]) -> None:
+    """world_model.pt, written atomically: the parameters, the settings `keys` that a run loading
+    it must share, the embodiment dataset it was trained on, and every flag of `cfg`."""
+    settings = {k: getattr(cfg, k) for k in keys}
+    settings.update(body_data=cfg.body_data, args=asdict(cfg))
+    payload = {"settings": settings, "model": model.state_dict()}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    print(f"world model saved to {path}")
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """A world_model.pt, read from disk once per process (a file rewritten since is read again)."""
+    stat = path.stat() if path.is_file() else None
+    return _read_model_file(path.resolve(), stat and (stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=1)
+def _read_model_file(path: Path, version: Optional[tuple[int, int]]) -> dict[str, Any]:
+    return read_checkpoint(path, "--world-model", "a world model (world_model.pt)", ["model"])
+
+
+def trained_on(path: Path, env: str) -> Optional[str]:
+    """The embodiment dataset a --world-model was trained on: the `--body-data` aime.py recorded
+    in its world_model.pt, or the authors' config.yaml (walker-mix -> mix); None if unknown."""
+    if is_published_form(path):
+        return (embodiment_dataset(path) or "").removeprefix(f"{env}-") or None
+    if not path.is_file():
+        return None  # read_world_model says what is wrong with it
+    recorded = read_model_file(path).get("settings", {}).get("body_data")
+    return str(recorded) if recorded else None
+
+
+def read_world_model(path: Path, cfg: Any, keys: Sequence[str]) -> SavedModel:
+    """The world model of --world-model, a world_model.pt or a published folder; refused in one
+    line where it was made with settings `keys` other than `cfg`'s. A model with an IDM serves
+    plain AIME too (without `cfg.use_idm` the IDM is dropped)."""
+    published = is_published_form(path)
+    if published:
+        saved = read_published(path)
+    elif path.is_dir():
+        raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml")
+    else:
+        ckpt = read_model_file(path)  # files saved without action_repeat used 2
+        saved = SavedModel(path, {"action_repeat": 2, **ckpt.get("settings", {})}, ckpt["model"])
+    if not cfg.use_idm and saved.settings.get("use_idm"):
+        saved.settings["use_idm"] = False
+        saved.unused += [k for k in saved.state if k.startswith("idm.")]
+    check_settings(path, saved.settings, cfg, keys)
+    if saved.unused and published:
+        groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in saved.unused})
+        print(f"notice: {path}: not used here, dropped: {', '.join(groups)}")
+    saved.state = {k: v for k, v in saved.state.items() if k not in saved.unused}
+    return saved
+
+
+# == The authors' published form ===================================================================
 def is_published_form(path: Path) -> bool:
     """A folder holding `model.pt` and `config.yaml`."""
     return (path / "model.pt").is_file() and (path / "config.yaml").is_file()
@@ -124,9 +186,12 @@ def map_state_dict(theirs: dict[str, Tensor], deter: int) -> tuple[dict[str, Ten
     return ours, unused
 
 
-def map_policy(theirs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Their `TanhGaussianPolicy` state_dict (policy.pt) in the names of aime.py's `Policy`."""
-    return {re.sub(r"^(mean|std)_net\.net\.", r"\1.", k): v for k, v in theirs.items()}
+def load_policy(path: Path, policy: nn.Module) -> None:
+    """Load their `TanhGaussianPolicy` state_dict (a policy.pt) into aime.py's `Policy`."""
+    theirs = torch.load(path, map_location="cpu", weights_only=True)
+    policy.load_state_dict(
+        {re.sub(r"^(mean|std)_net\.net\.", r"\1.", k): v for k, v in theirs.items()}
+    )
 
 
 def _get(config: dict[str, Any], path: str, where: Path) -> Any:
@@ -138,8 +203,9 @@ def _get(config: dict[str, Any], path: str, where: Path) -> Any:
     return node
 
 
-def read_world_model(folder: Path) -> AuthorsModel:
-    """Read a published world model folder (model.pt + config.yaml) into aime.py's form."""
+def read_published(folder: Path) -> SavedModel:
+    """Read a published world model folder (model.pt + config.yaml) into aime.py's form (their
+    models all hold an IDM)."""
     config_path = folder / "config.yaml"
     try:
         config = yaml.safe_load(config_path.read_text())
@@ -169,14 +235,11 @@ def read_world_model(folder: Path) -> AuthorsModel:
     except Exception as e:  # a truncated or foreign file: say which, no traceback
         raise SystemExit(f"error: {folder / 'model.pt'} is not a readable state_dict: {e}") from e
     state, unused = map_state_dict(theirs, rssm.deter)
-    return AuthorsModel(
-        env=str(_get(config, "env.embodiment", config_path)),
-        obs=str(_get(config, "environment_setup", config_path)),
-        layout=LAYOUTS[name],
-        action_repeat=int(_get(config, "env.action_repeat", config_path)),
-        rssm=rssm,
-        width=width,
-        depth=depth,
-        state=state,
-        unused=unused,
-    )
+    settings = {
+        "env": str(_get(config, "env.embodiment", config_path)),
+        "obs": str(_get(config, "environment_setup", config_path)),
+        "layout": LAYOUTS[name],
+        "use_idm": True,
+        "action_repeat": int(_get(config, "env.action_repeat", config_path)),
+    }
+    return SavedModel(folder, settings, state, rssm, width, depth, unused)
