@@ -168,3 +168,28 @@ def test_the_random_reference_is_paired_with_the_evaluation_and_leaves_training_
     assert first["random_normalised_score"] == pytest.approx(100 * first["random_return"] / 200)
     other = random_scores("cartpole-balance", 8, seed=4, episodes=2, expert=200.0)
     assert other != first  # other initial states, other actions
+
+
+def test_collected_episodes_depend_on_their_seed_alone_and_record_the_actions_taken() -> None:
+    """`collect_episodes` (V-MAIL's and Dreamer's collection): a random episode is the same alone
+    or in lockstep beside another, each episode's `pre_action` holds the actions that led to its
+    records, and an actor's actions are the ones taken."""
+    from common.evaluation import collect_episodes
+
+    envs = [make_env("cartpole-balance", "mdp", action_repeat=8) for _ in range(2)]
+    (alone,) = collect_episodes(envs[:1], [7])
+    beside, other = collect_episodes(envs, [7, 8])
+    for key in ("position", "velocity", "pre_action", "reward"):
+        np.testing.assert_array_equal(alone[key], beside[key])
+    assert not np.array_equal(alone["pre_action"], other["pre_action"])
+    assert np.all(np.abs(alone["pre_action"][1:]) <= 1) and np.all(alone["pre_action"][0] == 0)
+    steps = []
+
+    def act(records: list[dict[str, np.ndarray]]) -> np.ndarray:
+        steps.append(len(records))
+        return np.full((len(records), 1), 0.25 * (len(steps) % 4), dtype=np.float32)
+
+    (acted,) = collect_episodes(envs[:1], [7], act)
+    assert len(steps) == len(acted["reward"]) - 1  # called on every record but the last
+    expected = 0.25 * (np.arange(1, len(steps) + 1) % 4)
+    np.testing.assert_allclose(acted["pre_action"][1:, 0], expected)
