@@ -109,7 +109,7 @@ class LearnerArgs(RunArgs):
     grad_clip: float = 100.0
     """gradient-norm clip of every optimiser"""
     hidden: int = 400
-    """width of pi's, V's and D's dense layers (vmail.py: and of the low-dimensional encoder's)"""
+    """width of pi's, V's and D's layers (vmail.py: also of the tabular encoder and decoder)"""
 
 
 @dataclass
