@@ -26,9 +26,9 @@ and one aggregated buffer (`train_online`); lines 4-8 fine-tune the model on the
 demonstrations and that buffer and train a new discriminator and policy in the model only
 (`transfer`), with no environment step until the evaluation.
 
-Implementation details. The defaults are the authors' DeepMind Control code (github rmrafailov/
-VMAIL, `dm_control/`: `vmail.py`, `models.py`, `tools.py`), which made the paper's figures; where
-it departs from the paper's text a flag gives the text's variant (7-10); docs/vmail.md has more.
+Implementation details (docs/vmail.md has more). The defaults are the authors' DeepMind Control
+code (github rmrafailov/VMAIL, `dm_control/`: `vmail.py`, `models.py`, `tools.py`), which made the
+paper's figures; where it departs from the paper's text a flag gives the text's variant (7-10).
  1. Dreamer-v1 base: RSSM `VMAIL_RSSM`, the conv encoder and decoder or MLPs 2x400 ELU, unit-
     variance decoders, free nats 3 on the batch-mean KL; Adam 6e-4 (model) and 8e-5 (D, pi, V),
     gradient-norm clip 100.
