@@ -557,8 +557,7 @@ def train_online(
     render = cfg.obs == "visual"  # (seed: the environments' own random streams)
     envs = {t: make_env(f"{cfg.env}-{t}", cfg.obs, cfg.seed, repeat, render) for t in tasks}
     sources: list[replay.WindowSampler] = [*demos.values(), *buffers.values()]  # B_E u B_pi
-    if run.resumed is not None and run.resumed["state"]["stage"] == "online":
-        run.restore_rng(sources)  # where a checkpoint of this stage left the random streams
+    run.restore_rng(sources)  # where a checkpoint of this stage left the random streams
     # The pretraining, and episodes saved after the last checkpoint (a kill between saving and
     # updating): trained on now, so that none is lost and none is collected twice.
     for task in tasks:
@@ -670,8 +669,7 @@ def main(args: Args) -> dict[str, Any]:
 
     # -- Algorithm 2 lines 4-8: the target task in the model, no environment step --------------
     if progress.stage == "transfer":
-        if run.resumed is not None and run.resumed["state"]["stage"] == "transfer":
-            run.restore_rng(model_data)
+        run.restore_rng(model_data)  # if the run resumed here (not after the online stage)
         transfer(run, cfg, progress, model_data, nets, keys)
         progress.stage = "evaluation"
         run.checkpoint(asdict(progress), model_data, **nets.parts())

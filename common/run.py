@@ -204,6 +204,7 @@ class Run:
                 f"error: {self.dir} holds a run already; pass --resume to continue it{other}"
             )
         self.resumed: Optional[dict[str, Any]] = None
+        self._rng_restored = False  # `restore_rng` puts the streams back once
         if resume and self.ckpt_path.exists():
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
             shared = set(settings) if settings is not None else {*ckpt["args"], *self.args}
@@ -262,9 +263,12 @@ class Run:
                 p.load_state_dict(self.resumed[k])
 
     def restore_rng(self, samplers: Sequence[WindowSampler]) -> None:
-        """Put every random stream back where the checkpoint left it (no-op for a fresh run)."""
-        if self.resumed is not None:
+        """Put every random stream back where the checkpoint left it, once: the first call after
+        a resume belongs to the stage the checkpoint was written in, and a later stage of the
+        same process starts from the streams as they are. A no-op for a fresh run."""
+        if self.resumed is not None and not self._rng_restored:
             set_rng_state(self.resumed["rng"], samplers)
+            self._rng_restored = True
 
     # -- training ----------------------------------------------------------------------------
     def check_finite(

@@ -545,3 +545,35 @@ def test_readers_racing_a_writer_each_see_one_whole_version(tmp_path: Path) -> N
         out, err = r.communicate()
         assert r.returncode == 0 and out.strip() == "ok", err.strip().splitlines()[-1:]
     assert version > 3, "the readers finished before the file was rewritten"
+
+
+def test_a_resumed_run_puts_its_random_streams_back_once(tmp_path: Path) -> None:
+    """`Run.restore_rng` rewinds torch's stream and the samplers' to the checkpoint at its first
+    call after a resume (the stage the checkpoint was written in), and leaves a later stage of the
+    same process alone (V-MAIL: the transfer after a resumed online stage)."""
+    from dataclasses import dataclass
+
+    from common.replay import WindowSampler
+    from common.run import Run
+
+    @dataclass
+    class Flags:
+        seed: int = 1
+
+    sampler = WindowSampler(seed=3)
+    run = Run(tmp_path, "r", Flags())
+    run.restore_rng([sampler])  # a fresh run: nothing to put back
+    run.checkpoint({}, [sampler])
+    run.close()
+    expected = (float(torch.rand(1)), float(sampler.rng.random()))
+
+    torch.manual_seed(99)
+    sampler = WindowSampler(seed=4)
+    resumed = Run(tmp_path, "r", Flags(), resume=True)
+    resumed.restore_rng([sampler])
+    assert (float(torch.rand(1)), float(sampler.rng.random())) == expected
+    later = (torch.get_rng_state(), sampler.rng.bit_generator.state)
+    resumed.restore_rng([sampler])  # a later stage: the streams stay where they are
+    assert torch.equal(torch.get_rng_state(), later[0])
+    assert sampler.rng.bit_generator.state == later[1]
+    resumed.close()
