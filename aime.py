@@ -25,16 +25,19 @@ Implementation details (where this differs from the paper's text, following the 
  3. Every window starts from the zero state and filters all its records, including the first
     (whose action a_{t-1} is the dataset's `pre_action`, or in phase 2 a sample of the policy at
     the zero state).
- 4. Each observation key has its own decoder (walker: a mean and a std MLP per key; cheetah: one
-    MLP per key, std 1); the encoder reads the keys concatenated in sensor order (walker: the
-    identity). The IDM's loss is averaged over time and summed over the batch, and its
+ 4. Each observation key has its own decoder (aime layout: a mean and a std MLP per key;
+    dreamer: one MLP per key, std 1); the encoder reads the keys concatenated in sensor order
+    (aime: the identity). The IDM's loss is averaged over time and summed over the batch, and its
     tanh-Gaussian log-density clips actions to +-0.999, as the authors' code.
- 5. Cheetah uses the authors' original-Dreamer layout: RSSM `DREAMER_RSSM`, an encoder of two
-    Linear-LayerNorm-SiLU blocks of 512 without head, decoders 2x512 LayerNorm SiLU with std 1,
-    free nats 1 (the KL's value reported, the clamped KL's gradient), KL balancing 0.8 (phase 1
-    only), and KL scale 2e-4 in LPOMDP (the paper's; no config file of the authors holds it).
- 6. Phase 2 always optimises the true ELBO (free nats 0, no balancing); `--rec-only` sets the KL
-    scale to 0 and `--kl-only` drops the reconstruction, as the authors' flags do.
+ 5. Layouts as the authors' configs: walker the paper's (`aime`, rssm.yaml), every other domain
+    the original Dreamer's (`dreamer`, rssmo.yaml, their configs' default): RSSM `DREAMER_RSSM`,
+    an encoder of two Linear-LayerNorm-SiLU blocks of 512 without head, decoders 2x512 LayerNorm
+    SiLU with std 1, free nats 1 (the KL's value reported, the clamped KL's gradient), KL
+    balancing 0.8; KL scale 2e-4 in cheetah LPOMDP (the paper's; no config of theirs holds it).
+ 6. Phase 2 optimises the true ELBO (KL scale 1, no free nats, no balancing): the paper's text
+    and the authors' README command (`world_model.free_nats=0.0 world_model.kl_rebalance=null`);
+    `--phase2-kl-balance` keeps the layout's balancing, as their config without those overrides.
+    `--rec-only` sets the KL scale to 0 and `--kl-only` drops the reconstruction, as theirs.
  7. Evaluation: the policy's mode tanh(mean) acts on a posterior sample, environment seeds
     seed + 100 + episode. Scores are normalised by the demonstrations' mean return, with the
     published expert return (Appendix D) beside it in results.json.
@@ -61,7 +64,7 @@ from tqdm import tqdm
 from common import replay
 from common.envs import EnvError, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
-from common.model_files import read_world_model, save_world_model, trained_on
+from common.model_files import layout_of, read_world_model, save_world_model, trained_on
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_loss, kl_normal, mlp, observation
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, Filtered, FilteringActor, RSSMConfig
 from common.run import Run, RunArgs, add_to, check_flags, derived, label, seed_everything
@@ -109,22 +112,26 @@ class Args(RunArgs):
     world_model: Annotated[Optional[str], derived("none: phase 1 trains one", "PATH")] = None
     """a world model to use instead of running phase 1: a world_model.pt of this script, or a
     folder with the authors' published model.pt and config.yaml"""
-    action_repeat: Annotated[Optional[int], derived("the data's info.json, else 2", "INT")] = None
-    """environment steps per action"""
+    action_repeat: Annotated[Optional[int], derived("the data's; else per domain", "INT")] = None
+    """environment steps per action (no info.json: the authors' configs/env, cartpole 8, reacher
+    and ball_in_cup 4, others 2)"""
     phase1_only: bool = False
     """stop after phase 1 (world_model.pt, for later runs' --world-model): no demonstrations"""
     lr: float = 3e-4
     """Adam learning rate of both phases (the authors' configs; the paper's text says 1e-3)"""
     grad_clip: float = 100.0
     """gradient-norm clip"""
-    layout: Annotated[Optional[Layout], derived("by embodiment", "{aime,dreamer}")] = None
-    """world-model layout: aime (the paper's) or dreamer (original Dreamer, cheetah's default)"""
-    free_nats: Annotated[Optional[float], derived("0; cheetah 1", "FLOAT")] = None
-    """phase-1 free nats"""
-    kl_balance: Annotated[Optional[float], derived("none; cheetah 0.8", "FLOAT")] = None
-    """phase-1 KL balancing alpha"""
+    layout: Annotated[Optional[Layout], derived("walker aime, else dreamer", "STR")] = None
+    """world-model layout (--world-model: its own): aime (the paper's, the authors' rssm.yaml) or
+    dreamer (the original Dreamer's, their rssmo.yaml, their configs' default)"""
+    free_nats: Annotated[Optional[float], derived("0; dreamer layout 1", "FLOAT")] = None
+    """phase-1 free nats (phase 2 uses none)"""
+    kl_balance: Annotated[Optional[float], derived("none; dreamer layout 0.8", "FLOAT")] = None
+    """phase-1 KL balancing alpha (phase 2 too with --phase2-kl-balance)"""
     kl_scale: Annotated[Optional[float], derived("1; cheetah LPOMDP 2e-4", "FLOAT")] = None
     """KL scale of phase 1"""
+    phase2_kl_balance: bool = False
+    """phase 2 keeps --kl-balance (the authors' config default; their README's command drops it)"""
     kl_only: bool = False
     """phase 2 maximises only the KL term (paper Figure 5)"""
     rec_only: bool = False
@@ -149,8 +156,9 @@ class Config(Args):
 def resolve(args: Args) -> Config:
     """Fill the defaults that depend on other flags, and refuse flags that exclude each other.
 
-    Cheetah uses the original-Dreamer layout with free nats 1 and KL balancing 0.8, and KL scale
-    2e-4 in LPOMDP (the AIME authors' cheetah configs); walker the AIME layout with the true KL.
+    The layout (detail 5) is the --world-model's, else walker's `aime` and every other domain's
+    `dreamer`; free nats 1 and KL balancing 0.8 come with `dreamer` (rssmo.yaml), none with
+    `aime`. Without info.json the action repeat is `common/envs.py::AUTHORS_ACTION_REPEAT`'s.
     """
     check_flags(args, ("num_demos", "steps_per_epoch", "batch_size", "horizon", "eval_episodes",
                        "eval_episodes_during", "action_repeat"))  # fmt: skip
@@ -160,22 +168,26 @@ def resolve(args: Args) -> Config:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
     task = args.task or replay.dataset_task(args.env, args.demo)
     check_env(f"{args.env}-{task}", args.obs)
-    cheetah = args.env == "cheetah"
-    kl_scale = 2e-4 if cheetah and args.obs == "lpomdp" else 1.0  # the paper's cheetah LPOMDP
+    env = args.env
+    kl_scale = 2e-4 if env == "cheetah" and args.obs == "lpomdp" else 1.0
     # a world model's run is named and scored by the embodiment data the model was trained on
-    made_on = trained_on(Path(args.world_model), args.env) if args.world_model else None
+    model = Path(args.world_model) if args.world_model else None
+    made_on = trained_on(model, args.env) if model else None
     if args.body_data and made_on and args.body_data != made_on:
         raise SystemExit(f"error: --body-data {args.body_data}, but --world-model was trained on "
                          f"{made_on}; leave --body-data out")  # fmt: skip
+    own = ("aime" if env == "walker" else "dreamer") if model is None else layout_of(model)
+    layout = args.layout or own or "aime"
+    dreamer = layout == "dreamer"
     derived = {
         "body_data": made_on or args.body_data or "mix",
         "task": task,
-        "layout": args.layout or ("dreamer" if cheetah else "aime"),
-        "free_nats": float(cheetah) if args.free_nats is None else args.free_nats,
-        "kl_balance": (0.8 if cheetah else None) if args.kl_balance is None else args.kl_balance,
+        "layout": layout,
+        "free_nats": float(dreamer) if args.free_nats is None else args.free_nats,
+        "kl_balance": (0.8 if dreamer else None) if args.kl_balance is None else args.kl_balance,
         "kl_scale": kl_scale if args.kl_scale is None else args.kl_scale,
         # the action repeat the datasets this run reads were recorded at (their info.json)
-        "action_repeat": replay.dataset_action_repeat(datasets(args), args.action_repeat),
+        "action_repeat": replay.dataset_action_repeat(datasets(args), args.action_repeat, env),
     }
     return Config(**{**asdict(args), **derived})
 
@@ -343,29 +355,35 @@ def phase1_step(
 
 
 def infer_actions(
-    model: WorldModel, policy: Policy, embed: Tensor
+    model: WorldModel, policy: Policy, embed: Tensor, noise: Optional[tuple[Tensor, Tensor]] = None
 ) -> tuple[Filtered, Tensor, Tensor]:
     """eqs. (6)-(8): a_t-1 ~ pi(a_t-1 | s_t-1) (or the IDM), then s_t ~ q(s_t | s_t-1, a_t-1, o_t).
 
-    Returns the states (as `RSSM.observe`), the actions [T, B, A] and KL(IDM || pi) [T, B].
+    `noise` = (action noise [T, B, A], state noise [T, B, S]), standard normal, replaces the draws
+    (zeros: the policy's mode tanh(mean) and the posterior's mean); drawn where None. Returns the
+    states (as `RSSM.observe`), the actions [T, B, A] and KL(IDM || pi) [T, B].
     """
     rssm = model.rssm
     T, B = embed.shape[:2]
     h, s = rssm.initial(B, embed.device)
     embed_proj = rssm.project_embed(embed)  # [T, B, width], outside the loop
-    noise = torch.randn(T, B, rssm.cfg.stoch, device=embed.device)
+    if noise is None:  # the state's noise at once, the action's at each step
+        action_noise, state_noise = None, torch.randn(T, B, rssm.cfg.stoch, device=embed.device)
+    else:
+        action_noise, state_noise = noise
     outs, actions, action_kl = [], [], []
     for t in range(T):
         feat = torch.cat([h, s], -1)
         pi = policy(feat)
+        eps = None if action_noise is None else action_noise[t]
         if model.idm is None:
-            action = pi.rsample()  # eq. (6): a_t-1 ~ pi(a_t-1 | s_t-1)
+            action = pi.rsample(eps)  # eq. (6): a_t-1 ~ pi(a_t-1 | s_t-1)
         else:  # Appendix C: actions from the IDM, KL(IDM || policy) joins the loss
             q = model.idm(torch.cat([feat, embed[t]], -1))
-            action = q.rsample()  # eq. (10): a_t-1 ~ q(a_t-1 | s_t-1, f(o_t))
+            action = q.rsample(eps)  # eq. (10): a_t-1 ~ q(a_t-1 | s_t-1, f(o_t))
             action_kl.append(kl_normal(q.mean, q.std, pi.mean, pi.std).sum(-1))
         # eq. (6): s_t ~ q(s_t | s_t-1, a_t-1, f(o_t)) given the action just sampled
-        h, s, post_mean, post_std = rssm.obs_step(h, s, action, embed_proj[t], noise[t])
+        h, s, post_mean, post_std = rssm.obs_step(h, s, action, embed_proj[t], state_noise[t])
         outs.append((h, s, post_mean, post_std))
         actions.append(action)
     deter, stoch, post_mean, post_std = (torch.stack(x) for x in zip(*outs, strict=True))
@@ -379,15 +397,18 @@ def infer_actions(
 
 
 def phase2_step(
-    model: WorldModel, policy: Policy, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """eq. (8): the true ELBO of demonstration windows, actions inferred; gradients reach psi."""
+    model: WorldModel, policy: Policy, batch: dict[str, Tensor], keys: tuple[str, ...],
+    args: Config, noise: Optional[tuple[Tensor, Tensor]] = None,
+) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """eq. (8): the ELBO of demonstration windows, actions inferred; gradients reach psi only. No
+    free nats, no KL balancing (detail 6); `noise` as `infer_actions`'."""
     obs = observation(batch, keys)
     with torch.no_grad():
         embed = model.encoder(obs)
-    states, actions, action_kl = infer_actions(model, policy, embed)
+    states, actions, action_kl = infer_actions(model, policy, embed, noise)
     kl_scale = 0.0 if args.rec_only else 1.0
-    loss, metrics = elbo_loss(model, obs, states, kl_scale, kl_only=args.kl_only)  # eq. (8)
+    balance = args.kl_balance if args.phase2_kl_balance else None
+    loss, metrics = elbo_loss(model, obs, states, kl_scale, 0.0, balance, args.kl_only)  # eq. (8)
     if model.idm is not None:  # KL(IDM || pi), summed over time like the ELBO's terms
         # eq. (5) under eq. (10): + KL(IDM || pi), scaled as the KL term (the authors' code)
         loss = loss + kl_scale * action_kl.sum(0).mean()
@@ -413,14 +434,9 @@ def open_loop_images(model: WorldModel, batch: dict[str, Tensor], context: int =
 
 # == Evaluation in the environment ================================================================
 def evaluate_policy(
-    model: WorldModel,
-    policy: Policy,
-    keys: tuple[str, ...],
-    cfg: Config,
-    episodes: int,
-    device: torch.device,
-    video: Optional[Path] = None,
-) -> list[float]:
+    model: WorldModel, policy: Policy, keys: tuple[str, ...], cfg: Config, episodes: int,
+    device: torch.device, video: Optional[Path] = None,
+) -> list[float]:  # fmt: skip
     """Episode returns of the policy's mode tanh(mean) acting on the posterior state the model
     filters from the real observations (implementation detail 7), on the task's shared initial
     states (`common/evaluation.py::evaluate`); the filter's noise has a generator of its own."""

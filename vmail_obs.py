@@ -51,7 +51,7 @@ import vmail
 from common import replay
 from common.envs import DMCEnv, EnvError, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
-from common.model_files import trained_on
+from common.model_files import is_published_form, read_world_model, trained_on
 from common.nets import observation
 from common.rssm import RSSM
 from common.run import Run, add_to, check_flags, derived, label, seed_everything
@@ -78,7 +78,8 @@ class Args(vmail.LearnerArgs):
     num_demos: int = 100
     """demonstration trajectories used, the first N (AIME's 100)"""
     world_model: Annotated[Optional[str], derived("none; required", "PATH")] = None
-    """required: the frozen world model, a world_model.pt of `aime.py --phase1-only`"""
+    """required: the frozen world model, a world_model.pt of `aime.py --phase1-only` or a folder
+    in the AIME authors' published form (model.pt + config.yaml)"""
     phase2_epochs: int = 500
     """imitation epochs, in the model (AIME's phase-2 budget)"""
     steps_per_epoch: int = 100
@@ -88,9 +89,10 @@ class Args(vmail.LearnerArgs):
     horizon: int = 50
     """records per sequence"""
     action_repeat: Annotated[
-        Optional[int], derived("the demonstrations' info.json, else 2", "INT")
+        Optional[int], derived("the demonstrations' info.json, else the authors'", "INT")
     ] = None
-    """simulator steps per action"""
+    """simulator steps per action; without info.json the AIME authors' configs/env/*.yaml give it
+    (cartpole 8, reacher and ball_in_cup 4, every other domain 2)"""
     eval_episodes: int = 100
     """evaluation episodes at the end (as aime.py)"""
     eval_every: int = 10
@@ -119,14 +121,18 @@ def resolve(args: Args) -> Config:
         raise SystemExit(
             "error: --world-model is required: a world_model.pt made by `aime.py --phase1-only`"
         )
-    if not Path(args.world_model).is_file():
-        raise SystemExit(f"error: --world-model {args.world_model} does not exist")
+    model = Path(args.world_model)
+    if not model.exists():
+        raise SystemExit(f"error: --world-model {model} does not exist")
+    if model.is_dir() and not is_published_form(model):
+        raise SystemExit(f"error: --world-model {model} holds no model.pt and config.yaml; "
+                         "give a world_model.pt or the authors' model folder")  # fmt: skip
     vmail.check_learner(args)
     demo_task = replay.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     check_env(f"{args.env}-{task}", args.obs)
     folders = replay.dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
-    repeat = replay.dataset_action_repeat(folders, args.action_repeat)
+    repeat = replay.dataset_action_repeat(folders, args.action_repeat, args.env)
     return Config(
         **{**asdict(args), "task": task, "demo": args.demo or task, "action_repeat": repeat}
     )
@@ -141,14 +147,16 @@ class Progress:
 
 
 def aime_world_model(cfg: Config, env: DMCEnv) -> aime.WorldModel:
-    """AIME's network in the layout aime.py uses for this embodiment, loaded from --world-model
-    (refused by `aime.load_world_model` if trained with other settings)."""
-    settings = aime.resolve(aime.Args(
-        env=cfg.env, obs=cfg.obs, demo=cfg.demo, data_dir=cfg.data_dir,
-        world_model=cfg.world_model, action_repeat=cfg.action_repeat,
-    ))  # fmt: skip
+    """AIME's network in the layout --world-model was made in, loaded from it (refused by
+    `common/model_files.py::read_world_model` if made for another embodiment, setting or action
+    repeat)."""
+    saved = read_world_model(Path(cfg.world_model), cfg, ("env", "obs", "action_repeat"))
     dims = {k: math.prod(env.record_shapes[k]) for k in env.obs_keys}
-    return aime.load_world_model(Path(cfg.world_model), dims, env.action_dim, settings)
+    layout = saved.settings["layout"]
+    model = aime.WorldModel(dims, env.action_dim, layout, False, saved.rssm, saved.width,
+                            saved.depth)  # fmt: skip
+    saved.load_into(model)
+    return model
 
 
 @torch.no_grad()

@@ -44,6 +44,10 @@ FIRST_ORDER_KEYS: dict[str, tuple[str, ...]] = {
     "humanoid": ("joint_angles", "head_height", "extremities", "torso_vertical"),
 }
 
+# Environment steps per action where a dataset records none: the AIME authors'
+# `configs/env/<domain>.yaml` (`action_repeat`); 2 for every domain not listed.
+AUTHORS_ACTION_REPEAT: dict[str, int] = {"cartpole": 8, "reacher": 4, "ball_in_cup": 4}
+
 
 def _cheetah_reward(scale: float, index: int) -> Callable[[Record], float]:
     """reward = clip(scale * velocity[index], 0, 1), from the observation after the repeat."""

@@ -102,17 +102,34 @@ def trained_on(path: Path, env: str) -> Optional[str]:
     """The embodiment dataset a --world-model was trained on: the `--body-data` aime.py recorded
     in its world_model.pt, or the authors' config.yaml (walker-mix -> mix); None if unknown."""
     if is_published_form(path):
-        return (embodiment_dataset(path) or "").removeprefix(f"{env}-") or None
+        return (published_setting(path, "embodiment_dataset_name") or "").removeprefix(
+            f"{env}-"
+        ) or None
+    return recorded_setting(path, "body_data")
+
+
+def layout_of(path: Path) -> Optional[str]:
+    """The layout a --world-model was made in: the one aime.py recorded in its world_model.pt, or
+    the authors' config.yaml (`world_model.name`: rssm -> aime, rssmo -> dreamer); None if
+    unknown."""
+    if is_published_form(path):
+        return LAYOUTS.get(published_setting(path, "world_model.name") or "")
+    return recorded_setting(path, "layout")
+
+
+def recorded_setting(path: Path, key: str) -> Optional[str]:
+    """A setting aime.py recorded in a world_model.pt; None where the file is missing (the
+    reader says what is wrong with it) or records none."""
     if not path.is_file():
-        return None  # read_world_model says what is wrong with it
-    recorded = read_model_file(path).get("settings", {}).get("body_data")
-    return str(recorded) if recorded else None
+        return None
+    value = read_model_file(path).get("settings", {}).get(key)
+    return str(value) if value else None
 
 
 def read_world_model(path: Path, cfg: Any, keys: Sequence[str]) -> SavedModel:
     """The world model of --world-model, a world_model.pt or a published folder; refused in one
     line where it was made with settings `keys` other than `cfg`'s. A model with an IDM serves
-    plain AIME too (without `cfg.use_idm` the IDM is dropped)."""
+    plain AIME too (where `cfg` has no `use_idm` or it is false, the IDM is dropped)."""
     published = is_published_form(path)
     if published:
         saved = read_published(path)
@@ -121,7 +138,7 @@ def read_world_model(path: Path, cfg: Any, keys: Sequence[str]) -> SavedModel:
     else:
         ckpt = read_model_file(path)  # files saved without action_repeat used 2
         saved = SavedModel(path, {"action_repeat": 2, **ckpt.get("settings", {})}, ckpt["model"])
-    if not cfg.use_idm and saved.settings.get("use_idm"):
+    if not getattr(cfg, "use_idm", False) and saved.settings.get("use_idm"):
         saved.settings["use_idm"] = False
         saved.unused += [k for k in saved.state if k.startswith("idm.")]
     check_settings(path, saved.settings, cfg, keys)
@@ -138,15 +155,16 @@ def is_published_form(path: Path) -> bool:
     return (path / "model.pt").is_file() and (path / "config.yaml").is_file()
 
 
-def embodiment_dataset(folder: Path) -> Optional[str]:
-    """The embodiment dataset a published model was trained on, as its config.yaml names it
-    (`embodiment_dataset_name: walker-mix`); None where it names none or cannot be read."""
+def published_setting(folder: Path, dotted: str) -> Optional[str]:
+    """A value of a published model's config.yaml (`embodiment_dataset_name`,
+    `world_model.name`); None where it holds none or cannot be read."""
     try:
-        config = yaml.safe_load((folder / "config.yaml").read_text())
+        node: Any = yaml.safe_load((folder / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    name = config.get("embodiment_dataset_name") if isinstance(config, dict) else None
-    return str(name) if name else None
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return str(node) if node else None
 
 
 # A prior/posterior parameter: (prior|posterior)_(mean|std|net).net.<layer>.<param>. Layer 0 is
@@ -186,12 +204,16 @@ def map_state_dict(theirs: dict[str, Tensor], deter: int) -> tuple[dict[str, Ten
     return ours, unused
 
 
+def policy_parameter(name: str) -> str:
+    """Their `TanhGaussianPolicy`'s parameter name in aime.py's `Policy` (mean_net.net.0.weight ->
+    mean.0.weight)."""
+    return re.sub(r"^(mean|std)_net\.net\.", r"\1.", name)
+
+
 def load_policy(path: Path, policy: nn.Module) -> None:
     """Load their `TanhGaussianPolicy` state_dict (a policy.pt) into aime.py's `Policy`."""
     theirs = torch.load(path, map_location="cpu", weights_only=True)
-    policy.load_state_dict(
-        {re.sub(r"^(mean|std)_net\.net\.", r"\1.", k): v for k, v in theirs.items()}
-    )
+    policy.load_state_dict({policy_parameter(k): v for k, v in theirs.items()})
 
 
 def _get(config: dict[str, Any], path: str, where: Path) -> Any:

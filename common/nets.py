@@ -139,9 +139,11 @@ class TanhNormal:
             - 0.5 * math.log(2 * math.pi)
         )
 
-    def rsample(self) -> Tensor:
-        """A reparameterised sample a [..., A]."""
-        return torch.tanh(self.mean + self.std * torch.randn_like(self.mean))
+    def rsample(self, noise: Optional[Tensor] = None) -> Tensor:
+        """A reparameterised sample a = tanh(mean + std * noise) [..., A]; `noise` standard normal,
+        drawn where None (zeros give the mode)."""
+        noise = torch.randn_like(self.mean) if noise is None else noise
+        return torch.tanh(self.mean + self.std * noise)
 
     def rsample_with_log_prob(self) -> tuple[Tensor, Tensor]:
         """A reparameterised sample and its log-probability ([..., A], [...]), without atanh."""

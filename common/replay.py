@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.envs import AUTHORS_ACTION_REPEAT
+
 Trajectory = dict[str, np.ndarray]
 PathLike = Union[str, Path]
 
@@ -327,12 +329,15 @@ def dataset_info(folder: PathLike) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def dataset_action_repeat(folders: Sequence[PathLike], asked: Optional[int] = None) -> int:
+def dataset_action_repeat(
+    folders: Sequence[PathLike], asked: Optional[int] = None, env: str = ""
+) -> int:
     """The action repeat the datasets were recorded with, from their `info.json`.
 
     Folders without one (the authors' datasets) say nothing; with no record at all the answer is
-    `asked`, else the benchmark's 2. Datasets recorded with different repeats, or a repeat other
-    than `asked`, are refused: a policy must act at the rate its data were recorded at."""
+    `asked`, else the authors' repeat for the domain `env` (`envs.AUTHORS_ACTION_REPEAT`, 2 for
+    most). Datasets recorded with different repeats, or a repeat other than `asked`, are refused:
+    a policy must act at the rate its data were recorded at."""
     recorded: dict[str, int] = {}
     for folder in folders:
         if repeat := dataset_info(folder).get("action_repeat"):
@@ -344,7 +349,9 @@ def dataset_action_repeat(folders: Sequence[PathLike], asked: Optional[int] = No
         raise DatasetError(
             f"--action-repeat {asked}, but the datasets were recorded with {recorded}"
         )
-    return asked if asked is not None else repeats.pop() if repeats else 2
+    if asked is not None:
+        return asked
+    return repeats.pop() if repeats else AUTHORS_ACTION_REPEAT.get(env, 2)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ sequence with the posterior) and `imagine` (roll the prior forward under given a
 Three layouts (`RSSMConfig`), two from the AIME authors' code and one from the V-MAIL authors':
 - `AIME_RSSM` (paper default, Appendix B): GRU 512 on [s, a], s of 128 dims, separate mean and std
   MLPs of 2x128 ELU for prior and posterior, std = softplus(.) + 1e-6.
-- `DREAMER_RSSM` (the original-Dreamer layout the authors used for cheetah): [s, a] -> Linear 512,
-  LayerNorm, SiLU before the GRU; prior and posterior one MLP of 512 (LayerNorm + SiLU) giving mean
-  and std together, s of 30 dims, std = 2 sigmoid(x / 2) + 0.1.
+- `DREAMER_RSSM` (the original-Dreamer layout: the authors' configs' default, their cheetah models):
+  [s, a] -> Linear 512, LayerNorm, SiLU before the GRU; prior and posterior one MLP of 512
+  (LayerNorm + SiLU) giving mean and std together, s of 30 dims, std = 2 sigmoid(x / 2) + 0.1.
 - `VMAIL_RSSM` (Dreamer-v1's, the V-MAIL authors' `models.py`): GRU 200, s of 30 dims, one ELU
   layer of 200 before the GRU and in the prior and posterior, one MLP giving mean and std together,
   std = softplus(.) + 0.1.

@@ -11,8 +11,17 @@ batch goes through aime.py's loader (`load_world_model`, with `common/model_file
 `RSSM.imagine`, `Policy`), and every array is compared at float32 tolerance, one test case per
 folder and group of arrays.
 
-Their phase-1 loss also trains probe heads (detached, in LPOMDP and Visual) that aime.py does
-not have: their `reconstruction_loss` and `total_loss` are compared less those probe terms.
+Phase 2 (`phase2.npz`): their `filter_with_policy` with the model frozen, as their train_aime.py
+runs it with their config's defaults, in four variants (plain, kl_only, use_idm, and a sampled
+pass whose noise is given). Their config keeps the model's KL balancing (cheetah: 0.8) in phase 2,
+which aime.py does with `--phase2-kl-balance` (its default drops it, as their README's phase-2
+command does). The same batch goes through `aime.phase2_step` and `aime.infer_actions` with the
+same noise (zeros for the deterministic variants: the policy's mode and the posterior's mean), and
+the actions, states, loss terms and every policy parameter's gradient are compared, one case per
+folder, variant and group.
+
+Their losses also train probe heads (detached, in LPOMDP and Visual) that aime.py does not have:
+their `reconstruction_loss` and `total_loss` are compared less those probe terms.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import torch
 import yaml
 
 import aime
-from common.model_files import load_policy
+from common.model_files import load_policy, policy_parameter
 from common.nets import kl_normal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors-aime"
@@ -60,8 +69,10 @@ def per_key(
     return dict(zip(keys, x.split([dims[k] for k in keys], -1), strict=True))
 
 
-def ours(folder: Path) -> dict[str, np.ndarray]:
-    """Every array of outputs.npz, computed by aime.py's code from the folder's checkpoints."""
+def load(folder: Path, **flags: Any) -> tuple[dict[str, torch.Tensor], tuple[str, ...], dict[
+    str, int], aime.Config, aime.WorldModel, aime.Policy]:  # fmt: skip
+    """The folder's batch, the keys the model reads and their sizes, the settings its config.yaml
+    implies (and `flags`), and its world model and policy, loaded by aime.py's loaders."""
     torch.set_num_threads(1)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     raw = np.load(folder / "batch.npz")
@@ -69,15 +80,41 @@ def ours(folder: Path) -> dict[str, np.ndarray]:
     keys = decoded_keys(config)
     dims = {k: math.prod(batch[k].shape[2:]) for k in keys}
     wm = config["world_model"]
-    cfg = aime.Config(
-        env=config["env"]["embodiment"], obs=config["environment_setup"], use_idm=True,
-        layout="aime" if wm["name"] == "rssm" else "dreamer", action_repeat=2,
-        kl_scale=float(wm["kl_scale"]), free_nats=float(wm["free_nats"]),
-        kl_balance=wm["kl_rebalance"],
-    )  # fmt: skip
+    cfg = aime.Config(**{
+        "env": config["env"]["embodiment"], "obs": config["environment_setup"], "use_idm": True,
+        "layout": "aime" if wm["name"] == "rssm" else "dreamer", "action_repeat": 2,
+        "kl_scale": float(wm["kl_scale"]), "free_nats": float(wm["free_nats"]),
+        "kl_balance": wm["kl_rebalance"], **flags,
+    })  # fmt: skip
     model = aime.load_world_model(folder, dims, 6, cfg)
     policy = aime.Policy(model.rssm.feature_dim, 6)
     load_policy(folder / "policy.pt", policy)
+    return batch, keys, dims, cfg, model, policy
+
+
+def key_terms(
+    model: aime.WorldModel, feat: torch.Tensor, batch: dict[str, torch.Tensor],
+    keys: tuple[str, ...], dims: dict[str, int],
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Each key's decoder mean and std at `feat`, its log-density, and its loss terms."""
+    out: dict[str, torch.Tensor] = {}
+    mean, std = model.decode(feat)
+    means = per_key(mean, keys, dims)
+    stds = {k: torch.ones(()) for k in keys} if std is None else per_key(std, keys, dims)
+    for k in keys:
+        m, sd = means[k], stds[k]
+        ll = torch.distributions.Normal(m, sd).log_prob(batch[k])
+        out[f"dec_mean.{k}"], out[f"dec_std.{k}"] = m, sd
+        out[f"rec_ll.{k}"] = ll.flatten(2).sum(-1)
+        out[f"rec_ll_weighted.{k}"] = (ll * sd).flatten(2).sum(-1)
+        out[f"loss.{k}_rec_term"] = ll.flatten(2).sum(-1).sum(0).mean()
+        out[f"loss.{k}_reconstruction_loss"] = -(ll * sd).flatten(2).sum(-1).sum(0).mean()
+    return out
+
+
+def ours(folder: Path) -> dict[str, np.ndarray]:
+    """Every array of outputs.npz, computed by aime.py's code from the folder's checkpoints."""
+    batch, keys, dims, cfg, model, policy = load(folder)
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         total, metrics = aime.phase1_step(model, batch, keys, cfg, sample=False)
@@ -91,17 +128,7 @@ def ours(folder: Path) -> dict[str, np.ndarray]:
             post_mean=st.post_mean, post_std=st.post_std, kl_per_dim=kl_per_dim,
             kl=kl_per_dim.sum(-1), emb=emb,
         )  # fmt: skip
-        mean, std = model.decode(feat)
-        means = per_key(mean, keys, dims)
-        stds = {k: torch.ones(()) for k in keys} if std is None else per_key(std, keys, dims)
-        for k in keys:
-            m, sd = means[k], stds[k]
-            ll = torch.distributions.Normal(m, sd).log_prob(batch[k])
-            out[f"dec_mean.{k}"], out[f"dec_std.{k}"] = m, sd
-            out[f"rec_ll.{k}"] = ll.flatten(2).sum(-1)
-            out[f"rec_ll_weighted.{k}"] = (ll * sd).flatten(2).sum(-1)
-            out[f"loss.{k}_rec_term"] = ll.flatten(2).sum(-1).sum(0).mean()
-            out[f"loss.{k}_reconstruction_loss"] = -(ll * sd).flatten(2).sum(-1).sum(0).mean()
+        out.update(key_terms(model, feat, batch, keys, dims))
         out["loss.rec_term"], out["loss.kl_term"] = metrics["rec_term"], metrics["kl_term"]
         out["loss.elbo"], out["loss.kl_loss"] = metrics["elbo"], metrics["kl_loss"]
         out["loss.reconstruction_loss"] = metrics["rec_loss"]
@@ -167,6 +194,117 @@ def test_matches_the_authors_code(folder: Path, group: str) -> None:
             mine[name].astype(np.float64), expected, rtol=1e-5, atol=atol,
             err_msg=f"{folder.name}: {name}",
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 2: their filter_with_policy with the model frozen (phase2.npz)
+# ---------------------------------------------------------------------------------------------
+VARIANTS = {  # the array prefix -> aime.py's flags
+    "phase2": {},
+    "phase2_kl_only": {"kl_only": True},
+    "phase2_idm": {"use_idm": True},
+    "phase2_noise": {},
+}
+PHASE2_GROUPS = ["action", "states", "loss", "grad"]
+# their phase-2 metric -> aime.phase2_step's (the per-key terms are computed as in phase 1)
+PHASE2_METRICS = {
+    "rec_term": "rec_term", "kl_term": "kl_term", "elbo": "elbo", "model_kl_loss": "kl_loss",
+    "reconstruction_loss": "rec_loss", "action_kl_loss": "action_kl", "total_loss": "loss",
+}  # fmt: skip
+
+
+def ours_phase2(folder: Path, variant: str) -> dict[str, np.ndarray]:
+    """Every array of phase2.npz under the prefix `variant`, computed by aime.py's phase 2 (the
+    model frozen, as aime.py's main freezes it) with their noise (zeros: deterministic)."""
+    batch, keys, dims, cfg, model, policy = load(
+        folder,
+        **{"use_idm": False, "kl_scale": 1.0, "phase2_kl_balance": True, **VARIANTS[variant]},
+    )
+    model.requires_grad_(False)
+    theirs = np.load(folder / "phase2.npz")
+    T, B, A = batch["pre_action"].shape
+    if variant == "phase2_noise":
+        noise = tuple(torch.from_numpy(theirs[f"{variant}.eps_{x}"]) for x in ("action", "state"))
+    else:
+        noise = (torch.zeros(T, B, A), torch.zeros(T, B, model.rssm.cfg.stoch))
+    loss, metrics = aime.phase2_step(model, policy, batch, keys, cfg, noise)  # type: ignore[arg-type]
+    loss.backward()
+    out: dict[str, torch.Tensor] = {f"loss.{k}": metrics[m] for k, m in PHASE2_METRICS.items()
+                                    if m in metrics}  # fmt: skip
+    out["loss.total_loss"] = loss.detach()
+    out.update({f"grad.{name}": p.grad for name, p in policy.named_parameters()})  # type: ignore[misc]
+    with torch.no_grad():
+        embed = model.encoder(aime.observation(batch, keys))
+        states, actions, _ = aime.infer_actions(model, policy, embed, noise)  # type: ignore[arg-type]
+        out.update(action=actions, h=states.deter, s=states.stoch)
+        terms = key_terms(model, states.features(), batch, keys, dims)
+        out.update({k: v for k, v in terms.items() if k.startswith("loss.")})
+    return {f"{variant}.{k}": v.detach().numpy() for k, v in out.items()}
+
+
+def phase2_group(name: str) -> str | None:
+    """The group of a phase2.npz array (after its variant's prefix); None: not compared (the
+    noise given, the probe heads, the mean squared errors)."""
+    rest = name.split(".", 1)[1]
+    if rest.startswith("eps_") or "probe_" in rest or rest.endswith("_mse"):
+        return None
+    if rest in ("h", "s"):
+        return "states"
+    return rest.split(".")[0]
+
+
+PHASE2_CACHE: dict[tuple[Path, str], dict[str, np.ndarray]] = {}
+
+
+@pytest.mark.parametrize("group", PHASE2_GROUPS)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("folder", FOLDERS, ids=[p.name for p in FOLDERS])
+def test_phase2_matches_the_authors_code(folder: Path, variant: str, group: str) -> None:
+    theirs = {
+        k: v for k, v in np.load(folder / "phase2.npz").items() if k.startswith(f"{variant}.")
+    }
+    assert theirs, f"{folder.name}: phase2.npz has no variant {variant}"
+    probes = sum(float(v) for k, v in theirs.items()
+                 if "_probe_" in k and k.endswith("_reconstruction_loss"))  # fmt: skip
+    theirs[f"{variant}.loss.reconstruction_loss"] -= probes
+    if variant != "phase2_kl_only":  # the kl_only loss holds no reconstruction, nor probes
+        theirs[f"{variant}.loss.total_loss"] -= probes
+    if (folder, variant) not in PHASE2_CACHE:
+        PHASE2_CACHE[folder, variant] = ours_phase2(folder, variant)
+    mine = PHASE2_CACHE[folder, variant]
+    names = sorted(k for k in theirs if phase2_group(k) == group)
+    assert names, f"{folder.name} has no {variant} arrays of group {group}"
+    for name in names:
+        ours_name = name
+        if group == "grad":
+            prefix, param = name.split(".grad.")
+            ours_name = f"{prefix}.grad.{policy_parameter(param)}"
+        assert ours_name in mine, f"{folder.name}: {name} is not computed here"
+        expected = theirs[name].astype(np.float64)
+        atol = 1e-5 * max(1.0, abs(float(expected))) if expected.ndim == 0 else 1e-5
+        np.testing.assert_allclose(
+            mine[ours_name].astype(np.float64), expected, rtol=1e-5, atol=atol,
+            err_msg=f"{folder.name}: {name}",
+        )  # fmt: skip
+
+
+def test_phase2_balancing_moves_the_gradient_not_the_loss() -> None:
+    """On the cheetah fixture (KL balancing 0.8) aime.py's default phase 2 (the true KL, their
+    README's command) has the loss their config computes, and a policy gradient that differs."""
+    folder = FIXTURES / "cheetah-mdp-small"
+    batch, keys, _, cfg, model, policy = load(folder, use_idm=False, kl_scale=1.0)
+    assert cfg.kl_balance == 0.8 and not cfg.phase2_kl_balance
+    model.requires_grad_(False)
+    T, B, A = batch["pre_action"].shape
+    noise = (torch.zeros(T, B, A), torch.zeros(T, B, model.rssm.cfg.stoch))
+    loss, _ = aime.phase2_step(model, policy, batch, keys, cfg, noise)
+    loss.backward()
+    theirs = np.load(folder / "phase2.npz")
+    np.testing.assert_allclose(loss.item(), float(theirs["phase2.loss.total_loss"]), rtol=1e-5)
+    grad, expected = policy.mean[0].weight.grad, theirs["phase2.grad.mean_net.net.0.weight"]
+    assert grad is not None
+    relative = np.abs(grad.numpy() - expected).max() / np.abs(expected).max()
+    assert relative > 0.1, relative
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,3 +77,25 @@ def test_refuses_a_missing_or_absent_world_model(data_dir: Path, tmp_path: Path)
     )  # fmt: skip
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: --world-model is required")
+
+
+def test_task_is_taken_from_the_flag_and_a_published_model_is_read(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A demonstration folder whose name is not {env}-{task}-... (here walker-random) with --task
+    stand imitates and evaluates stand; the AIME authors' published form serves as the model."""
+    published = ROOT / "tests" / "fixtures" / "authors-aime" / "walker-mdp-small"
+    results = vmail_obs.main(tiny(
+        data_dir, tmp_path / "runs", demo=str(data_dir / "walker-random"), task="stand",
+        world_model=str(published), phase2_epochs=1, eval_episodes=1,
+    ))  # fmt: skip
+    assert results["task"] == "stand" and results["body_data"] == "mix"  # its config.yaml's
+    assert (tmp_path / "runs" / "walker-stand__mdp__mix__walker-random__vmail__1").is_dir()
+
+
+def test_a_folder_without_a_model_is_refused_with_what_is_expected(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match=r"holds no model\.pt and config\.yaml"):
+        vmail_obs.main(tiny(data_dir, tmp_path / "runs", demo="walk", task="walk",
+                            world_model=str(tmp_path)))  # fmt: skip
