@@ -161,7 +161,10 @@ def resolve(args: Args) -> Config:
     `aime`. Without info.json the action repeat is `common/envs.py::AUTHORS_ACTION_REPEAT`'s.
     """
     check_flags(args, ("num_demos", "steps_per_epoch", "batch_size", "horizon", "eval_episodes",
-                       "eval_episodes_during", "action_repeat"))  # fmt: skip
+                       "eval_episodes_during", "action_repeat", "phase1_epochs",
+                       "phase2_epochs"))  # fmt: skip
+    if args.horizon < 2:  # a window of one record holds no step from one state to the next
+        raise SystemExit(f"error: --horizon must be at least 2, not {args.horizon}")
     if args.kl_only and args.rec_only:
         raise SystemExit("error: --kl-only and --rec-only exclude each other")
     if args.phase1_only and args.world_model:

@@ -89,13 +89,46 @@ def method_name(r: dict[str, Any]) -> str:
     return f"{name}-{SETTINGS[r['obs']]}"
 
 
+# What a results.json must hold to enter the table, with each field's type.
+FIELDS: dict[str, type | tuple[type, ...]] = {
+    "algorithm": str, "env": str, "obs": str, "body_data": (str, type(None)), "demo": str,
+    "returns": list, "expert_return": (int, float),
+}  # fmt: skip
+
+
+def read_result(path: Path) -> Optional[dict[str, Any]]:
+    """A run's results.json, or None with one warning line naming the file where it is damaged
+    (cut short, not a JSON object, a field missing or of the wrong kind); the rest are tabled."""
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = f"not readable JSON ({e})"
+    else:
+        bad = [k for k, kind in FIELDS.items() if not isinstance(r, dict)
+               or not isinstance(r.get(k), kind)]  # fmt: skip
+        if not isinstance(r, dict):
+            why = "not a JSON object"
+        elif bad:
+            why = f"missing or malformed: {', '.join(bad)}"
+        elif r["obs"] not in SETTINGS or not r["returns"] or r["expert_return"] <= 0:
+            why = "unknown setting, no returns or a non-positive expert return"
+        elif not all(isinstance(x, (int, float)) for x in r["returns"]):
+            why = "returns that are not numbers"
+        else:
+            return r
+    print(f"warning: skipped {path}: {why}")
+    return None
+
+
 def gather(runs_dir: Path) -> dict[Key, Cell]:
     """(env, 'body->task', method, demonstrations) -> our pooled score, from every results.json
     (with the random policy's score on the same episodes, where the runs recorded it)."""
     pooled: dict[Key, list[list[float]]] = defaultdict(list)
     randoms: dict[Key, list[float]] = defaultdict(list)
     for path in sorted(runs_dir.rglob("results.json")):
-        r: dict[str, Any] = json.loads(path.read_text())
+        r = read_result(path)
+        if r is None:
+            continue
         expert = r["expert_return"]
         # The paper's D_body -> D_demo: a run on other demonstrations gets a cell of its own.
         cell = f"{dataset_name(r['env'], r['body_data'])}->{dataset_name(r['env'], r['demo'])}"

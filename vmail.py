@@ -186,7 +186,7 @@ def resolve(args: Args) -> Config:
     """Check the flags; fill in the task, its demonstrations and the action repeat (the data's)."""
     check_flags(args, ("num_demos", "steps_per_epoch", "train_steps_per_episode", "batch_size",
                        "horizon", "imag_horizon", "eval_episodes", "eval_episodes_during",
-                       "action_repeat"),
+                       "action_repeat", "total_steps"),
                 ("prefill_episodes", "pretrain_steps", "eval_samples"))  # fmt: skip
     demo_task = replay.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")

@@ -115,7 +115,7 @@ def resolve(args: Args) -> Config:
     """Check the flags and fill the defaults: the task, its demonstrations, and the action repeat
     (the demonstrations' info.json)."""
     check_flags(args, ("num_demos", "steps_per_epoch", "batch_size", "horizon", "imag_horizon",
-                       "eval_episodes", "eval_episodes_during", "action_repeat"),
+                       "eval_episodes", "eval_episodes_during", "action_repeat", "phase2_epochs"),
                 ("eval_samples",))  # fmt: skip
     if not args.world_model:
         raise SystemExit(

@@ -19,7 +19,7 @@ import json
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
@@ -37,13 +37,18 @@ LOGGING = {"resume", "resume_or_start", "track", "wandb_project"}  # flags a res
 
 def check_flags(args: Any, positive: Sequence[str], nonnegative: Sequence[str] = ()) -> None:
     """Refuse, in one line and before anything else runs, a flag out of its range: each flag of
-    `positive` must be at least 1, each of `nonnegative` at least 0, and `--device` must be a
-    device this machine has."""
+    `positive` must be at least 1, each of `nonnegative` at least 0, every learning rate (a flag
+    named `lr` or `*_lr`) positive and finite, and `--device` a device this machine has."""
     for flags, least in ((positive, 1), (nonnegative, 0)):
         for flag in flags:
             if (value := getattr(args, flag)) is not None and value < least:
                 name = flag.replace("_", "-")
                 raise SystemExit(f"error: --{name} must be at least {least}, not {value}")
+    for field in fields(args):
+        value = getattr(args, field.name)
+        if (field.name == "lr" or field.name.endswith("_lr")) and not 0 < value < math.inf:
+            name, what = field.name.replace("_", "-"), "a positive finite learning rate"  # not NaN
+            raise SystemExit(f"error: --{name} must be {what}, not {value}")
     try:
         device = torch.device(args.device)
     except RuntimeError:

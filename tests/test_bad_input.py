@@ -57,6 +57,25 @@ CASES: list[tuple[ModuleType, list[str], str]] = [
     (dreamer_collect, ["--env", "cartpole", "--task", "nosuch"], "cartpole's tasks: balance,"),
     (vmail, ["--task", "nosuch"], "unknown environment 'walker-nosuch'"),
     (bco0, ["--obs", "lpomdp", "--env", "acrobot", "--task", "swingup"], "lpomdp setting needs"),
+    # learning rates: positive and finite, before Adam sees them
+    (aime, ["--lr", "0"], "--lr must be a positive finite learning rate, not 0.0"),
+    (aime, ["--lr", "nan"], "--lr must be a positive finite learning rate, not nan"),
+    (bco0, ["--lr", "-1e-3"], "--lr must be a positive finite learning rate, not -0.001"),
+    (vmail, ["--model-lr", "inf"], "--model-lr must be a positive finite learning rate, not inf"),
+    (vmail, ["--actor-lr", "0"], "--actor-lr must be a positive finite learning rate"),
+    (vmail, ["--value-lr", "nan"], "--value-lr must be a positive finite learning rate"),
+    (vmail, ["--disc-lr", "-1"], "--disc-lr must be a positive finite learning rate"),
+    (vmail_obs, ["--world-model", "x.pt", "--disc-lr", "0"], "--disc-lr must be a positive"),
+    (dreamer_collect, ["--model-lr", "0"], "--model-lr must be a positive finite learning rate"),
+    (dreamer_collect, ["--actor-lr", "inf"], "--actor-lr must be a positive finite learning"),
+    (dreamer_collect, ["--value-lr", "-2"], "--value-lr must be a positive finite learning"),
+    # runs that would train nothing
+    (aime, ["--phase1-epochs", "-1"], "--phase1-epochs must be at least 1, not -1"),
+    (aime, ["--phase1-epochs", "0"], "--phase1-epochs must be at least 1, not 0"),
+    (aime, ["--phase2-epochs", "0"], "--phase2-epochs must be at least 1, not 0"),
+    (aime, ["--horizon", "1"], "--horizon must be at least 2, not 1"),
+    (vmail_obs, ["--world-model", "x.pt", "--phase2-epochs", "0"], "--phase2-epochs must be at"),
+    (vmail, ["--total-steps", "0"], "--total-steps must be at least 1, not 0"),
 ]
 if not torch.cuda.is_available():
     CASES.append((aime, ["--device", "cuda"], "--device cuda, but torch finds no CUDA GPU"))

@@ -159,3 +159,34 @@ def test_random_reference_and_summary_count_only_what_the_paper_has(
     assert capsys.readouterr().out.splitlines()[-1] == (
         "0 of the 1 rows the paper has outside its mean +- std (*)"
     )
+
+
+NUMBERS_BAD = (
+    '{"algorithm": "aime", "env": "walker", "obs": "mdp", "body_data": "mix", "demo": "run", '
+    '"returns": ["x"], "expert_return": 500}'
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ('{"algorithm": "aime", "env": "wal', "not readable JSON"),
+        ("[1, 2, 3]", "not a JSON object"),
+        ('{"algorithm": "aime", "env": "walker"}', "missing or malformed: obs, demo, returns"),
+        (NUMBERS_BAD, "returns that are not numbers"),
+    ],
+    ids=["cut short", "not an object", "fields missing", "returns not numbers"],
+)
+def test_a_damaged_results_file_is_skipped_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, why: str
+) -> None:
+    runs = tmp_path / "runs"
+    write(runs / "good", "aime", "walker", "run", "mdp", "mix", [300.0, 500.0], 400.0)
+    (runs / "bad").mkdir()
+    (runs / "bad" / "results.json").write_text(content)
+    rows = results_table.main(results_table.Args(runs_dir=str(runs), figure="none"))
+    assert len(rows) == 1 and rows[0]["ours"].mean == pytest.approx(100.0)  # the good one
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"warning: skipped {runs / 'bad' / 'results.json'}: ")
+    assert why in warnings[0]
