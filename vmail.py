@@ -635,6 +635,8 @@ def main(args: Args) -> dict[str, Any]:
         for i, (t, name) in enumerate(demonstrations(cfg).items())
     }  # fmt: skip
     demos = {t: d.data for t, d in opened.items()}
+    for demo in demos.values():  # a --horizon longer than every demonstration: before the prefill
+        demo.require_windows(cfg.horizon)
     expert = expert_return(cfg.env, cfg.task, opened[cfg.task])
     body = f"zeroshot-{'+'.join(cfg.source_tasks)}" if cfg.zero_shot else "online"
     name = f"{cfg.env}-{cfg.task}__{cfg.obs}__{body}__{label(cfg.demo)}__{cfg.exp_name}"

@@ -37,7 +37,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from common.replay import atomic_write
+from common.replay import save_torch
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSMConfig
 from common.run import check_settings, load_state, read_checkpoint
 
@@ -83,7 +83,7 @@ def save_world_model(path: Path, model: nn.Module, cfg: Any, keys: Sequence[str]
     settings = {k: getattr(cfg, k) for k in keys}
     settings.update(body_data=cfg.body_data, args=asdict(cfg))
     payload = {"settings": settings, "model": model.state_dict()}
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    save_torch(path, payload)
     print(f"world model saved to {path}")
 
 

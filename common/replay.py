@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
@@ -165,10 +166,13 @@ def stack_records(records: Sequence[Mapping[str, np.ndarray]]) -> Trajectory:
     return {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], object]) -> None:
+def atomic_write(
+    path: PathLike, write: Callable[[Path], object], size: Optional[int] = None
+) -> None:
     """Call `write(tmp)` on a temporary file beside `path`, then rename it into place.
 
-    A kill at any moment leaves either the old file or the new one, never a partial one.
+    A kill at any moment leaves either the old file or the new one, never a partial one; a full
+    disk is one line naming the file (and the `size` it needed, where given), the old file kept.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -180,12 +184,22 @@ def atomic_write(path: PathLike, write: Callable[[Path], object]) -> None:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:  # the old file, if any, is still there
-            raise SystemExit(f"error: the disk is full: {path} could not be written; "
+            need = f" ({size / 1e6:.1f} MB needed)" if size is not None else ""
+            raise SystemExit(f"error: the disk is full: {path} could not be written{need}; "
                              f"the previous {path.name}, if any, is kept") from e  # fmt: skip
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_torch(path: PathLike, payload: object) -> None:
+    """`torch.save`, atomically and through memory: on a full disk torch's own writer says only
+    "unexpected pos"; writing its bytes makes that an OSError `atomic_write` reports."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), size=data.nbytes)
 
 
 def remove_stale_temporaries(folder: PathLike) -> None:
@@ -495,15 +509,19 @@ class WindowSampler:
         start = np.arange(len(traj)) - np.repeat(np.cumsum(counts) - counts, counts)
         return traj, start
 
-    def sample_windows(self, batch_size: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-        """`batch_size` windows drawn uniformly (with replacement) from all valid windows."""
-        counts = np.maximum(self.lengths - horizon + 1, 0)
-        total = int(counts.sum())
-        if total == 0:
+    def require_windows(self, horizon: int) -> None:
+        """Refuse a horizon longer than every trajectory (a script checks it before training)."""
+        if not (self.lengths >= horizon).any():
             raise DatasetError(
                 f"no trajectory has {horizon} records (the longest has "
                 f"{self.lengths.max(initial=0)}); use a shorter horizon"
             )
+
+    def sample_windows(self, batch_size: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """`batch_size` windows drawn uniformly (with replacement) from all valid windows."""
+        self.require_windows(horizon)
+        counts = np.maximum(self.lengths - horizon + 1, 0)
+        total = int(counts.sum())
         flat = self.rng.integers(total, size=batch_size)
         ends = np.cumsum(counts)
         traj = np.searchsorted(ends, flat, side="right")
@@ -701,6 +719,7 @@ class FolderCache:
         shapes: dict[str, tuple[int, ...]] = {}
         dtypes: dict[str, np.dtype[Any]] = {}
         lengths: list[int] = []
+        written = 0  # bytes of the files cached, for the space a full disk would have needed
         tmp_paths = {k: self.dir / f".{k}.bin.{os.getpid()}.tmp" for k in keys}
         try:
             with ExitStack() as stack:
@@ -724,9 +743,17 @@ class FolderCache:
                             )
                         outs[k].write(np.ascontiguousarray(v).tobytes())
                     lengths.append(length)
-        except BaseException:
+                    written += sum(v.nbytes for v in traj.values())
+        except BaseException as e:
             for tmp in tmp_paths.values():
                 tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                need = written / max(len(lengths), 1) * len(self.files) / 1e6  # an estimate
+                raise DatasetError(
+                    f"the disk is full: the cache of {self.folder} could not be written in "
+                    f"{self.dir} (about {need:.1f} MB needed); the dataset is untouched; free "
+                    "space or pass --cache-dir with a folder on another disk"
+                ) from e
             raise
         for k, tmp in tmp_paths.items():
             os.replace(tmp, self.dir / f"{k}.bin")

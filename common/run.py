@@ -29,7 +29,7 @@ import tyro
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
-from common.replay import WindowSampler, atomic_write, remove_stale_temporaries
+from common.replay import WindowSampler, atomic_write, remove_stale_temporaries, save_torch
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
 LOGGING = {"resume", "resume_or_start", "track", "wandb_project"}  # flags a resumed run may change
@@ -258,7 +258,7 @@ class Run:
             "rng": rng_state(samplers),
             **{k: p.state_dict() for k, p in parts.items()},
         }
-        atomic_write(self.ckpt_path, lambda tmp: torch.save(payload, tmp))
+        save_torch(self.ckpt_path, payload)
 
     def restore(self, **parts: Stateful) -> None:
         """Load each of `parts` from the resumed checkpoint (where it holds one)."""

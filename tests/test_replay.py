@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -577,3 +578,58 @@ def test_a_resumed_run_puts_its_random_streams_back_once(tmp_path: Path) -> None
     assert torch.equal(torch.get_rng_state(), later[0])
     assert sampler.rng.bit_generator.state == later[1]
     resumed.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MB disk (tmpfs), where this process may mount one (root on Linux; skipped
+    elsewhere), so that a full disk fails as it does in use, not as a test double would."""
+    import subprocess
+
+    where = tmp_path / "disk"
+    where.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)]
+    if subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("no tmpfs can be mounted here (it needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "--lazy", str(where)], check=True)  # even with a file open
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_last(small_disk: Path) -> None:
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from common.run import Run
+
+    @dataclass
+    class Flags:
+        seed: int = 1
+
+    run = Run(small_disk, "r", Flags())
+    run.checkpoint({"epoch": 1}, [], net=nn.Linear(2, 2))  # fits
+    with pytest.raises(SystemExit) as e:  # torch's own writer would say "unexpected pos"
+        run.checkpoint({"epoch": 2}, [], net=nn.Linear(1000, 1000))  # 4 MB does not
+    message = str(e.value.code)
+    assert message.startswith(f"error: the disk is full: {run.ckpt_path} could not be written")
+    assert "(4.0 MB needed); the previous checkpoint.pt, if any, is kept" in message
+    assert torch.load(run.ckpt_path, weights_only=False)["state"] == {"epoch": 1}
+    assert not list(run.dir.glob(".*.tmp"))  # no temporary left
+    run.close()
+
+
+def test_a_dataset_cache_on_a_full_disk_is_one_line(tmp_path: Path, small_disk: Path) -> None:
+    from common.replay import open_dataset
+
+    folder = tmp_path / "walker-random"
+    write_folder(folder, [2000] * 8, image=False)  # 8 x (72 kB velocity + 112 kB orientations)
+    keys = ["orientations", "velocity"]
+    with pytest.raises(DatasetError) as e:
+        open_dataset(tmp_path, "walker", "random", "body", keys, WALKER_SHAPES, actions=False,
+                     cache_dir=small_disk)  # fmt: skip
+    message = str(e.value)
+    assert message.startswith(f"the disk is full: the cache of {folder} could not be written")
+    assert "(about 1.5 MB needed); the dataset is untouched" in message and "\n" not in message
+    assert not list(small_disk.rglob("*.tmp"))  # the partial cache is removed

@@ -23,7 +23,7 @@ from torch import nn
 import vmail
 from common.envs import DMCEnv
 from common.nets import mlp
-from common.replay import load_trajectory, sample_union, save_trajectory
+from common.replay import DatasetError, load_trajectory, sample_union, save_trajectory
 from tests.systems import point_mass_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -383,3 +383,6 @@ def test_bad_input_fails_clearly(data_dir: Path, tmp_path: Path) -> None:
         vmail.main(tiny(root, tmp_path, actor_init_std=0.0))
     with pytest.raises(Exception, match=r"--num-demos 50, but walk holds 4"):
         vmail.main(tiny(root, tmp_path, num_demos=50))
+    with pytest.raises(DatasetError, match=r"no trajectory has 10000 records \(the longest has"):
+        vmail.main(tiny(root, tmp_path / "long", horizon=10_000))
+    assert not (tmp_path / "long").exists()  # refused before the prefill, no run folder
