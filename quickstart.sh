@@ -27,7 +27,8 @@ python dreamer_collect.py --agent dreamer "${TASK[@]}" --obs mdp --action-repeat
     --value-lr 4e-4 --eval-every 0 --num-demos 20 --no-render --data-dir "$DATA" \
     --runs-dir "$RUNS/collect" --resume-or-start
 
-# 3. AIME: the world model on random + buffer data, then the policy from the demonstrations'
+# 3. AIME: the world model on random + buffer data (in the original-Dreamer layout, the AIME
+#    authors' default for every domain but walker), then the policy from the demonstrations'
 #    observations alone; evaluated on 10 episodes. 2,000 phase-1 steps (the paper's: 100,000) at
 #    the paper's text's learning rate 1e-3: at the authors' 3e-4, with their initialisation (small
 #    first-layer weights on the observation), this short phase 1 left AIME at the random policy's

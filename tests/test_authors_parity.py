@@ -172,6 +172,17 @@ def group_of(name: str) -> str | None:
 CACHE: dict[Path, dict[str, np.ndarray]] = {}
 
 
+def assert_close(folder: Path, name: str, mine: np.ndarray | None, theirs: np.ndarray) -> None:
+    """Ours equals theirs to 1e-5, absolute for arrays, relative for a loss scalar (image
+    log-likelihoods are sums of 12288 terms); the message names the folder and the array."""
+    assert mine is not None, f"{folder.name}: {name} is not computed here"
+    expected = theirs.astype(np.float64)
+    atol = 1e-5 * max(1.0, abs(float(expected))) if expected.ndim == 0 else 1e-5
+    np.testing.assert_allclose(
+        mine.astype(np.float64), expected, rtol=1e-5, atol=atol, err_msg=f"{folder.name}: {name}"
+    )
+
+
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("folder", FOLDERS, ids=[p.name for p in FOLDERS])
 def test_matches_the_authors_code(folder: Path, group: str) -> None:
@@ -186,14 +197,7 @@ def test_matches_the_authors_code(folder: Path, group: str) -> None:
     names = sorted(k for k in theirs if group_of(k) == group)
     assert names, f"{folder.name} has no arrays of group {group}"
     for name in names:
-        assert name in mine, f"{folder.name}: {name} is not computed here"
-        expected = theirs[name].astype(np.float64)
-        # a loss scalar: relative 1e-5 (image log-likelihoods are sums of 12288 terms)
-        atol = 1e-5 * max(1.0, abs(float(expected))) if expected.ndim == 0 else 1e-5
-        np.testing.assert_allclose(
-            mine[name].astype(np.float64), expected, rtol=1e-5, atol=atol,
-            err_msg=f"{folder.name}: {name}",
-        )  # fmt: skip
+        assert_close(folder, name, mine.get(name), theirs[name])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,13 +283,7 @@ def test_phase2_matches_the_authors_code(folder: Path, variant: str, group: str)
         if group == "grad":
             prefix, param = name.split(".grad.")
             ours_name = f"{prefix}.grad.{policy_parameter(param)}"
-        assert ours_name in mine, f"{folder.name}: {name} is not computed here"
-        expected = theirs[name].astype(np.float64)
-        atol = 1e-5 * max(1.0, abs(float(expected))) if expected.ndim == 0 else 1e-5
-        np.testing.assert_allclose(
-            mine[ours_name].astype(np.float64), expected, rtol=1e-5, atol=atol,
-            err_msg=f"{folder.name}: {name}",
-        )  # fmt: skip
+        assert_close(folder, name, mine.get(ours_name), theirs[name])
 
 
 def test_phase2_balancing_moves_the_gradient_not_the_loss() -> None:
