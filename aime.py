@@ -121,9 +121,9 @@ class Args(RunArgs):
     """Adam learning rate of both phases (the authors' configs; the paper's text says 1e-3)"""
     grad_clip: float = 100.0
     """gradient-norm clip"""
-    layout: Annotated[Optional[Layout], derived("walker aime, else dreamer", "STR")] = None
-    """world-model layout (--world-model: its own): aime (the paper's, the authors' rssm.yaml) or
-    dreamer (the original Dreamer's, their rssmo.yaml, their configs' default)"""
+    layout: Annotated[Optional[Layout], derived("by domain", "{aime,dreamer}")] = None
+    """world-model layout (--world-model: its own): aime (the paper's, the authors' rssm.yaml;
+    walker's) or dreamer (the original Dreamer's, their rssmo.yaml; every other domain's)"""
     free_nats: Annotated[Optional[float], derived("0; dreamer layout 1", "FLOAT")] = None
     """phase-1 free nats (phase 2 uses none)"""
     kl_balance: Annotated[Optional[float], derived("none; dreamer layout 0.8", "FLOAT")] = None

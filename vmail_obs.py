@@ -51,7 +51,7 @@ import vmail
 from common import replay
 from common.envs import DMCEnv, EnvError, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
-from common.model_files import is_published_form, read_world_model, trained_on
+from common.model_files import check_folder_form, read_world_model, trained_on
 from common.nets import observation
 from common.rssm import RSSM
 from common.run import Run, add_to, check_flags, derived, label, seed_everything
@@ -124,9 +124,7 @@ def resolve(args: Args) -> Config:
     model = Path(args.world_model)
     if not model.exists():
         raise SystemExit(f"error: --world-model {model} does not exist")
-    if model.is_dir() and not is_published_form(model):
-        raise SystemExit(f"error: --world-model {model} holds no model.pt and config.yaml; "
-                         "give a world_model.pt or the authors' model folder")  # fmt: skip
+    check_folder_form(model)  # before any dataset is read
     vmail.check_learner(args)
     demo_task = replay.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")

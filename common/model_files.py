@@ -130,11 +130,10 @@ def read_world_model(path: Path, cfg: Any, keys: Sequence[str]) -> SavedModel:
     """The world model of --world-model, a world_model.pt or a published folder; refused in one
     line where it was made with settings `keys` other than `cfg`'s. A model with an IDM serves
     plain AIME too (where `cfg` has no `use_idm` or it is false, the IDM is dropped)."""
+    check_folder_form(path)
     published = is_published_form(path)
     if published:
         saved = read_published(path)
-    elif path.is_dir():
-        raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml")
     else:
         ckpt = read_model_file(path)  # files saved without action_repeat used 2
         saved = SavedModel(path, {"action_repeat": 2, **ckpt.get("settings", {})}, ckpt["model"])
@@ -153,6 +152,13 @@ def read_world_model(path: Path, cfg: Any, keys: Sequence[str]) -> SavedModel:
 def is_published_form(path: Path) -> bool:
     """A folder holding `model.pt` and `config.yaml`."""
     return (path / "model.pt").is_file() and (path / "config.yaml").is_file()
+
+
+def check_folder_form(path: Path) -> None:
+    """Refuse, in one line, a --world-model folder that is not in the published form."""
+    if path.is_dir() and not is_published_form(path):
+        raise SystemExit(f"error: --world-model {path} holds no model.pt and config.yaml; "
+                         "give a world_model.pt or the authors' model folder")  # fmt: skip
 
 
 def published_setting(folder: Path, dotted: str) -> Optional[str]:
