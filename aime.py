@@ -175,7 +175,7 @@ def resolve(args: Args) -> Config:
     kl_scale = 2e-4 if env == "cheetah" and args.obs == "lpomdp" else 1.0
     # a world model's run is named and scored by the embodiment data the model was trained on
     model = Path(args.world_model) if args.world_model else None
-    made_on = trained_on(model, args.env) if model else None
+    made_on = trained_on(model, env) if model else None
     if args.body_data and made_on and args.body_data != made_on:
         raise SystemExit(f"error: --body-data {args.body_data}, but --world-model was trained on "
                          f"{made_on}; leave --body-data out")  # fmt: skip
