@@ -23,7 +23,7 @@ Where each step lives here:
              iidm: f(o_t-k..o_t-1, pi(...)) -> o_t         `iidm_loss`, the model frozen
     Both     7:3 split, the model of lowest validation    `split`, `train`
              loss kept
-Evaluation in DMC exactly as `aime.py`'s (common/run.py), the stack filled with the first
+Evaluation in DMC exactly as `aime.py`'s (common/evaluation.py), the stack filled with the first
 observation at reset (`StackActor`).
 
 Implementation details (the AIME paper's Appendix B and the authors' code, `scripts/train_bco.py`,
@@ -432,7 +432,7 @@ def train(
         net.load_state_dict(progress.best_weights)  # the model of lowest validation loss
 
 
-# == Evaluation (common/run.py's, as aime.py's) ===================================================
+# == Evaluation (common/evaluation.py's, as aime.py's) =============================================
 class StackActor:
     """The policy acting on its stack of the last `stack` observations of a batch of episodes,
     filled with the first observation at reset."""

@@ -406,8 +406,8 @@ def value_expansion(reward: Tensor, bootstrap: Optional[Tensor], gamma: float) -
 
         V^(K-tau)(z_tau) = sum_{j=tau}^{K-1} gamma^(j - tau) r_j + gamma^(K - tau) V(z_K),
 
-    reward [K, N] holds r_j (log D of step j), bootstrap [N] V(z_K) (None: no bootstrap). Row 0
-    is eq. (22), V^K(z_0)."""
+    reward [K, N] holds r_j (step j's reward, detail 7), bootstrap [N] V(z_K) (None: no
+    bootstrap). Row 0 is eq. (22), V^K(z_0)."""
     last = bootstrap if bootstrap is not None else torch.zeros_like(reward[0])
     returns = []
     for t in reversed(range(reward.shape[0])):

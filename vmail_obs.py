@@ -17,7 +17,7 @@ Per iteration, and where each step lives:
            z^E_t ~ q(z_t | x^E_t, z^E_t-1, a_t-1)          `expert_latents`
     latent rollouts of pi from every z^E_t                 `vmail.imagine`
     update D(z) with z^E and the rollouts' z^pi_1:K        `vmail.discriminator_loss`, eq. (23)
-    update pi with the reward log D(z^pi_tau+1)            `vmail.policy_losses`, eq. (22)
+    update pi with the reward D(z^pi_tau+1)                `vmail.policy_losses`, eq. (22)
 
 Choices (vmail.py's implementation details 2-4 and 7-9 hold here too):
  1. Expert latents without actions: the frozen model filters each demonstration window from the
@@ -25,7 +25,7 @@ Choices (vmail.py's implementation details 2-4 and 7-9 hold here too):
     phase 2 fills in the missing actions; each observation corrects the state.
  2. The discriminator reads states only, D(z). The rollouts start from the expert latents; their
     states z_1..z_K (the ones the policy's actions reach) are the policy's samples, and the reward
-    of a step is log D of the state it reaches.
+    of a step is D (log D with --reward log_d) of the state it reaches.
  3. The world model is `--world-model`, required and never trained here; aime.py refuses one
     trained for another embodiment, setting or action repeat. The embodiment dataset it records
     names the run and the results' cell (`results_table.py`: V-MAIL-MDP, V-MAIL-Visual, ...).
