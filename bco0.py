@@ -432,7 +432,7 @@ def train(
         net.load_state_dict(progress.best_weights)  # the model of lowest validation loss
 
 
-# == Evaluation (common/evaluation.py's, as aime.py's) =============================================
+# == Evaluation (common/evaluation.py's, as aime.py's) ============================================
 class StackActor:
     """The policy acting on its stack of the last `stack` observations of a batch of episodes,
     filled with the first observation at reset."""
