@@ -61,7 +61,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common import replay
+from common import datasets, replay
 from common.envs import EnvError, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
 from common.model_files import layout_of, read_world_model, save_world_model, trained_on
@@ -169,7 +169,7 @@ def resolve(args: Args) -> Config:
         raise SystemExit("error: --kl-only and --rec-only exclude each other")
     if args.phase1_only and args.world_model:
         raise SystemExit("error: --phase1-only trains the world model that --world-model loads")
-    task = args.task or replay.dataset_task(args.env, args.demo)
+    task = args.task or datasets.dataset_task(args.env, args.demo)
     check_env(f"{args.env}-{task}", args.obs)
     env = args.env
     kl_scale = 2e-4 if env == "cheetah" and args.obs == "lpomdp" else 1.0
@@ -190,35 +190,37 @@ def resolve(args: Args) -> Config:
         "kl_balance": (0.8 if dreamer else None) if args.kl_balance is None else args.kl_balance,
         "kl_scale": kl_scale if args.kl_scale is None else args.kl_scale,
         # the action repeat the datasets this run reads were recorded at (their info.json)
-        "action_repeat": replay.dataset_action_repeat(datasets(args), args.action_repeat, env),
+        "action_repeat": datasets.dataset_action_repeat(
+            data_folders(args), args.action_repeat, env
+        ),
     }
     return Config(**{**asdict(args), **derived})
 
 
-def datasets(args: Args) -> list[Path]:
+def data_folders(args: Args) -> list[Path]:
     """The dataset folders a run reads: D_body (none with --world-model), then D_demo (none with
     --phase1-only)."""
     data, env, body_data = args.data_dir, args.env, args.body_data or "mix"
-    body = [] if args.world_model else replay.dataset_folders(data, env, body_data, "body")
-    demo = [] if args.phase1_only else replay.dataset_folders(data, env, args.demo, "demo")
+    body = [] if args.world_model else datasets.dataset_folders(data, env, body_data, "body")
+    demo = [] if args.phase1_only else datasets.dataset_folders(data, env, args.demo, "demo")
     return [*body, *demo]
 
 
 def open_datasets(
     cfg: Config, keys: tuple[str, ...], shapes: dict[str, tuple[int, ...]]
-) -> tuple[Optional[replay.Dataset], Optional[replay.Dataset]]:
+) -> tuple[Optional[datasets.Dataset], Optional[datasets.Dataset]]:
     """D_body, observations and the actions that led to them (none with --world-model), and
     D_demo, observations (actions, where held, for analysis only; none with --phase1-only),
     every file read and checked, every missing folder named at once."""
-    replay.require_datasets(datasets(cfg))
+    datasets.require_datasets(data_folders(cfg))
     body = demo = None
     if not cfg.world_model:
-        body = replay.open_dataset(cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes,
-                                   seed=cfg.seed, cache_dir=cfg.cache_dir)  # fmt: skip
+        body = datasets.open_dataset(cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes,
+                                     seed=cfg.seed, cache_dir=cfg.cache_dir)  # fmt: skip
     if not cfg.phase1_only:
-        demo = replay.open_dataset(cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes,
-                                   cfg.num_demos, None, cfg.seed + 1,
-                                   cache_dir=cfg.cache_dir)  # fmt: skip
+        demo = datasets.open_dataset(cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes,
+                                     cfg.num_demos, None, cfg.seed + 1,
+                                     cache_dir=cfg.cache_dir)  # fmt: skip
     return body, demo
 
 
@@ -488,7 +490,7 @@ def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Con
 
 def train_epoch(
     step: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]],
-    data: replay.TrajectoryDataset,
+    data: datasets.TrajectoryDataset,
     opt: torch.optim.Optimizer,
     cfg: Config,
     device: torch.device,

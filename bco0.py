@@ -64,7 +64,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common import replay
+from common import datasets, replay
 from common.envs import EnvError, Record, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
@@ -142,12 +142,14 @@ class Config(Args):
     action_repeat: int = 2
 
 
-def datasets(args: Args) -> list[Path]:
+def data_folders(args: Args) -> list[Path]:
     """The dataset folders a run reads: the embodiment data (none for the oracle), the
     demonstrations."""
     data, env = args.data_dir, args.env
-    body = [] if args.method == "bc" else replay.dataset_folders(data, env, args.body_data, "body")
-    return [*body, *replay.dataset_folders(data, env, args.demo, "demo")]
+    body = (
+        [] if args.method == "bc" else datasets.dataset_folders(data, env, args.body_data, "body")
+    )
+    return [*body, *datasets.dataset_folders(data, env, args.demo, "demo")]
 
 
 def resolve(args: Args) -> Config:
@@ -158,7 +160,7 @@ def resolve(args: Args) -> Config:
     check_flags(args, ("batch_size", "steps_per_epoch", "val_windows", "phase1_epochs",
                        "phase2_epochs", "num_demos", "eval_episodes", "stack",
                        "action_repeat"))  # fmt: skip
-    task = args.task or replay.dataset_task(args.env, args.demo)
+    task = args.task or datasets.dataset_task(args.env, args.demo)
     check_env(f"{args.env}-{task}", args.obs)
     return Config(
         **{
@@ -166,8 +168,8 @@ def resolve(args: Args) -> Config:
             "exp_name": args.exp_name or args.method,
             "task": task,
             "stack": args.stack or (1 if args.obs == "mdp" else 5),
-            "action_repeat": replay.dataset_action_repeat(
-                datasets(args), args.action_repeat, args.env
+            "action_repeat": datasets.dataset_action_repeat(
+                data_folders(args), args.action_repeat, args.env
             ),
         }
     )
@@ -461,15 +463,15 @@ def main(args: Args) -> dict[str, Any]:
     # -- data: the datasets opened and checked, and split, before anything is written ------------
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
     keys, shapes, frames = env.obs_keys, env.record_shapes, cfg.stack + 1
-    replay.require_datasets(datasets(cfg))  # every missing one named at once
+    datasets.require_datasets(data_folders(cfg))  # every missing one named at once
     body = None
     if cfg.method != "bc":  # the embodiment data of phase 1
-        body = replay.open_dataset(
+        body = datasets.open_dataset(
             cfg.data_dir, cfg.env, cfg.body_data, "body", keys, shapes, seed=cfg.seed,
             cache_dir=cfg.cache_dir,
         )  # fmt: skip
     # the demonstrations' actions: the oracle's targets; otherwise read, where held, for analysis
-    demo = replay.open_dataset(
+    demo = datasets.open_dataset(
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos,
         True if cfg.method == "bc" else None, cfg.seed + 1, cache_dir=cfg.cache_dir,
     )  # fmt: skip

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import tyro
 
-from common.replay import AUTHORS_RELEASE
+from common.datasets import AUTHORS_RELEASE
 
 
 @dataclass

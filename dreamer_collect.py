@@ -66,7 +66,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common import replay
+from common import datasets, replay
 from common.envs import DMCEnv, EnvError, check_env, make_env
 from common.evaluation import collect_episodes, episode_seed
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_loss, mlp, observation
@@ -436,7 +436,7 @@ def collect_random(args: Args) -> Path:
     cfg = resolve(args)
     folder = Path(cfg.data_dir) / f"{cfg.env}-random"
     settings = folder_settings(cfg, "random", cfg.render)
-    todo = replay.fill_folder(folder, settings, cfg.num_trajectories, "trajectories")
+    todo = datasets.fill_folder(folder, settings, cfg.num_trajectories, "trajectories")
     if todo:
         env = make_env(
             f"{cfg.env}-{cfg.task}", obs="mdp", seed=cfg.seed,
@@ -453,7 +453,7 @@ def collect_random(args: Args) -> Path:
             trajectory = replay.stack_records(records)
             replay.save_trajectory(folder / f"{i}.npz", trajectory)
             bar.set_postfix(ret=f"{trajectory['reward'].sum():.1f}")
-    print(replay.write_info(folder, settings))
+    print(datasets.write_info(folder, settings))
     return folder
 
 
@@ -462,7 +462,7 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
     mode (no exploration noise). Demonstration i depends only on (seed, i) and the agent."""
     folder = Path(args.data_dir) / f"{args.env}-{args.task}-expert"
     settings = folder_settings(args, "dreamer-expert", args.render, source=str(agent_path))
-    todo = replay.fill_folder(folder, settings, args.num_demos, "demonstrations")
+    todo = datasets.fill_folder(folder, settings, args.num_demos, "demonstrations")
     chunk = 10  # episodes in lockstep: one batched policy call per step
     render = args.render or args.obs == "visual"
     envs = [
@@ -483,7 +483,7 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
         bar.update(len(index))
         bar.set_postfix(ret=f"{np.mean([e['reward'].sum() for e in episodes]):.1f}")
     bar.close()
-    print(replay.write_info(folder, settings, "expert trajectories"))
+    print(datasets.write_info(folder, settings, "expert trajectories"))
     return folder
 
 
@@ -547,7 +547,7 @@ def train(args: Config) -> Path:
     device = torch.device(args.device)
     render = args.render or args.obs == "visual"
     settings = folder_settings(args, args.agent, render)
-    replay.check_dataset_settings(folder, settings)
+    datasets.check_dataset_settings(folder, settings)
     # Plan2Explore learns no task: its run is named after the embodiment alone
     where = f"{args.env}-{args.task}" if args.agent == "dreamer" else args.env
     run_name = f"{where}__{args.agent}__{args.obs}__{args.seed}"
@@ -579,7 +579,7 @@ def train(args: Config) -> Path:
         print(
             f"resuming: {len(buffer)} episodes in {folder}, {progress.episodes_trained} trained on"
         )
-    replay.write_info(folder, settings)
+    datasets.write_info(folder, settings)
     bar = tqdm(total=args.total_steps, initial=progress.env_steps, desc=name, unit="step")
 
     # Episodes saved after the last checkpoint (a kill between saving and updating) are trained
@@ -610,7 +610,7 @@ def train(args: Config) -> Path:
             if args.capture_video:
                 save_gif(run.dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
     bar.close()
-    print(f"{replay.write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
+    print(f"{datasets.write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
     run.close()
     return run.ckpt_path
 

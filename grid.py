@@ -87,7 +87,7 @@ from typing import IO, Annotated, Any, Literal, Optional
 
 import tyro
 
-from common.replay import (
+from common.datasets import (
     HOURS_DREAMER_PER_MILLION,
     SECONDS_DEMO,
     SECONDS_RANDOM_TRAJECTORY,
@@ -226,7 +226,7 @@ HOURS_AIME_PHASE2 = {"mdp": 5.0, "lpomdp": 5.0, "visual": 10.0}
 # authors' schedule (50 epochs or more of full passes) and the same 100-episode evaluation (with
 # rendering in Visual).
 HOURS_BCO0 = {"mdp": 1.0, "lpomdp": 1.0, "visual": 3.0}
-# Dreamer, Plan2Explore and collection: `common/replay.py`'s HOURS_DREAMER_PER_MILLION,
+# Dreamer, Plan2Explore and collection: `common/datasets.py`'s HOURS_DREAMER_PER_MILLION,
 # SECONDS_RANDOM_TRAJECTORY and SECONDS_DEMO.
 
 # `--quick`: every job runs in seconds on a CPU.

@@ -70,7 +70,7 @@ import tyro
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from common import replay
+from common import datasets, replay
 from common.envs import EnvError, check_env, make_env
 from common.evaluation import collect_episodes, episode_seed, evaluate, expert_return, scores
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_normal, mlp, observation
@@ -188,7 +188,7 @@ def resolve(args: Args) -> Config:
                        "horizon", "imag_horizon", "eval_episodes", "eval_episodes_during",
                        "action_repeat", "total_steps"),
                 ("prefill_episodes", "pretrain_steps", "eval_samples"))  # fmt: skip
-    demo_task = replay.dataset_task(args.env, args.demo) if args.demo else None
+    demo_task = datasets.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     for t in (*(args.source_tasks if args.zero_shot else ()), task):
         check_env(f"{args.env}-{t}", args.obs)
@@ -196,7 +196,7 @@ def resolve(args: Args) -> Config:
         raise SystemExit(f"error: the target task {task} is one of --source-tasks")
     check_learner(args)
     cfg = Config(**{**asdict(args), "task": task, "demo": args.demo or task})
-    repeat = replay.dataset_action_repeat(datasets(cfg), args.action_repeat)
+    repeat = datasets.dataset_action_repeat(data_folders(cfg), args.action_repeat)
     return replace(cfg, action_repeat=repeat)
 
 
@@ -214,10 +214,10 @@ def demonstrations(cfg: Config) -> dict[str, str]:
     return {**{t: t for t in (cfg.source_tasks if cfg.zero_shot else ())}, cfg.task: cfg.demo}
 
 
-def datasets(cfg: Config) -> list[Path]:
+def data_folders(cfg: Config) -> list[Path]:
     """The dataset folders a run reads: every task's demonstrations."""
     names, data = demonstrations(cfg).values(), cfg.data_dir
-    return [f for name in names for f in replay.dataset_folders(data, cfg.env, name, "demo")]
+    return [f for name in names for f in datasets.dataset_folders(data, cfg.env, name, "demo")]
 
 
 @dataclass
@@ -522,7 +522,7 @@ def iterations_due(collected: int, cfg: Config) -> int:
 
 
 def train_iterations(
-    run: Run, cfg: Config, progress: Progress, task: str, demo: replay.TrajectoryDataset,
+    run: Run, cfg: Config, progress: Progress, task: str, demo: datasets.TrajectoryDataset,
     sources: list[replay.WindowSampler], buffers: dict[str, replay.ReplayBuffer], nets: Nets,
     keys: tuple[str, ...],
 ) -> None:  # fmt: skip
@@ -547,7 +547,7 @@ def train_iterations(
 
 
 def train_online(
-    run: Run, cfg: Config, progress: Progress, demos: dict[str, replay.TrajectoryDataset],
+    run: Run, cfg: Config, progress: Progress, demos: dict[str, datasets.TrajectoryDataset],
     buffers: dict[str, replay.ReplayBuffer], nets: Nets, keys: tuple[str, ...],
 ) -> None:  # fmt: skip
     """Alternate an episode of each task's policy and training the shared model (on every task's
@@ -628,10 +628,10 @@ def main(args: Args) -> dict[str, Any]:
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
     keys, shapes = env.obs_keys, {k: env.record_shapes[k] for k in (*env.obs_keys, "pre_action")}
     # B_E of every task, with the actions: each file checked before any training
-    replay.require_datasets(datasets(cfg))  # every missing one named at once
+    datasets.require_datasets(data_folders(cfg))  # every missing one named at once
     opened = {
-        t: replay.open_dataset(cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos,
-                               seed=cfg.seed + 1 + i, cache_dir=cfg.cache_dir)
+        t: datasets.open_dataset(cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos,
+                                 seed=cfg.seed + 1 + i, cache_dir=cfg.cache_dir)
         for i, (t, name) in enumerate(demonstrations(cfg).items())
     }  # fmt: skip
     demos = {t: d.data for t, d in opened.items()}

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 import aime
 import vmail
-from common import replay
+from common import datasets, replay
 from common.envs import DMCEnv, EnvError, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
 from common.model_files import check_folder_form, read_world_model, trained_on
@@ -126,11 +126,11 @@ def resolve(args: Args) -> Config:
         raise SystemExit(f"error: --world-model {model} does not exist")
     check_folder_form(model)  # before any dataset is read
     vmail.check_learner(args)
-    demo_task = replay.dataset_task(args.env, args.demo) if args.demo else None
+    demo_task = datasets.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     check_env(f"{args.env}-{task}", args.obs)
-    folders = replay.dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
-    repeat = replay.dataset_action_repeat(folders, args.action_repeat, args.env)
+    folders = datasets.dataset_folders(args.data_dir, args.env, args.demo or task, "demo")
+    repeat = datasets.dataset_action_repeat(folders, args.action_repeat, args.env)
     return Config(
         **{**asdict(args), "task": task, "demo": args.demo or task, "action_repeat": repeat}
     )
@@ -190,7 +190,7 @@ def imitation_step(
 
 
 def imitate(
-    run: Run, cfg: Config, progress: Progress, demo: replay.TrajectoryDataset,
+    run: Run, cfg: Config, progress: Progress, demo: datasets.TrajectoryDataset,
     model: aime.WorldModel, learner: vmail.Learner, keys: tuple[str, ...],
 ) -> None:  # fmt: skip
     """`phase2_epochs` x `steps_per_epoch` iterations in the frozen model, a checkpoint after
@@ -230,8 +230,8 @@ def main(args: Args) -> dict[str, Any]:
     keys = env.obs_keys
     shapes = {k: env.record_shapes[k] for k in (*keys, "pre_action")}
     # the demonstrations' observations, every file checked before any training; never actions
-    replay.require_datasets(replay.dataset_folders(cfg.data_dir, cfg.env, cfg.demo, "demo"))
-    demo = replay.open_dataset(
+    datasets.require_datasets(datasets.dataset_folders(cfg.data_dir, cfg.env, cfg.demo, "demo"))
+    demo = datasets.open_dataset(
         cfg.data_dir, cfg.env, cfg.demo, "demo", keys, shapes, cfg.num_demos, False, cfg.seed + 1,
         cache_dir=cfg.cache_dir,
     )  # fmt: skip

@@ -73,7 +73,7 @@ def write_dataset(folder: Path, n: int) -> None:
 
 def measure(folder: str, batches: int) -> None:
     """Runs in a fresh process: load (building the cache if needed), then sample."""
-    from common.replay import TrajectoryDataset
+    from common.datasets import TrajectoryDataset
 
     t0 = time.time()
     data = TrajectoryDataset(folder, ["image", "pre_action"], seed=0, progress=False)

@@ -43,9 +43,10 @@ import aime
 import dreamer_collect
 import vmail
 import vmail_obs
+from common.datasets import TrajectoryDataset
 from common.envs import make_env
 from common.nets import kl_loss
-from common.replay import TrajectoryDataset, save_trajectory
+from common.replay import save_trajectory
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM
 
 WALKER_MDP = {"orientations": 14, "height": 1, "velocity": 9}  # walker's keys and sizes

@@ -15,8 +15,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from common.datasets import Dataset
 from common.envs import EXPERT_RETURNS, DMCEnv, ObsSetting, Record, make_env
-from common.replay import Dataset, Trajectory, stack_records
+from common.replay import Trajectory, stack_records
 from common.run import save_gif
 
 # An actor for a batch of episodes: the current record of each environment -> actions [n, A].

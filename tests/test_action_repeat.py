@@ -12,8 +12,9 @@ import pytest
 import aime
 import bco0
 import common.evaluation
+from common.datasets import dataset_action_repeat
 from common.envs import make_env
-from common.replay import DatasetError, dataset_action_repeat
+from common.replay import DatasetError
 from dreamer_collect import Args as CollectArgs
 from dreamer_collect import collect_random
 

@@ -21,14 +21,9 @@ from torch import nn
 
 import aime
 from common import model_files
+from common.datasets import trajectory_files
 from common.nets import PointDeconv
-from common.replay import (
-    DatasetError,
-    ReplayBuffer,
-    load_trajectory,
-    save_trajectory,
-    trajectory_files,
-)
+from common.replay import DatasetError, ReplayBuffer, load_trajectory, save_trajectory
 from common.rssm import RSSMConfig
 from tests.systems import point_mass, point_mass_data, random_actions
 
@@ -180,7 +175,7 @@ def test_idm_learns_the_actions_on_detached_inputs() -> None:
 
 
 def test_phase1_elbo_rises_on_collected_walker_data(data_dir: Path) -> None:
-    from common.replay import TrajectoryDataset
+    from common.datasets import TrajectoryDataset
 
     keys = ("orientations", "height", "velocity")
     body = TrajectoryDataset(

@@ -18,13 +18,8 @@ import pytest
 import torch
 
 import bco0
-from common.replay import (
-    ReplayBuffer,
-    TrajectoryDataset,
-    load_trajectory,
-    save_trajectory,
-    to_torch_batch,
-)
+from common.datasets import TrajectoryDataset
+from common.replay import ReplayBuffer, load_trajectory, save_trajectory, to_torch_batch
 from common.run import Run
 from tests.systems import drive_to_origin, point_mass, random_actions
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.datasets import TrajectoryDataset
 from common.envs import make_env
-from common.replay import TrajectoryDataset, load_trajectory
+from common.replay import load_trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ import pytest
 
 import aime
 import download
-from common.replay import DatasetError, require_datasets, save_trajectory
+from common.datasets import require_datasets
+from common.replay import DatasetError, save_trajectory
 from tests.test_replay import fake_trajectory
 
 

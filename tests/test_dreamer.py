@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import dreamer_collect as dc
+from common.datasets import TrajectoryDataset
 from common.envs import make_env
-from common.replay import ReplayBuffer, TrajectoryDataset, load_trajectory
+from common.replay import ReplayBuffer, load_trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small Dreamer for CPU tests: the script's code at reduced sizes.

@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from common.datasets import TrajectoryDataset, dataset_folders, trajectory_files
 from common.replay import (
     DatasetError,
     ReplayBuffer,
-    TrajectoryDataset,
     atomic_write,
-    dataset_folders,
     load_trajectory,
     save_trajectory,
     to_torch_batch,
-    trajectory_files,
 )
 
 WALKER_SHAPES = {
@@ -421,7 +419,7 @@ def test_replay_buffer_holds_only_the_keys_asked_for_but_saves_every_key(tmp_pat
 
 def test_a_dataset_recorded_on_another_embodiment_is_refused(tmp_path: Path) -> None:
     """Cheetah data have walker's action size: the embodiment recorded in info.json tells."""
-    from common.replay import open_dataset
+    from common.datasets import open_dataset
 
     write_folder(tmp_path / "walker-random", [6, 6])
     (tmp_path / "walker-random" / "info.json").write_text('{"env": "cheetah-run"}')
@@ -495,7 +493,7 @@ def test_the_cache_follows_content_not_times_and_repairs_itself(tmp_path: Path) 
 
 
 def test_cache_dir_keeps_caches_out_of_the_dataset_folder(tmp_path: Path) -> None:
-    from common.replay import open_dataset
+    from common.datasets import open_dataset
 
     folder = tmp_path / "walker-random"
     write_folder(folder, [6, 6], image=False)
@@ -511,7 +509,7 @@ def test_cache_dir_keeps_caches_out_of_the_dataset_folder(tmp_path: Path) -> Non
 READER = """
 import sys
 import numpy as np
-from common.replay import TrajectoryDataset
+from common.datasets import TrajectoryDataset
 for _ in range(int(sys.argv[2])):
     data = TrajectoryDataset(sys.argv[1], ["velocity"], progress=False)
     velocity = data.trajectories[1]["velocity"]
@@ -621,7 +619,7 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_last(small_disk: 
 
 
 def test_a_dataset_cache_on_a_full_disk_is_one_line(tmp_path: Path, small_disk: Path) -> None:
-    from common.replay import open_dataset
+    from common.datasets import open_dataset
 
     folder = tmp_path / "walker-random"
     write_folder(folder, [2000] * 8, image=False)  # 8 x (72 kB velocity + 112 kB orientations)
