@@ -29,9 +29,10 @@ demonstrations and that buffer and train a new discriminator and policy in the m
 Implementation details (docs/vmail.md has more). The defaults are the authors' DeepMind Control
 code (github rmrafailov/VMAIL, `dm_control/`: `vmail.py`, `models.py`, `tools.py`), which made the
 paper's figures; where it departs from the paper's text a flag gives the text's variant (7-10).
- 1. Dreamer-v1 base: RSSM `VMAIL_RSSM`, the conv encoder and decoder or MLPs 2x400 ELU, unit-
-    variance decoders, free nats 3 on the batch-mean KL; Adam 6e-4 (model) and 8e-5 (D, pi, V),
-    gradient-norm clip 100.
+ 1. Dreamer-v1 base: RSSM `VMAIL_RSSM` with hidden layers as wide as --deter, the conv encoder
+    (images - 0.5, a ReLU after every layer) and linear decoder or MLPs 2x400 ELU, unit-variance
+    decoders with their log 2pi constants, Keras' initialisation (`keras_init`), free nats 3 on
+    the batch-mean KL; Adam 6e-4 (model) and 8e-5 (D, pi, V), gradient-norm clip 100.
  2. Actor: tanh-Gaussian from an MLP 4x400 ELU, mean 5 tanh(x / 5), std softplus(x + c) + 1e-4
     (5 where the net outputs 0: `--actor-init-std`), reading detached states in imagination; V:
     MLP 3x400 ELU; D: MLP 2x400 ELU, sigmoid.
@@ -41,7 +42,8 @@ paper's figures; where it departs from the paper's text a flag gives the text's 
  5. Schedule: empty buffers (`--prefill-episodes 0`), 100 iterations before the first episode,
     200 after each; batches 128 x 50. Collection: a sample plus noise 0.3 (`--expl-noise`);
     evaluation: the most likely of 100 samples (`--eval-samples`), episode i from seed + 100 + i.
- 6. Model batches are drawn from B_E u B_pi in proportion to the trajectories each holds.
+ 6. Model batches are drawn from B_E u B_pi in proportion to the trajectories each holds; B_E is
+    the first --num-demos (the paper's 10; 0: every file, the authors' loader).
  7. Reward: D's probability (the code: `reward = policy_d.mean()`); `--reward log_d` is eq. (22).
  8. Returns: discounted sums of the first K - 1 rewards, no bootstrap; V(z_tau+1) is fit to the
     return from z_tau, unused by pi. `--value-bootstrap` is eq. (22): plus gamma^(K - tau) V(z_K).
@@ -61,7 +63,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -74,7 +76,7 @@ from common import datasets, replay
 from common.envs import EnvError, check_env, make_env
 from common.evaluation import collect_episodes, episode_seed, evaluate, expert_return, scores
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_normal, mlp, observation
-from common.rssm import RSSM, VMAIL_RSSM, FilteringActor
+from common.rssm import RSSM, VMAIL_RSSM, FilteringActor, GaussianNet
 from common.run import Run, RunArgs, add_to, check_flags, derived, label, seed_everything
 
 
@@ -130,7 +132,8 @@ class Args(LearnerArgs):
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
     """observation setting: true state, positions only, or 64x64 images (the paper's)"""
     num_demos: int = 10
-    """demonstration trajectories used per task, the first N (the paper's 10)"""
+    """demonstration trajectories used per task, the first N (the paper's 10); 0: every file of
+    the folder (the authors' loader, whose folder held the paper's 10)"""
     zero_shot: bool = False
     """Algorithm 2: train on --source-tasks, then transfer to --task without environment steps"""
     source_tasks: tuple[str, ...] = ("stand", "run")
@@ -184,10 +187,10 @@ class Config(Args):
 
 def resolve(args: Args) -> Config:
     """Check the flags; fill in the task, its demonstrations and the action repeat (the data's)."""
-    check_flags(args, ("num_demos", "steps_per_epoch", "train_steps_per_episode", "batch_size",
-                       "horizon", "imag_horizon", "eval_episodes", "eval_episodes_during",
-                       "action_repeat", "total_steps"),
-                ("prefill_episodes", "pretrain_steps", "eval_samples"))  # fmt: skip
+    check_flags(args, ("steps_per_epoch", "train_steps_per_episode", "batch_size", "horizon",
+                       "imag_horizon", "eval_episodes", "eval_episodes_during", "action_repeat",
+                       "total_steps"),
+                ("num_demos", "prefill_episodes", "pretrain_steps", "eval_samples"))  # fmt: skip
     demo_task = datasets.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     for t in (*(args.source_tasks if args.zero_shot else ()), task):
@@ -220,6 +223,20 @@ def data_folders(cfg: Config) -> list[Path]:
     return [f for name in names for f in datasets.dataset_folders(data, cfg.env, name, "demo")]
 
 
+def open_demonstrations(
+    cfg: Config, keys: tuple[str, ...], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, datasets.Dataset]:
+    """B_E of every task, with the actions, each file checked before any training: the first
+    `--num-demos` trajectories of each (0: every file, as the authors' loader)."""
+    datasets.require_datasets(data_folders(cfg))  # every missing one named at once
+    return {
+        t: datasets.open_dataset(cfg.data_dir, cfg.env, name, "demo", keys, shapes,
+                                 cfg.num_demos or None, seed=cfg.seed + 1 + i,
+                                 cache_dir=cfg.cache_dir)
+        for i, (t, name) in enumerate(demonstrations(cfg).items())
+    }  # fmt: skip
+
+
 @dataclass
 class Progress:
     """How far a run got, saved in each checkpoint: its stage, then Algorithm 1's and 2's counts."""
@@ -233,24 +250,58 @@ class Progress:
 
 
 # -- Networks ----------------------------------------------------------------------------------
+NetT = TypeVar("NetT", bound=nn.Module)
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # a unit-variance Gaussian's -log density at its mean
+
+
 class WorldModel(nn.Module):
     """The variational model of eq. (21): encoder, belief q(z_t | x_t, z_t-1, a_t-1) and forward
-    model T(z_t | z_t-1, a_t-1) (the RSSM), observation model U(x_t | z_t)."""
+    model T(z_t | z_t-1, a_t-1) (the RSSM), observation model U(x_t | z_t). Images are centred
+    (x - 0.5) on the way in and decoded in that space (detail 1); `depth`: the convolutions'."""
 
-    def __init__(self, obs_dim: int, action_dim: int, visual: bool, cfg: Config) -> None:
+    def __init__(
+        self, obs_dim: int, action_dim: int, visual: bool, cfg: Config, depth: int = 32
+    ) -> None:
         super().__init__()
-        self.cfg = replace(VMAIL_RSSM, deter=cfg.deter, stoch=cfg.stoch)
+        # the authors' RSSM has hidden layers as wide as its GRU (`deter_size`)
+        self.cfg = replace(VMAIL_RSSM, deter=cfg.deter, stoch=cfg.stoch, hidden=cfg.deter)
+        self.centre = 0.5 if visual else 0.0  # the authors' images: uint8 / 255 - 0.5
         self.encoder: nn.Module
         self.decoder: nn.Module
-        if visual:
-            self.encoder = ConvEncoder()
+        if visual:  # a ReLU after every convolution; the decoder's last one linear (the mean)
+            self.encoder = ConvEncoder(depth, centre=self.centre, last_relu=True)
             embed_dim = self.encoder.out_dim
         else:  # one ELU layer, the Dreamer-v1 MLP without its head
             self.encoder = nn.Sequential(mlp(obs_dim, cfg.hidden, cfg.hidden, 1), nn.ELU())
             embed_dim = cfg.hidden
         self.rssm = RSSM(action_dim, embed_dim, self.cfg)
         feat = self.rssm.feature_dim
-        self.decoder = ConvDecoder(feat) if visual else mlp(feat, obs_dim, cfg.hidden, 2)
+        self.decoder = (
+            ConvDecoder(feat, depth, sigmoid=False) if visual else mlp(feat, obs_dim, cfg.hidden, 2)
+        )
+        keras_init(self)
+
+
+def keras_init(net: NetT) -> NetT:
+    """The authors' initialisation, Keras' defaults (detail 1): Glorot-uniform kernels, zero
+    biases, the GRU's recurrent kernel orthogonal."""
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.GRUCell):
+            nn.init.xavier_uniform_(m.weight_ih)
+            nn.init.orthogonal_(m.weight_hh)
+            nn.init.zeros_(m.bias_ih)
+            nn.init.zeros_(m.bias_hh)
+    for m in net.modules():  # the posterior's first layer: their one Dense over [h, e], in two
+        if isinstance(m, GaussianNet) and m.first_e is not None:
+            fan = m.first_h.in_features + m.first_e.in_features + m.first_h.out_features
+            bound = math.sqrt(6 / fan)  # Glorot over the whole kernel
+            for half in (m.first_h, m.first_e):
+                nn.init.uniform_(half.weight, -bound, bound)
+    return net
 
 
 class Actor(nn.Module):
@@ -287,9 +338,10 @@ def make_learner(
 ) -> Learner:
     """pi, V and D (reading (z, a), or z alone without `with_actions`), each with its Adam."""
     device = torch.device(cfg.device)
-    actor = Actor(feature_dim, action_dim, cfg.hidden, cfg.actor_init_std).to(device)
-    value = mlp(feature_dim, 1, cfg.hidden, 3).to(device)
-    disc = mlp(feature_dim + (action_dim if with_actions else 0), 1, cfg.hidden, 2).to(device)
+    actor = keras_init(Actor(feature_dim, action_dim, cfg.hidden, cfg.actor_init_std)).to(device)
+    value = keras_init(mlp(feature_dim, 1, cfg.hidden, 3)).to(device)
+    d_in = feature_dim + (action_dim if with_actions else 0)
+    disc = keras_init(mlp(d_in, 1, cfg.hidden, 2)).to(device)
     return Learner(
         actor, value, disc,
         torch.optim.Adam(actor.parameters(), lr=cfg.actor_lr),
@@ -320,8 +372,10 @@ def elbo_loss(
     obs, actions = observation(batch, keys), batch["pre_action"]  # [T, B, ...], [T, B, A]
     post = model.rssm.observe(model.encoder(obs), actions)  # z_t ~ q(z_t | x_t, z_t-1, a_t-1)
     dims = tuple(range(2, obs.ndim))
-    # eq. (21), reconstruction: log U(x_t | z_t), unit-variance Gaussian, no constant
-    log_u = -0.5 * (model.decoder(post.features()) - obs).square().sum(dims)  # [T, B]
+    # eq. (21), reconstruction: log U(x_t | z_t), a unit-variance Gaussian around the decoded
+    # mean, in the encoder's centred space (images - 0.5)
+    error = model.decoder(post.features()) - (obs - model.centre)
+    log_u = -(0.5 * error.square() + HALF_LOG_2PI).sum(dims)  # [T, B]
     # eq. (21), forward model: KL(q(z_t | x_t, z_t-1, a_t-1) || T(z_t | z_t-1, a_t-1))  [T, B]
     kl = kl_normal(post.post_mean, post.post_std, post.prior_mean, post.prior_std).sum(-1)
     loss = -log_u.mean() + kl.mean().clamp(min=free_nats)  # free nats on the batch-mean KL
@@ -448,7 +502,8 @@ def policy_losses(
         actor_loss = -(weight * returns).mean()
     else:  # eq. (22) and Algorithm 1 line 19: maximise V^K at the start states
         actor_loss = -returns[0].mean()
-    value_loss = 0.5 * (weight * (v_fit - returns.detach()).square()).mean()
+    # -log N(return; V, 1), the gamma^tau-weighted mean (the authors' value loss)
+    value_loss = (weight * (0.5 * (v_fit - returns.detach()).square() + HALF_LOG_2PI)).mean()
     metrics.update(actor_loss=actor_loss.detach(), value_loss=value_loss.detach(),
                    imagined_reward=reward.detach().mean(), action_std=imag.action_std,
                    imagined_return=returns[0].detach().mean())  # fmt: skip
@@ -627,13 +682,7 @@ def main(args: Args) -> dict[str, Any]:
     cfg = resolve(args)
     env = make_env(f"{cfg.env}-{cfg.task}", cfg.obs)
     keys, shapes = env.obs_keys, {k: env.record_shapes[k] for k in (*env.obs_keys, "pre_action")}
-    # B_E of every task, with the actions: each file checked before any training
-    datasets.require_datasets(data_folders(cfg))  # every missing one named at once
-    opened = {
-        t: datasets.open_dataset(cfg.data_dir, cfg.env, name, "demo", keys, shapes, cfg.num_demos,
-                                 seed=cfg.seed + 1 + i, cache_dir=cfg.cache_dir)
-        for i, (t, name) in enumerate(demonstrations(cfg).items())
-    }  # fmt: skip
+    opened = open_demonstrations(cfg, keys, shapes)
     demos = {t: d.data for t, d in opened.items()}
     for demo in demos.values():  # a --horizon longer than every demonstration: before the prefill
         demo.require_windows(cfg.horizon)
@@ -685,7 +734,7 @@ def main(args: Args) -> dict[str, Any]:
     return run.finish({
         "algorithm": "vmail", "mode": "zero_shot" if cfg.zero_shot else "online",
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs, "body_data": body, "demo": cfg.demo,
-        "num_demos": cfg.num_demos, "seed": cfg.seed,
+        "num_demos": len(opened[cfg.task].files), "seed": cfg.seed,
         **scores(returns, expert, task_env, cfg.action_repeat, cfg.seed),
         "env_steps": progress.env_steps,  # per task, collected by Algorithm 1 (none after it)
         "wall_time_s": {**progress.wall, "evaluation": time.time() - start},

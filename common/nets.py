@@ -30,21 +30,27 @@ def mlp(
 
 
 class ConvEncoder(nn.Module):
-    """World Models / PlaNet encoder: 4 convolutions, kernel 4, stride 2, depths 32-64-128-256."""
+    """World Models / PlaNet encoder: 4 convolutions, kernel 4, stride 2, depths 32-64-128-256.
 
-    def __init__(self, depth: int = 32) -> None:
+    It takes images in [0, 1] and subtracts `centre` first; `last_relu` puts a ReLU after the
+    last convolution too (the V-MAIL authors' encoder: images - 0.5, ReLU after each layer)."""
+
+    def __init__(self, depth: int = 32, centre: float = 0.0, last_relu: bool = False) -> None:
         super().__init__()
         d = depth
+        self.centre = centre
         self.net = nn.Sequential(
             nn.Conv2d(3, d, 4, 2), nn.ReLU(inplace=True),
             nn.Conv2d(d, 2 * d, 4, 2), nn.ReLU(inplace=True),
             nn.Conv2d(2 * d, 4 * d, 4, 2), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * d, 8 * d, 4, 2), nn.Flatten(),
+            nn.Conv2d(4 * d, 8 * d, 4, 2), *([nn.ReLU(inplace=True)] if last_relu else []),
+            nn.Flatten(),
         )  # fmt: skip
         self.out_dim = 32 * d  # 256 channels x 2 x 2
 
     def forward(self, image: Tensor) -> Tensor:  # [..., 3, 64, 64] -> [..., 1024]
-        return self.net(image.flatten(0, -4)).unflatten(0, image.shape[:-3])
+        x = image.flatten(0, -4)
+        return self.net(x - self.centre if self.centre else x).unflatten(0, image.shape[:-3])
 
 
 class PointDeconv(nn.ConvTranspose2d):
@@ -59,9 +65,10 @@ class PointDeconv(nn.ConvTranspose2d):
 
 
 class ConvDecoder(nn.Module):
-    """The transposed decoder: a linear layer to 1024 x 1 x 1, then kernels 5-5-6-6, stride 2."""
+    """The transposed decoder: a linear layer to 1024 x 1 x 1, then kernels 5-5-6-6, stride 2,
+    and a sigmoid (images in [0, 1]; `sigmoid=False`: linear, the V-MAIL authors' Normal mean)."""
 
-    def __init__(self, feature_dim: int, depth: int = 32) -> None:
+    def __init__(self, feature_dim: int, depth: int = 32, sigmoid: bool = True) -> None:
         super().__init__()
         d = depth
         self.net = nn.Sequential(
@@ -69,7 +76,7 @@ class ConvDecoder(nn.Module):
             PointDeconv(32 * d, 4 * d, 5, 2), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(4 * d, 2 * d, 5, 2), nn.ReLU(inplace=True),
             nn.ConvTranspose2d(2 * d, d, 6, 2), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(d, 3, 6, 2), nn.Sigmoid(),
+            nn.ConvTranspose2d(d, 3, 6, 2), *([nn.Sigmoid()] if sigmoid else []),
         )  # fmt: skip
 
     def forward(self, features: Tensor) -> Tensor:  # [..., feature] -> [..., 3, 64, 64]

@@ -11,10 +11,10 @@ ours are [h, s], their embedding flattened HWC), the same noise is given to torc
 vmail.py's own functions (`elbo_loss`, `expert_latents`, `imagine`, `policy_losses`,
 `value_expansion`) are compared with their arrays at float32 tolerance, one case per group.
 
-Where vmail.py differs from their code, the case that shows it is an expected failure (strict, so
-a fix turns it into a failure to be removed), and the groups test everything else with the
-difference isolated: their preprocessed images go in, our encoder gets their final ReLU and our
-decoder loses its sigmoid; their reported losses are compared less the Gaussians' constants.
+The batches go through vmail.py's own pipeline (`replay.to_torch_batch`: uint8 images / 255,
+which the encoder centres as their `preprocess` does), so the comparisons cover their image
+convention too. The last cases check what no array shows: the RSSM's width at another --deter,
+the fresh networks' initialisation against their statistics, and the demonstrations read.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -34,9 +33,8 @@ import torch
 from torch import Tensor, nn
 
 import vmail
-from common import datasets, replay
-from common.nets import ConvDecoder, ConvEncoder, kl_normal
-from common.rssm import RSSM, VMAIL_RSSM
+from common import replay
+from common.nets import kl_normal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors-vmail"
 META: dict[str, Any] = json.loads((FIXTURES / "meta.json").read_text())
@@ -159,26 +157,16 @@ def config() -> vmail.Config:
 
 
 class Nets:
-    """vmail.py's world model and learner at the fixture's sizes, with their weights.
+    """vmail.py's world model (at their convolution depth, a config value of theirs; vmail.py
+    builds 32) and learner at the fixture's sizes, with their weights (load: False leaves
+    vmail.py's own initialisation)."""
 
-    isolate: our encoder gets their ReLU after its last convolution and our decoder loses its
-    sigmoid, so that the rest of the computation can be compared exactly (known differences);
-    load: False leaves vmail.py's own initialisation."""
-
-    def __init__(self, isolate: bool = True, load: bool = True) -> None:
+    def __init__(self, load: bool = True) -> None:
         cfg = config()
         with torch.random.fork_rng():  # the initial weights drawn here leave torch's stream be
             torch.manual_seed(0)
-            self.model = vmail.WorldModel(0, A, True, cfg)
-            # their conv depth (a config value of theirs; vmail.py builds depth 32) and their
-            # RSSM's hidden width, which their code ties to deter_size (vmail.py keeps 200)
-            self.model.encoder = ConvEncoder(DEPTH)
-            self.model.decoder = ConvDecoder(H + S, DEPTH)
-            self.model.rssm = RSSM(A, E, replace(VMAIL_RSSM, deter=H, stoch=S, hidden=H))
+            self.model = vmail.WorldModel(0, A, True, cfg, depth=DEPTH)
             self.learner = vmail.make_learner(H + S, A, True, cfg)
-        if isolate:
-            self.model.encoder.net.append(nn.ReLU())
-            self.model.decoder.net[-1] = nn.Identity()
         self.cfg = cfg
         if not load:
             return
@@ -220,14 +208,13 @@ def given(**queues: list[np.ndarray]) -> Iterator[None]:
 
 
 def their_batch(tag: str) -> dict[str, Tensor]:
-    """A batch as vmail.py's functions take it (time-major, images [T, B, 3, 64, 64]), the
-    images in their convention (uint8 / 255 - 0.5, their `preprocess`)."""
+    """Their batch as vmail.py's training makes batches (`replay.to_torch_batch`: time-major,
+    images [T, B, 3, 64, 64] as uint8 / 255)."""
     raw = arrays("batch")
-    image = raw[f"{tag}.image"].astype(np.float32) / np.float32(255) - np.float32(0.5)
-    return {
-        "image": torch.from_numpy(time_major(image).transpose(0, 1, 4, 2, 3).copy()),
-        "pre_action": torch.from_numpy(time_major(raw[f"{tag}.action"]).copy()),
-    }
+    return replay.to_torch_batch(
+        {"image": time_major(raw[f"{tag}.image"]), "pre_action": time_major(raw[f"{tag}.action"])},
+        "cpu",
+    )
 
 
 def imagination_noise() -> list[np.ndarray]:
@@ -278,7 +265,7 @@ def compare() -> dict[str, Pairs]:
         ours = mine.detach().numpy() if isinstance(mine, Tensor) else np.asarray(mine)
         groups.setdefault(group, {})[name] = (ours, np.asarray(their))
 
-    # encoder: their preprocessed images through our encoder (with their final ReLU)
+    # encoder: their images through our encoder (which centres them as their `preprocess`)
     with torch.no_grad():
         for tag, data in (("model", batch), ("expert", expert)):
             embed = model.encoder(data["image"])
@@ -307,26 +294,20 @@ def compare() -> dict[str, Pairs]:
     pair("states", "model.kl", kl, time_major(theirs("model.kl")))
     pair("states", "model.feat", post.features(), time_major(features(theirs("model.feat"))))
 
-    # decoder: their features through our decoder (without its sigmoid): their Normal's mean
+    # decoder: their features through our decoder: their Normal's mean
     feat = torch.from_numpy(time_major(features(theirs("model.feat"))).copy())
     with torch.no_grad():
         pair("decoder", "model.image_mean", model.decoder(feat),
              time_major(theirs("model.image_mean")).transpose(0, 1, 4, 2, 3))  # fmt: skip
 
-    # world-model loss: elbo_loss end to end (their images, their noise); their log-likelihood
-    # carries the Gaussian's constant, 0.5 log(2 pi) per pixel, ours none (see the xfail below)
+    # world-model loss: elbo_loss end to end (their images, their noise), the Gaussian's
+    # constant 0.5 log(2 pi) per pixel included on both sides
     with given(randn=[eps]):
         loss, _, metrics = vmail.elbo_loss(model, batch, keys, cfg.free_nats)
-    constant = HALF_LOG_2PI * PIXELS
-    pair(
-        "model_loss",
-        "loss.image_log_prob",
-        metrics["rec_term"] - constant,
-        theirs("loss.image_log_prob"),
-    )
+    pair("model_loss", "loss.image_log_prob", metrics["rec_term"], theirs("loss.image_log_prob"))
     pair("model_loss", "metric.kl", metrics["kl"], theirs("metric.kl"))
     pair("model_loss", "loss.div", metrics["kl"].clamp(min=cfg.free_nats), theirs("loss.div"))
-    pair("model_loss", "loss.model", loss + constant, theirs("loss.model"))
+    pair("model_loss", "loss.model", loss, theirs("loss.model"))
     their_grads = converted({k.split(".", 2)[2]: v for k, v in arrays("grads").items()
                              if k.startswith("grad.model.")})  # fmt: skip
     mine = grads_of(loss, params, "model.")
@@ -391,10 +372,8 @@ def compare() -> dict[str, Pairs]:
         value = learner.value(imag.features[1:]).squeeze(-1)
     pair("policy", "value.mean", value, starts(theirs("value.mean")))
     pair("policy", "loss.actor", actor_loss, theirs("loss.actor"))
-    # their value loss is -log N(return; V, 1): ours less the constant, weighted by the discount
-    discount = cfg.gamma ** torch.arange(K - 1, dtype=torch.float32)
-    value_constant = HALF_LOG_2PI * float(discount.mean())
-    pair("policy", "loss.value", value_loss + value_constant, theirs("loss.value"))
+    # the value loss: -log N(return; V, 1) weighted by the discount, on both sides
+    pair("policy", "loss.value", value_loss, theirs("loss.value"))
 
     their_grads = converted({k.split(".", 2)[2]: v for k, v in arrays("grads").items()
                              if not k.startswith("grad.model.")})  # fmt: skip
@@ -442,79 +421,32 @@ def test_their_weights_fill_every_parameter_once() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Known differences: each case fails while vmail.py differs from their code
+# What the groups do not show
 # ---------------------------------------------------------------------------------------------
-DIFFERENCES = {  # where vmail.py differs from their code, one line each
-    "images": "images: ours uint8 / 255 in [0, 1], theirs uint8 / 255 - 0.5",
-    "encoder": "encoder: theirs applies ReLU after its last convolution, ours not",
-    "decoder": "decoder: theirs ends linear (the Normal's mean), ours in a sigmoid",
-    "constants": "reported losses: theirs keep the Gaussians' 0.5 log(2 pi) per dimension",
-    "rssm_width": "RSSM width: theirs deter_size (hidden = deter), ours 200 at any --deter",
-    "initialisation": "initialisation: theirs Keras' (Glorot-uniform kernels, zero biases, "
-    "orthogonal recurrent kernel), ours torch's defaults",
-    "demonstrations": "demonstrations: theirs every file of the expert folder, ours the first "
-    "--num-demos (10)",
-}
-
-
-def known(difference: str) -> pytest.MarkDecorator:
-    """The case fails while vmail.py has this difference (strict: a fix makes it pass, and fail)."""
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=DIFFERENCES[difference])
-
-
-@known("images")
-def test_images_are_preprocessed_as_theirs() -> None:
-    raw = arrays("batch")["model.image"]
-    ours = replay.to_torch_batch({"image": time_major(raw)}, "cpu")["image"]  # vmail.py's batches
-    assert_close("image", ours.numpy(), their_batch("model")["image"].numpy())
-
-
-@known("encoder")
-def test_encoder_matches_without_the_isolation() -> None:
-    model = Nets(isolate=False).model
+def test_images_enter_the_encoder_as_theirs() -> None:
+    """vmail.py's batches hold uint8 / 255; its encoder's first convolution sees uint8 / 255 -
+    0.5, their `preprocess`."""
+    model, seen = Nets().model, []
+    hook = model.encoder.get_submodule("net.0").register_forward_hook(
+        lambda m, x, y: seen.append(x[0])
+    )
     with torch.no_grad():
-        embed = model.encoder(their_batch("model")["image"])
-    assert_close("model.embed", embed.numpy(), time_major(theirs("model.embed"))[..., EMBED_ORDER])
+        model.encoder(their_batch("model")["image"])
+    hook.remove()
+    raw = arrays("batch")["model.image"].astype(np.float32) / np.float32(255) - np.float32(0.5)
+    expected = time_major(raw).transpose(0, 1, 4, 2, 3).reshape(-1, 3, 64, 64)
+    assert_close("first convolution's input", seen[0].numpy(), expected)
 
 
-@known("decoder")
-def test_decoder_matches_without_the_isolation() -> None:
-    model = Nets(isolate=False).model
-    feat = torch.from_numpy(time_major(features(theirs("model.feat"))).copy())
-    with torch.no_grad():
-        mean = model.decoder(feat).numpy()
-    expected = time_major(theirs("model.image_mean")).transpose(0, 1, 4, 2, 3)
-    assert_close("model.image_mean", mean, expected)
-
-
-@known("constants")
-def test_reported_losses_match_without_the_constants() -> None:
-    """The image log-likelihood, the model loss and the value loss as each side reports them
-    (the constants change no gradient: the groups above compare with them added)."""
-    pairs = {**comparisons()["model_loss"], **comparisons()["policy"]}
-    discount = config().gamma ** np.arange(K - 1)
-    added = {"loss.image_log_prob": -HALF_LOG_2PI * PIXELS, "loss.model": HALF_LOG_2PI * PIXELS,
-             "loss.value": HALF_LOG_2PI * discount.mean()}  # fmt: skip
-    off = {}
-    for name, constant in added.items():
-        mine, expected = pairs[name]
-        reported = float(mine) - constant  # what vmail.py's metrics say
-        if not np.isclose(reported, float(expected), rtol=1e-5):
-            off[name] = f"ours {reported:.6g}, theirs {float(expected):.6g}"
-    assert not off, off
-
-
-@known("rssm_width")
 def test_the_rssm_hidden_width_follows_deter() -> None:
     model = vmail.WorldModel(0, A, True, config())
     assert model.rssm.cfg.hidden == H, f"--deter {H}: hidden width {model.rssm.cfg.hidden}"
 
 
-@known("initialisation")
 def test_fresh_networks_are_initialised_as_theirs() -> None:
     """vmail.py's fresh networks against their initial statistics (meta.json, `init_stats`):
     zero biases, a kernel's largest |w| within 10% of theirs, an orthogonal recurrent kernel."""
-    params = Nets(isolate=False, load=False).params()
+    params = Nets(load=False).params()
     biases, ratios, orthogonality = [], [], []
     for name, stats in sorted(META["init_stats"].items()):
         for k in convert(name, np.zeros(stats["shape"], np.float32)):
@@ -535,11 +467,13 @@ def test_fresh_networks_are_initialised_as_theirs() -> None:
     )
 
 
-@known("demonstrations")
-def test_every_demonstration_file_is_used(tmp_path: Path) -> None:
-    """A folder of 12 demonstrations (their loader drew from all 12: `demos.episodes_read`),
-    opened as vmail.py's main opens it with the default --num-demos."""
+@pytest.mark.parametrize("num_demos", [0, 10])
+def test_demonstrations_read(tmp_path: Path, num_demos: int) -> None:
+    """A folder of 12 demonstrations, as vmail.py's main opens it: --num-demos 0 reads every file,
+    as their loader did (it drew from all 12: `demos.episodes_read`); the default, the paper's
+    10 demonstrations (their folder held those), the first 10."""
     files = int(theirs("demos.files"))
+    assert int(theirs("demos.episodes_read")) == files
     folder = tmp_path / "walker-walk-expert"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -551,9 +485,9 @@ def test_every_demonstration_file_is_used(tmp_path: Path) -> None:
             "is_first": np.eye(T + 2, 1, dtype=bool)[:, 0], "is_last": np.zeros(T + 2, bool),
             "is_terminal": np.zeros(T + 2, bool),
         })  # fmt: skip
+    assert vmail.Args().num_demos == 10
+    cfg = vmail.Config(env="walker", task="walk", demo="walk", num_demos=num_demos,
+                       data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))  # fmt: skip
     shapes = {"image": (64, 64, 3), "pre_action": (A,)}
-    num = vmail.Args().num_demos
-    opened = datasets.open_dataset(tmp_path, "walker", str(folder), "demo", ("image",), shapes, num,
-                                   cache_dir=tmp_path / "cache")  # fmt: skip
-    used, theirs_used = len(opened.files), int(theirs("demos.episodes_read"))
-    assert used == theirs_used == files, f"of {files} files: ours {used}, theirs {theirs_used}"
+    opened = vmail.open_demonstrations(cfg, ("image",), shapes)["walk"]
+    assert len(opened.files) == (num_demos or files)

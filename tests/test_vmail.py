@@ -188,13 +188,15 @@ def test_adversarial_policy_learning_imitates_a_point_mass_expert() -> None:
     against K-step rollouts from the posteriors of B_E u B_pi batches, pi through the rollouts.
     In the true point mass the policy must end nearer the origin than its untrained self and
     than random actions. The flags are the settings under which the game settles here: D faster
-    than pi, a narrower initial actor, no value bootstrap (see docs/vmail.md)."""
+    than pi, a narrower initial actor, no value bootstrap, the input gradient penalty (see
+    docs/vmail.md; with the parameter penalty, 1 seed of 3 passed)."""
     keys = ("position", "velocity")
     body, demos = point_mass_data(seed=0)
     torch.manual_seed(0)
     args = vmail.Config(
         device="cpu", deter=64, stoch=8, hidden=64, imag_horizon=10, free_nats=0.0,
         disc_lr=1e-3, actor_lr=3e-5, actor_init_std=1.0, value_bootstrap=False,
+        grad_penalty="inputs",
     )  # fmt: skip
     model = vmail.WorldModel(4, 2, False, args)
     model_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -214,7 +216,8 @@ def test_adversarial_policy_learning_imitates_a_point_mass_expert() -> None:
         feat, actions = vmail.expert_latents(model.encoder, model.rssm, demos.sample(16, 20), keys)
         learner_step(model, learner, start, feat, actions, args)
     trained, random = final_distance(model, learner.actor), final_distance(model, None)
-    # here: untrained 1.30, trained 0.46, random 1.50; doing nothing ends at 0.71, the expert at 0
+    # here: untrained 2.90, trained 0.21, random 1.50 (torch seeds 1, 2: trained 0.22, 0.20);
+    # doing nothing ends at 0.71, the expert at 0
     assert trained < 0.5 * random and trained < untrained - 0.2, (untrained, trained, random)
 
 
