@@ -46,10 +46,10 @@ done
 
 # 5. V-MAIL online (vmail.py, Algorithm 1): the policy acts in the environment while the world
 #    model learns from the first 10 demonstrations (with their actions) and the policy's own
-#    episodes; 25 episodes at small sizes, with the settings under which it imitates on this task
+#    episodes; 50 episodes at small sizes, with the settings under which it imitates on this task
 #    (docs/vmail.md, "Online Algorithm 1 on a small task": faster learning rates than the
-#    authors', the input gradient penalty, rollouts of 5 steps).
-python vmail.py "${TASK[@]}" --obs mdp --demo balance --total-steps 25000 --deter 64 --stoch 16 \
+#    authors', the input gradient penalty, rollouts of 5 steps; 25 episodes imitated at 1 seed of 3).
+python vmail.py "${TASK[@]}" --obs mdp --demo balance --total-steps 50000 --deter 64 --stoch 16 \
     --hidden 64 --batch-size 16 --horizon 32 --disc-lr 1e-3 --actor-lr 3e-4 --value-lr 3e-4 \
     --model-lr 1e-3 --grad-penalty inputs --imag-horizon 5 --eval-every 3 --eval-episodes-during 3 \
     --data-dir "$DATA" --runs-dir "$RUNS" --resume-or-start
