@@ -20,7 +20,6 @@ the fresh networks' initialisation against their statistics, and the demonstrati
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -42,8 +41,6 @@ SIZES = META["sizes"]
 T, B, K, A, N = (SIZES[k] for k in ("T", "B", "K", "A", "N"))
 H, S, E = SIZES["H"], SIZES["S"], SIZES["E"]
 DEPTH = META["config"]["cnn_depth"]
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # the constant of a unit-variance Gaussian, per dim
-PIXELS = 64 * 64 * 3
 
 
 @cache
