@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -59,15 +59,20 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from common import datasets, replay
 from common.envs import EnvError, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
-from common.model_files import layout_of, read_world_model, save_world_model, trained_on
-from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_loss, kl_normal, mlp, observation
+from common.model_files import (
+    ModelSettings,
+    layout_of,
+    read_world_model,
+    save_world_model,
+    trained_on,
+)
+from common.nets import ConvDecoder, TanhNormal, aime_encoder, kl_loss, kl_normal, mlp, observation
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, Filtered, FilteringActor, RSSMConfig
-from common.run import Run, RunArgs, add_to, check_flags, derived, label, seed_everything
+from common.run import POSITIVE, Run, RunArgs, add_to, check_flags, derived, label, seed_everything
 
 Layout = Literal["aime", "dreamer"]
 
@@ -91,28 +96,30 @@ class Args(RunArgs):
     """demonstration dataset: a task (run -> {env}-run-expert) or a path"""
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
     """observation setting: true state, positions only, or 64x64 images"""
-    num_demos: int = 100
+    num_demos: Annotated[int, POSITIVE] = 100
     """demonstration trajectories used (the first N)"""
-    phase1_epochs: int = 1000
+    phase1_epochs: Annotated[int, POSITIVE] = 1000
     """world-model epochs (phase 1)"""
-    phase2_epochs: int = 500
+    phase2_epochs: Annotated[int, POSITIVE] = 500
     """policy epochs (phase 2)"""
-    steps_per_epoch: int = 100
+    steps_per_epoch: Annotated[int, POSITIVE] = 100
     """gradient steps per epoch"""
-    batch_size: int = 50
+    batch_size: Annotated[int, POSITIVE] = 50
     """sequences per batch"""
-    horizon: int = 50
+    horizon: Annotated[int, POSITIVE] = 50
     """records per sequence"""
-    eval_episodes: int = 100
+    eval_episodes: Annotated[int, POSITIVE] = 100
     """evaluation episodes at the end"""
     eval_every: int = 50
     """evaluate a few episodes every this many phase-2 epochs (0: never)"""
-    eval_episodes_during: int = 5
+    eval_episodes_during: Annotated[int, POSITIVE] = 5
     """episodes of each evaluation during phase 2"""
     world_model: Annotated[Optional[str], derived("none: phase 1 trains one", "PATH")] = None
     """a world model to use instead of running phase 1: a world_model.pt of this script, or a
     folder with the authors' published model.pt and config.yaml"""
-    action_repeat: Annotated[Optional[int], derived("the data's; else per domain", "INT")] = None
+    action_repeat: Annotated[
+        Optional[int], derived("the data's; else per domain", "INT"), POSITIVE
+    ] = None
     """environment steps per action (no info.json: the authors' configs/env, cartpole 8, reacher
     and ball_in_cup 4, others 2)"""
     phase1_only: bool = False
@@ -160,9 +167,7 @@ def resolve(args: Args) -> Config:
     `dreamer`; free nats 1 and KL balancing 0.8 come with `dreamer` (rssmo.yaml), none with
     `aime`. Without info.json the action repeat is `common/envs.py::AUTHORS_ACTION_REPEAT`'s.
     """
-    check_flags(args, ("num_demos", "steps_per_epoch", "batch_size", "horizon", "eval_episodes",
-                       "eval_episodes_during", "action_repeat", "phase1_epochs",
-                       "phase2_epochs"))  # fmt: skip
+    check_flags(args)  # every flag's range (its annotation), learning rates, --device
     if args.horizon < 2:  # a window of one record holds no step from one state to the next
         raise SystemExit(f"error: --horizon must be at least 2, not {args.horizon}")
     if args.kl_only and args.rec_only:
@@ -245,24 +250,13 @@ class WorldModel(nn.Module):
         self.visual, self.layout = "image" in dims, layout
         self.cfg: RSSMConfig = cfg or (AIME_RSSM if layout == "aime" else DREAMER_RSSM)
         width = width or (128 if layout == "aime" else 512)
-        obs_dim = sum(dims.values())
-        self.encoder: nn.Module
-        if self.visual:
-            self.encoder = ConvEncoder(depth)
-            embed_dim = self.encoder.out_dim
-        elif layout == "aime":  # the identity encoder of Appendix B
-            self.encoder, embed_dim = nn.Identity(), obs_dim
-        else:  # the original Dreamer's: two blocks Linear-LayerNorm-SiLU, no head
-            block = [nn.LayerNorm(width), nn.SiLU()]
-            self.encoder = nn.Sequential(*mlp(obs_dim, width, width, 1, nn.SiLU, norm=True), *block)
-            embed_dim = width
+        self.encoder, embed_dim = aime_encoder(dims, layout, width, depth)
         self.rssm = RSSM(action_dim, embed_dim, self.cfg)
         feat = self.rssm.feature_dim
         self.decoder_mean, self.decoder_std = nn.ModuleDict(), nn.ModuleDict()  # no std: 1
         for key, dim in dims.items():
             if key == "image":  # channels-last memory: the fast layout for convolutions
                 cl = {"memory_format": torch.channels_last}  # accepted by Module.to
-                self.encoder.to(**cl)  # type: ignore[call-overload]
                 self.decoder_mean[key] = ConvDecoder(feat, depth).to(**cl)  # type: ignore[call-overload]
             elif layout == "aime":  # a mean and a std MLP per key, 2 x 128 ELU
                 self.decoder_mean[key] = mlp(feat, dim, width, 2)
@@ -452,18 +446,9 @@ def evaluate_policy(
 
 
 # == Checkpoints and training epochs ==============================================================
-# What a phase-1 model must share with a run (models saved without action_repeat used 2).
-MODEL_SETTINGS = ("env", "obs", "layout", "use_idm", "action_repeat")
-
-
-@dataclass
-class Progress:
-    """Where a run is: phase 1 (world model), 2 (policy) or 3 (evaluation), the epochs done in
-    it, and the wall-clock seconds spent training each phase."""
-
-    phase: int = 1
-    epoch: int = 0
-    wall: dict[str, float] = field(default_factory=lambda: {"phase1": 0.0, "phase2": 0.0})
+def model_settings(cfg: Config) -> ModelSettings:
+    """What a phase-1 model must share with a run (models saved without action_repeat used 2)."""
+    return ModelSettings(cfg.env, cfg.obs, cfg.action_repeat, cfg.layout, cfg.use_idm)
 
 
 def run_name(cfg: Config) -> str:
@@ -481,7 +466,7 @@ def load_world_model(path: Path, dims: dict[str, int], action_dim: int, cfg: Con
     """The frozen world model of --world-model, a world_model.pt of aime.py or a folder in the
     authors' published form, with its sizes (`common/model_files.py::read_world_model`); refused
     if made for other settings or another observation."""
-    saved = read_world_model(path, cfg, MODEL_SETTINGS)
+    saved = read_world_model(path, model_settings(cfg))
     model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm, saved.rssm, saved.width,
                        saved.depth)  # fmt: skip
     saved.load_into(model)
@@ -539,36 +524,22 @@ def main(args: Args) -> dict[str, Any]:
         model = WorldModel(dims, action_dim, cfg.layout, cfg.use_idm).to(device)
     model_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     parts: dict[str, Any] = {"model": model, "model_opt": model_opt}  # what a checkpoint holds
-    progress = Progress(phase=2 if cfg.world_model else 1)
-    if run.resumed:
-        progress = Progress(**run.resumed["state"])
-        run.restore(**parts)
-        print(f"resuming {run.dir} at phase {progress.phase}, epoch {progress.epoch}")
 
     # -- phase 1: learn the world model on the embodiment data, eq. (4) -------------------------
-    if progress.phase == 1:
-        assert body is not None
-        run.restore_rng([body.data])
+    if body is not None:
         step = partial(phase1_step, model, keys=keys, args=cfg)
-        bar = tqdm(range(progress.epoch, cfg.phase1_epochs), "phase 1 (world model)",
-                   initial=progress.epoch, total=cfg.phase1_epochs)  # fmt: skip
-        for epoch in bar:
-            start = time.time()
+        for epoch in run.epochs("phase1", cfg.phase1_epochs, parts, [body.data],
+                                "phase 1 (world model)"):  # fmt: skip
             values = train_epoch(step, body.data, model_opt, cfg, device, run, 1, epoch)
             if model.visual and (epoch % 10 == 9 or epoch + 1 == cfg.phase1_epochs):
                 image = open_loop_images(model, body.data.sample(4, 20, device))
                 run.writer.add_image("world_model/open_loop", image, (epoch + 1) * n_steps)
-            bar.set_postfix(elbo=f"{values['elbo']:.1f}")
-            progress.wall["phase1"] += time.time() - start
-            progress.epoch = epoch + 1
-            run.checkpoint(asdict(progress), [body.data], **parts)
-        save_world_model(model_path, model, cfg, MODEL_SETTINGS)
-        progress.phase, progress.epoch = 2, 0
-        if cfg.phase1_only:
-            run.checkpoint(asdict(progress), [body.data], **parts)
+            run.show(elbo=f"{values['elbo']:.1f}")
+        if not model_path.exists():  # (a resumed run that had saved it leaves it as it is)
+            save_world_model(model_path, model, model_settings(cfg), cfg.body_data, cfg)
     if cfg.phase1_only:
         run.close()
-        return {"world_model": str(model_path), "wall_time_s": progress.wall}
+        return {"world_model": str(model_path), "wall_time_s": run.wall}
 
     # -- phase 2: imitation by maximising the evidence of the demonstrations, eq. (8) -----------
     assert demo is not None
@@ -576,28 +547,16 @@ def main(args: Args) -> dict[str, Any]:
     policy = Policy(model.rssm.feature_dim, action_dim).to(device)
     policy_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     parts.update(policy=policy, policy_opt=policy_opt)
-    if run.resumed and run.resumed.get("policy") is not None:
-        run.restore(**parts)
-        run.restore_rng([demo.data])
-    if progress.phase == 2:
-        step = partial(phase2_step, model, policy, keys=keys, args=cfg)
-        bar = tqdm(range(progress.epoch, cfg.phase2_epochs), "phase 2 (policy)",
-                   initial=progress.epoch, total=cfg.phase2_epochs)  # fmt: skip
-        for epoch in bar:
-            start = time.time()
-            values = train_epoch(step, demo.data, policy_opt, cfg, device, run, 2, epoch)
-            mse = values.get("action_mse", float("nan"))
-            bar.set_postfix(elbo=f"{values['elbo']:.1f}", action_mse=f"{mse:.3f}")
-            progress.wall["phase2"] += time.time() - start
-            last = epoch + 1 == cfg.phase2_epochs  # the final evaluation follows
-            if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
-                video, n = run.video(f"epoch{epoch + 1}"), cfg.eval_episodes_during
-                returns = evaluate_policy(model, policy, keys, cfg, n, device, video)
-                run.log_returns(returns, epoch + 1, expert[0])
-            progress.epoch = epoch + 1
-            run.checkpoint(asdict(progress), [demo.data], **parts)
-        progress.phase, progress.epoch = 3, 0
-        run.checkpoint(asdict(progress), [demo.data], **parts)
+    step = partial(phase2_step, model, policy, keys=keys, args=cfg)
+    for epoch in run.epochs("phase2", cfg.phase2_epochs, parts, [demo.data], "phase 2 (policy)"):
+        values = train_epoch(step, demo.data, policy_opt, cfg, device, run, 2, epoch)
+        mse = values.get("action_mse", float("nan"))
+        run.show(elbo=f"{values['elbo']:.1f}", action_mse=f"{mse:.3f}")
+        last = epoch + 1 == cfg.phase2_epochs  # the final evaluation follows
+        if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and not last:
+            video, n = run.video(f"epoch{epoch + 1}"), cfg.eval_episodes_during
+            returns = evaluate_policy(model, policy, keys, cfg, n, device, video)
+            run.log_returns(returns, epoch + 1, expert[0])
 
     # -- final evaluation ------------------------------------------------------------------------
     start = time.time()
@@ -607,7 +566,7 @@ def main(args: Args) -> dict[str, Any]:
         "algorithm": "aime", "env": cfg.env, "task": cfg.task, "obs": cfg.obs,
         "body_data": cfg.body_data, "demo": cfg.demo, "num_demos": cfg.num_demos, "seed": cfg.seed,
         **scores(returns, expert, f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed),
-        "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
+        "wall_time_s": {"phase1": 0.0, **run.wall, "evaluation": time.time() - start},  # 0: none
         "world_model": cfg.world_model or str(model_path),
     }  # fmt: skip
     return run.finish(results, cfg.phase2_epochs)

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -62,13 +62,22 @@ import numpy as np
 import torch
 import tyro
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from common import datasets, replay
 from common.envs import EnvError, Record, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
 from common.nets import ConvDecoder, ConvEncoder, mlp, observation
-from common.run import Run, RunArgs, Stateful, add_to, check_flags, derived, label, seed_everything
+from common.run import (
+    POSITIVE,  # flags' ranges
+    Run,
+    RunArgs,
+    Stateful,
+    add_to,
+    check_flags,
+    derived,
+    label,
+    seed_everything,
+)
 
 Method = Literal["bco0", "bc", "iidm"]
 
@@ -96,16 +105,16 @@ class Args(RunArgs):
     """demonstration dataset: a task (run -> {env}-run-expert) or a path"""
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
     """observation setting: true state, positions only, or 64x64 images"""
-    num_demos: int = 100
+    num_demos: Annotated[int, POSITIVE] = 100
     """demonstration trajectories used (the first N)"""
     schedule: Literal["authors", "fast"] = "authors"
     """authors: an epoch is one pass over the training windows, validation on all validation
     windows; fast: --steps-per-epoch sampled batches, validation on --val-windows windows"""
     split: Literal["windows", "trajectories"] = "windows"
     """7:3 train/validation split of the windows (the authors') or of whole trajectories"""
-    phase1_epochs: int = 1000
+    phase1_epochs: Annotated[int, POSITIVE] = 1000
     """most phase-1 epochs (training stops earlier on the validation loss)"""
-    phase2_epochs: int = 1000
+    phase2_epochs: Annotated[int, POSITIVE] = 1000
     """most phase-2 epochs (training stops earlier on the validation loss)"""
     patience: int = 3
     """epochs without a lower validation loss before training stops (the authors' 3)"""
@@ -113,20 +122,22 @@ class Args(RunArgs):
     """epochs before training may stop (the authors' 50)"""
     min_steps: int = 5000
     """gradient steps before training may stop (the authors' 5000)"""
-    steps_per_epoch: int = 100
+    steps_per_epoch: Annotated[int, POSITIVE] = 100
     """--schedule fast: gradient steps per epoch"""
-    val_windows: int = 5000
+    val_windows: Annotated[int, POSITIVE] = 5000
     """--schedule fast: validation windows the validation loss is measured on"""
-    batch_size: int = 50
+    batch_size: Annotated[int, POSITIVE] = 50
     """windows per batch"""
-    eval_episodes: int = 100
+    eval_episodes: Annotated[int, POSITIVE] = 100
     """evaluation episodes at the end"""
     lr: float = 1e-3
     """Adam learning rate of both phases (the authors' configs)"""
-    stack: Annotated[Optional[int], derived("5; 1 in MDP, as the authors", "INT")] = None
+    stack: Annotated[Optional[int], derived("5; 1 in MDP, as the authors", "INT"), POSITIVE] = None
     """encoded observations stacked"""
     action_repeat: Annotated[
-        Optional[int], derived("the data's info.json, else the authors' for the domain", "INT")
+        Optional[int],
+        derived("the data's info.json, else the authors' for the domain", "INT"),
+        POSITIVE,
     ] = None
     """environment steps per action; without info.json the AIME authors' configs/env/*.yaml give
     it (cartpole 8, reacher and ball_in_cup 4, every other domain 2)"""
@@ -157,9 +168,7 @@ def resolve(args: Args) -> Config:
     from `--demo` (`run`, or a path such as .../walker-run-expert -> run), the stack (5; 1 in
     MDP, as the authors' code) and the action repeat the datasets were recorded at (their
     info.json; the benchmark's 2 without); refuse out-of-range flags."""
-    check_flags(args, ("batch_size", "steps_per_epoch", "val_windows", "phase1_epochs",
-                       "phase2_epochs", "num_demos", "eval_episodes", "stack",
-                       "action_repeat"))  # fmt: skip
+    check_flags(args)  # every flag's range (its annotation), learning rates, --device
     task = args.task or datasets.dataset_task(args.env, args.demo)
     check_env(f"{args.env}-{task}", args.obs)
     return Config(
@@ -176,16 +185,14 @@ def resolve(args: Args) -> Config:
 
 
 @dataclass
-class Progress:
-    """Where a run stands; saved in every checkpoint (as a dict), so `--resume` continues it."""
+class EarlyStop:
+    """A phase's stopping rule's counters, saved in every checkpoint so that `--resume` goes on."""
 
-    phase: Literal[1, 2, 3] = 1  # 1: the IDM, 2: behavioural cloning, 3: trained, evaluation only
     epoch: int = 0  # epochs done in this phase
+    steps: int = 0  # gradient steps done in this phase
     best: float = float("inf")  # the phase's lowest validation loss so far
     bad_epochs: int = 0  # epochs since it last improved
     best_weights: Optional[dict[str, Tensor]] = None  # the weights that reached it
-    steps: int = 0  # gradient steps done in this phase
-    wall: dict[str, float] = field(default_factory=lambda: {"phase1": 0.0, "phase2": 0.0})
 
 
 # == Networks =====================================================================================
@@ -366,12 +373,12 @@ def validation_loss(
     return total / len(idx)
 
 
-def stopped(progress: Progress, cfg: Config) -> bool:
+def stopped(stop: EarlyStop, cfg: Config) -> bool:
     """`--patience` epochs without improvement, after `--min-epochs` and `--min-steps`."""
     return (
-        progress.bad_epochs >= cfg.patience
-        and progress.epoch >= cfg.min_epochs
-        and progress.steps >= cfg.min_steps
+        stop.bad_epochs >= cfg.patience
+        and stop.epoch >= cfg.min_epochs
+        and (stop.steps >= cfg.min_steps)
     )
 
 
@@ -384,14 +391,13 @@ def train(
     keys: list[str],
     cfg: Config,
     run: Run,
-    progress: Progress,
     parts: Mapping[str, Stateful],
     samplers: Sequence[replay.WindowSampler],
-) -> None:
+) -> EarlyStop:
     """Adam on `loss` over the training windows of `data` (train, validation), each of the
     `stack` + 1 records `keys`, until `stopped`; `net` ends with its weights of lowest
-    validation loss. Each epoch updates `progress` and ends with a checkpoint of `progress`,
-    `parts` and the random streams of `samplers`."""
+    validation loss. Each epoch ends with a checkpoint of `parts`, the random streams of
+    `samplers` and the stopping rule's counters, which are returned."""
     train_w, val_w = data
     frames, device = cfg.stack + 1, torch.device(cfg.device)
     epochs = cfg.phase1_epochs if phase == 1 else cfg.phase2_epochs
@@ -402,12 +408,11 @@ def train(
         val_idx = np.sort(
             np.random.default_rng(cfg.seed).permutation(len(val_w))[: cfg.val_windows]
         )
-    bar = tqdm(range(progress.epoch, epochs), desc=f"phase {phase} ({tag})",
-               initial=progress.epoch, total=epochs)  # fmt: skip
-    for epoch in bar:
-        if stopped(progress, cfg):
+    stop = EarlyStop()
+    for epoch in run.epochs(f"phase{phase}", epochs, parts, samplers, f"phase {phase} ({tag})",
+                            counters=stop):  # fmt: skip
+        if stopped(stop, cfg):
             break
-        start = time.time()
         sums: dict[str, Tensor] = {}
         batches = epoch_batches(train_w, cfg)
         for idx in batches:
@@ -416,22 +421,21 @@ def train(
             value.backward()
             opt.step()
             add_to(sums, metrics)
-        progress.steps += len(batches)
-        means = run.log(tag, sums, len(batches), progress.steps)
+        stop.steps += len(batches)
+        means = run.log(tag, sums, len(batches), stop.steps)
         run.check_finite({"loss": means["loss"]}, f"in phase {phase}, epoch {epoch}")
         val_loss = validation_loss(lambda b: loss(b)[0], val_w, val_idx, frames, keys, device)
-        run.writer.add_scalar(f"{tag}/val_loss", val_loss, progress.steps)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", val=f"{val_loss:.4f}")
-        if val_loss < progress.best:
-            progress.best, progress.bad_epochs = val_loss, 0
-            progress.best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        run.writer.add_scalar(f"{tag}/val_loss", val_loss, stop.steps)
+        run.show(loss=f"{means['loss']:.4f}", val=f"{val_loss:.4f}")
+        if val_loss < stop.best:
+            stop.best, stop.bad_epochs = val_loss, 0
+            stop.best_weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
         else:
-            progress.bad_epochs += 1
-        progress.epoch = epoch + 1
-        progress.wall[f"phase{phase}"] += time.time() - start
-        run.checkpoint(asdict(progress), samplers, **parts)
-    if progress.best_weights is not None:
-        net.load_state_dict(progress.best_weights)  # the model of lowest validation loss
+            stop.bad_epochs += 1
+        stop.epoch = epoch + 1
+    if stop.best_weights is not None:
+        net.load_state_dict(stop.best_weights)  # the model of lowest validation loss
+    return stop
 
 
 # == Evaluation (common/evaluation.py's, as aime.py's) ============================================
@@ -498,40 +502,27 @@ def main(args: Args) -> dict[str, Any]:
     if first is not None:
         first_opt = torch.optim.Adam(first.parameters(), lr=cfg.lr)
         parts.update(first=first, first_opt=first_opt)
-    progress = Progress(phase=1 if first is not None else 2)
-    if run.resumed is not None:
-        progress = Progress(**run.resumed["state"])
-        run.restore(**parts)
-        run.restore_rng(samplers)
-        print(f"resuming {run.dir} at phase {progress.phase}, epoch {progress.epoch}")
 
     # -- phase 1: the IDM (bco0) or the forward model (iidm) on the embodiment data -------------
-    if progress.phase == 1 and first is not None and body is not None and body_split is not None:
+    if first is not None and body is not None and body_split is not None:
         step1: Loss
         if isinstance(first, StackNet):  # the IDM on the action that led to o_t
             step1 = partial(idm_loss, first, keys=keys)
         else:  # the forward model on o_t
             step1 = partial(forward_loss, first, keys=keys)
-        train(1, first, first_opt, step1, body_split, body.data.keys,
-              cfg, run, progress, parts, samplers)  # fmt: skip
-        progress = Progress(phase=2, wall=progress.wall)
+        train(1, first, first_opt, step1, body_split, body.data.keys, cfg, run, parts, samplers)
+        first.requires_grad_(False)
         policy.encoder.load_state_dict(first.encoder.state_dict())  # the policy's starts as it
 
     # -- phase 2: the policy on the demonstrations -----------------------------------------------
-    if first is not None:
-        first.requires_grad_(False)
-    if progress.phase == 2:
-        step2: Loss
-        if isinstance(first, StackNet):  # the frozen IDM labels, the policy clones the labels
-            step2 = partial(bc_loss, policy, first, keys=keys)
-        elif isinstance(first, ForwardModel):  # the policy's action through the frozen model
-            step2 = partial(iidm_loss, policy, first, keys=keys)
-        else:  # the oracle: the demonstrator's true actions
-            step2 = partial(oracle_loss, policy, keys=keys)
-        train(2, policy, policy_opt, step2, demo_split, demo.data.keys,
-              cfg, run, progress, parts, samplers)  # fmt: skip
-        progress.phase, progress.epoch = 3, 0
-        run.checkpoint(asdict(progress), samplers, **parts)
+    step2: Loss
+    if isinstance(first, StackNet):  # the frozen IDM labels, the policy clones the labels
+        step2 = partial(bc_loss, policy, first, keys=keys)
+    elif isinstance(first, ForwardModel):  # the policy's action through the frozen model
+        step2 = partial(iidm_loss, policy, first, keys=keys)
+    else:  # the oracle: the demonstrator's true actions
+        step2 = partial(oracle_loss, policy, keys=keys)
+    train(2, policy, policy_opt, step2, demo_split, demo.data.keys, cfg, run, parts, samplers)
 
     # -- evaluation ------------------------------------------------------------------------------
     start = time.time()
@@ -546,7 +537,7 @@ def main(args: Args) -> dict[str, Any]:
         "body_data": cfg.body_data if body else None, "demo": cfg.demo,
         "num_demos": cfg.num_demos, "seed": cfg.seed,
         **scores(returns, expert, f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed),
-        "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
+        "wall_time_s": {"phase1": 0.0, **run.wall, "evaluation": time.time() - start},  # 0: bc
     }  # fmt: skip
     return run.finish(results)
 

@@ -72,6 +72,7 @@ from common.evaluation import collect_episodes, episode_seed
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_loss, mlp, observation
 from common.rssm import DREAMER_RSSM, RSSM, FilteringActor
 from common.run import (
+    POSITIVE,  # flags' ranges
     Run,
     RunArgs,
     add_to,
@@ -106,21 +107,21 @@ class Args(RunArgs):
     """the task whose reward is learned and recorded"""
     obs: Literal["visual", "mdp", "lpomdp"] = "visual"
     """what the agent observes (datasets store every modality whatever this is)"""
-    num_trajectories: int = 1000
+    num_trajectories: Annotated[int, POSITIVE] = 1000
     """random agent: how many trajectories the dataset should hold (existing ones count)"""
-    total_steps: int = 1_000_000
+    total_steps: Annotated[int, POSITIVE] = 1_000_000
     """environment (simulator) steps of training; 1000 per episode, prefill included"""
-    prefill_episodes: int = 5
+    prefill_episodes: Annotated[int, POSITIVE] = 5
     """random-action episodes that start the replay buffer"""
     train_steps_per_episode: int = 100
     """gradient steps after each collected episode"""
     num_demos: int = 1000
     """dreamer: expert trajectories the trained policy collects (0: none)"""
-    batch_size: int = 50
+    batch_size: Annotated[int, POSITIVE] = 50
     """sequences per batch"""
-    horizon: int = 50
+    horizon: Annotated[int, POSITIVE] = 50
     """records per training sequence"""
-    imag_horizon: int = 15
+    imag_horizon: Annotated[int, POSITIVE] = 15
     """imagination steps of behaviour learning"""
     gamma: float = 0.99
     """discount of the imagined returns"""
@@ -160,7 +161,7 @@ class Args(RunArgs):
     """seed of torch, numpy and the environments (episode i uses (seed, i))"""
     render: bool = True
     """store the 64x64 image of every record (--no-render: low-dimensional settings only)"""
-    action_repeat: int = 2
+    action_repeat: Annotated[int, POSITIVE] = 2
     """simulator steps per agent step"""
 
 
@@ -173,8 +174,7 @@ class Config(Args):
 
 def resolve(args: Args) -> Config:
     """Fill the task whose reward the records hold (`DEFAULT_TASK` for a task-free agent)."""
-    check_flags(args, ("num_trajectories", "total_steps", "prefill_episodes", "batch_size",
-                       "horizon", "imag_horizon", "action_repeat"))  # fmt: skip
+    check_flags(args)  # every flag's range (its annotation), learning rates, --device
     task = args.task or DEFAULT_TASK.get(args.env)
     if task is None:
         raise SystemExit(f"error: --task is needed for the embodiment {args.env!r}")

@@ -14,7 +14,8 @@ Algorithm 1 of the paper, and where each line lives here:
     collect T steps: z_t ~ q(.|x_t, z_t-1, a_t-1),
       a_t ~ pi(a_t | z_t), step the environment          `train_online`: FilteringActor(...)
     add the episode to B_pi                               `train_online`: buffer.add(...)
-    per training iteration:                               `train_iterations`, `iteration`
+    per training iteration:                               `train_online`: train(...),
+                                                          `iteration`
       sample {x_1:T, a_1:T-1} ~ B_E u B_pi                `replay.sample_union`
       optimise the model with eq. (21)                    `elbo_loss`
       sample {x^E, a^E} ~ B_E; z^E ~ q(.|x^E, a^E)        `expert_latents`
@@ -60,7 +61,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, Optional, TypeVar
@@ -70,21 +71,30 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from common import datasets, replay
 from common.envs import EnvError, check_env, make_env
 from common.evaluation import collect_episodes, episode_seed, evaluate, expert_return, scores
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_normal, mlp, observation
 from common.rssm import RSSM, VMAIL_RSSM, FilteringActor, GaussianNet
-from common.run import Run, RunArgs, add_to, check_flags, derived, label, seed_everything
+from common.run import (  # flags' ranges
+    NONNEGATIVE,
+    POSITIVE,
+    Run,
+    RunArgs,
+    add_to,
+    check_flags,
+    derived,
+    label,
+    seed_everything,
+)
 
 
 @dataclass
 class LearnerArgs(RunArgs):
     """The flags of the imitation learner (pi, V, D), shared with vmail_obs.py."""
 
-    imag_horizon: int = 15
+    imag_horizon: Annotated[int, POSITIVE] = 15
     """K: steps of the latent rollouts and of the value expansion, eq. (22)"""
     gamma: float = 0.99
     """discount of eq. (22)"""
@@ -100,7 +110,7 @@ class LearnerArgs(RunArgs):
     """weight of the gradient penalty"""
     actor_init_std: float = 5.0
     """the actor's std before the tanh where its net outputs 0 (Dreamer-v1's and the authors' 5)"""
-    eval_samples: int = 100
+    eval_samples: Annotated[int, NONNEGATIVE] = 100
     """evaluation acts with the most likely of this many samples of pi (0: with tanh(mean))"""
     disc_lr: float = 8e-5
     """Adam learning rate of the discriminator"""
@@ -131,7 +141,7 @@ class Args(LearnerArgs):
     """demonstrations of the task: a task name (walk -> {env}-walk-expert) or a path"""
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
     """observation setting: true state, positions only, or 64x64 images (the paper's)"""
-    num_demos: int = 10
+    num_demos: Annotated[int, NONNEGATIVE] = 10
     """demonstration trajectories used per task, the first N (the paper's 10); 0: every file of
     the folder (the authors' loader, whose folder held the paper's 10)"""
     zero_shot: bool = False
@@ -140,21 +150,21 @@ class Args(LearnerArgs):
     """--zero-shot: the source tasks (their demonstrations are {env}-{task}-expert)"""
     phase2_epochs: int = 500
     """--zero-shot: epochs of the transfer, in the model without environment steps"""
-    steps_per_epoch: int = 100
+    steps_per_epoch: Annotated[int, POSITIVE] = 100
     """--zero-shot: iterations per transfer epoch"""
-    total_steps: int = 500_000
+    total_steps: Annotated[int, POSITIVE] = 500_000
     """Algorithm 1: environment (simulator) steps per task, the random prefill included"""
-    prefill_episodes: int = 0
+    prefill_episodes: Annotated[int, NONNEGATIVE] = 0
     """Algorithm 1: random-action episodes that start each task's buffer (the authors' 1,000
     random steps are made up by the demonstrations they copy into the model's data: none)"""
-    pretrain_steps: int = 100
+    pretrain_steps: Annotated[int, NONNEGATIVE] = 100
     """Algorithm 1: training iterations before the first episode of the policy"""
-    train_steps_per_episode: int = 200
+    train_steps_per_episode: Annotated[int, POSITIVE] = 200
     """Algorithm 1: training iterations after each collected episode (the authors' 200 per 1,000
     simulator steps)"""
-    batch_size: int = 128
+    batch_size: Annotated[int, POSITIVE] = 128
     """sequences per batch (model data and demonstrations)"""
-    horizon: int = 50
+    horizon: Annotated[int, POSITIVE] = 50
     """records per sequence"""
     expl_noise: float = 0.3
     """std of the Gaussian noise added to the policy's sampled actions during collection"""
@@ -166,13 +176,15 @@ class Args(LearnerArgs):
     """size of the RSSM's deterministic state h"""
     stoch: int = 30
     """size of the RSSM's stochastic state s"""
-    action_repeat: Annotated[Optional[int], derived("the data's info.json, else 2", "INT")] = None
+    action_repeat: Annotated[
+        Optional[int], derived("the data's info.json, else 2", "INT"), POSITIVE
+    ] = None
     """simulator steps per action"""
-    eval_episodes: int = 10
+    eval_episodes: Annotated[int, POSITIVE] = 10
     """evaluation episodes at the end"""
     eval_every: int = 10
     """evaluate every this many episodes of a task (--zero-shot's transfer: epochs); 0: never"""
-    eval_episodes_during: int = 5
+    eval_episodes_during: Annotated[int, POSITIVE] = 5
     """episodes of each evaluation during training"""
 
 
@@ -187,10 +199,7 @@ class Config(Args):
 
 def resolve(args: Args) -> Config:
     """Check the flags; fill in the task, its demonstrations and the action repeat (the data's)."""
-    check_flags(args, ("steps_per_epoch", "train_steps_per_episode", "batch_size", "horizon",
-                       "imag_horizon", "eval_episodes", "eval_episodes_during", "action_repeat",
-                       "total_steps"),
-                ("num_demos", "prefill_episodes", "pretrain_steps", "eval_samples"))  # fmt: skip
+    check_flags(args)  # every flag's range (its annotation), learning rates, --device
     demo_task = datasets.dataset_task(args.env, args.demo) if args.demo else None
     task = args.task or demo_task or ("run" if args.env == "cheetah" else "walk")
     for t in (*(args.source_tasks if args.zero_shot else ()), task):
@@ -235,18 +244,6 @@ def open_demonstrations(
                                  cache_dir=cfg.cache_dir)
         for i, (t, name) in enumerate(demonstrations(cfg).items())
     }  # fmt: skip
-
-
-@dataclass
-class Progress:
-    """How far a run got, saved in each checkpoint: its stage, then Algorithm 1's and 2's counts."""
-
-    stage: Literal["online", "transfer", "evaluation"] = "online"
-    episodes: dict[str, int] = field(default_factory=dict)  # buffer size at a task's last training
-    updates: int = 0  # Algorithm 1's iterations done
-    epoch: int = 0  # Algorithm 2's epochs done
-    env_steps: dict[str, int] = field(default_factory=dict)  # collected per task, at the end
-    wall: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 # -- Networks ----------------------------------------------------------------------------------
@@ -318,6 +315,18 @@ class Actor(nn.Module):
         return TanhNormal(mean, F.softplus(std + self.raw_init_std) + 1e-4)
 
 
+class LearnerLosses(NamedTuple):
+    """One iteration's losses of D (eq. 23), pi (eq. 22) and V, and their metrics."""
+
+    disc: Tensor
+    actor: Tensor
+    value: Tensor
+    metrics: dict[str, Tensor]
+
+
+Step = tuple[Tensor, nn.Module, torch.optim.Optimizer]  # a loss, its network, its Adam
+
+
 class Learner(NamedTuple):
     """One task's imitation learner: policy pi, value V, discriminator D and their optimisers."""
 
@@ -331,6 +340,14 @@ class Learner(NamedTuple):
     def parts(self, task: str) -> dict[str, Any]:
         """Its networks and optimisers, as checkpoint parts named `{task}/{field}`."""
         return {f"{task}/{f}": getattr(self, f) for f in self._fields}
+
+    def steps(self, losses: LearnerLosses) -> dict[str, Step]:
+        """Each network's loss and Adam for `adam_steps`, in the authors' order: pi, V, D."""
+        return {
+            "actor": (losses.actor, self.actor, self.actor_opt),
+            "value": (losses.value, self.value, self.value_opt),
+            "disc": (losses.disc, self.disc, self.disc_opt),
+        }
 
 
 def make_learner(
@@ -473,7 +490,7 @@ def value_expansion(reward: Tensor, bootstrap: Optional[Tensor], gamma: float) -
 def policy_losses(
     rssm: RSSM, learner: Learner, start: tuple[Tensor, Tensor], expert_feat: Tensor,
     expert_actions: Optional[Tensor], cfg: LearnerArgs,
-) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:  # fmt: skip
+) -> LearnerLosses:  # fmt: skip
     """Algorithm 1 lines 17-19: the discriminator, actor and value losses of one iteration.
 
     start: posterior states (h, s) [T, B, .]; the rollouts begin at every one but the last of
@@ -507,35 +524,22 @@ def policy_losses(
     metrics.update(actor_loss=actor_loss.detach(), value_loss=value_loss.detach(),
                    imagined_reward=reward.detach().mean(), action_std=imag.action_std,
                    imagined_return=returns[0].detach().mean())  # fmt: skip
-    return disc_loss, actor_loss, value_loss, metrics
+    return LearnerLosses(disc_loss, actor_loss, value_loss, metrics)
 
 
-Step = tuple[Tensor, nn.Module, torch.optim.Optimizer, str]  # a loss, its network, its Adam
-
-
-def adam_steps(steps: list[Step], grad_clip: float) -> dict[str, Tensor]:
-    """One Adam step of each network on its own loss (gradient norm clipped): every gradient is
-    computed before any parameter moves, and each loss reaches only its own network."""
+def adam_steps(steps: dict[str, Step], grad_clip: float) -> dict[str, Tensor]:
+    """One Adam step of each named network on its own loss (gradient norm clipped), in order:
+    every gradient is computed before any parameter moves (detail 3), and each loss reaches
+    only its own network. Returns each network's gradient norm."""
     metrics: dict[str, Tensor] = {}
-    for i, (loss, net, opt, name) in enumerate(steps):
+    for i, (name, (loss, net, opt)) in enumerate(steps.items()):
         params = list(net.parameters())
         opt.zero_grad(set_to_none=True)
         loss.backward(inputs=params, retain_graph=i < len(steps) - 1)
         metrics[f"{name}_grad_norm"] = nn.utils.clip_grad_norm_(params, grad_clip).detach()
-    for _, _, opt, _ in steps:
+    for _, _, opt in steps.values():
         opt.step()
     return metrics
-
-
-def learner_steps(
-    learner: Learner, disc_loss: Tensor, actor_loss: Tensor, value_loss: Tensor
-) -> list[Step]:
-    """The learner's steps for `adam_steps`, in the authors' order: pi, V, then D."""
-    return [
-        (actor_loss, learner.actor, learner.actor_opt, "actor"),
-        (value_loss, learner.value, learner.value_opt, "value"),
-        (disc_loss, learner.disc, learner.disc_opt, "disc"),
-    ]
 
 
 def iteration(
@@ -547,14 +551,15 @@ def iteration(
     from `expert`, the rollouts, eqs. (22)-(23)), then the model and `task`'s D, pi and V each
     take one Adam step on their own loss."""
     model, learner = nets.model, nets.learners[task]
-    model_loss, start, metrics = elbo_loss(model, batch, keys, cfg.free_nats)  # lines 12-13
-    feat, actions = expert_latents(model.encoder, model.rssm, expert, keys)  # line 16
-    # lines 17-19: the losses of D (eq. 23), pi (eq. 22) and V
-    *losses, more = policy_losses(model.rssm, learner, start, feat, actions, cfg)
-    metrics.update(more)
-    steps = [(model_loss, model, nets.model_opt, "model"), *learner_steps(learner, *losses)]
-    metrics.update(adam_steps(steps, cfg.grad_clip))
-    return metrics
+    # lines 12-13: eq. (21) on the batch; its posterior states (h, s) start the rollouts
+    model_loss, start, metrics = elbo_loss(model, batch, keys, cfg.free_nats)
+    # line 16: z^E ~ q(z | x^E, a^E) and the expert's actions a^E
+    expert_feat, expert_actions = expert_latents(model.encoder, model.rssm, expert, keys)
+    # lines 17-19: rollouts of pi from `start`; the losses of D (eq. 23), pi (eq. 22) and V
+    losses = policy_losses(model.rssm, learner, start, expert_feat, expert_actions, cfg)
+    # every gradient with the networks as they are, then one Adam step each (detail 3)
+    steps = {"model": (model_loss, model, nets.model_opt), **learner.steps(losses)}
+    return {**metrics, **losses.metrics, **adam_steps(steps, cfg.grad_clip)}
 
 
 def mode_actor(
@@ -567,85 +572,71 @@ def mode_actor(
 
 
 # -- Algorithm 1 (and Algorithm 2 line 3): online V-MAIL on one or several tasks ---------------
-def iterations_due(collected: int, cfg: Config) -> int:
-    """Training iterations due once a task's buffer holds `collected` episodes: none during the
-    random prefill, `pretrain_steps` when it ends (the authors pretrain at their agent's first
-    call), then `train_steps_per_episode` after each episode of the policy."""
-    if collected < cfg.prefill_episodes:
-        return 0
-    return cfg.pretrain_steps if collected == cfg.prefill_episodes else cfg.train_steps_per_episode
-
-
-def train_iterations(
-    run: Run, cfg: Config, progress: Progress, task: str, demo: datasets.TrajectoryDataset,
-    sources: list[replay.WindowSampler], buffers: dict[str, replay.ReplayBuffer], nets: Nets,
-    keys: tuple[str, ...],
-) -> None:  # fmt: skip
-    """Algorithm 1 lines 10-19: the iterations due for each of `task`'s buffer sizes not trained
-    at yet (`progress.episodes`), each followed by a checkpoint. `demo` is the task's B_E;
-    `sources` B_E u B_pi, every online task's demonstrations and buffers."""
-    device, fields = torch.device(cfg.device), [*keys, "pre_action"]
-    for collected in range(progress.episodes.get(task, -1) + 1, len(buffers[task]) + 1):
-        if n := iterations_due(collected, cfg):
-            sums: dict[str, Tensor] = {}
-            for _ in range(n):
-                # line 10: {x_1:T, a_1:T-1} ~ B_E u B_pi
-                batch = replay.sample_union(sources, cfg.batch_size, cfg.horizon, device, fields)
-                expert = demo.sample(cfg.batch_size, cfg.horizon, device)  # line 15
-                add_to(sums, iteration(nets, task, batch, expert, keys, cfg))
-            step = sum(b.transitions for b in buffers.values()) * cfg.action_repeat
-            means = run.log(f"train/{task}", sums, n, step)
-            run.check_finite(means, f"after {collected} episodes of {task}")
-            progress.updates += n
-        progress.episodes[task] = collected
-        run.checkpoint(asdict(progress), sources, **nets.parts())
-
-
 def train_online(
-    run: Run, cfg: Config, progress: Progress, demos: dict[str, datasets.TrajectoryDataset],
+    run: Run, cfg: Config, demos: dict[str, datasets.TrajectoryDataset],
     buffers: dict[str, replay.ReplayBuffer], nets: Nets, keys: tuple[str, ...],
 ) -> None:  # fmt: skip
-    """Alternate an episode of each task's policy and training the shared model (on every task's
-    demonstrations and buffer) and that task's D, pi and V, until each has `total_steps` steps."""
+    """Each task's episodes, `total_steps` simulator steps of them: `prefill_episodes` of random
+    actions, `pretrain_steps` iterations (the authors pretrain at their agent's first call), then
+    an episode of the policy and `train_steps_per_episode` iterations, task after task. Every
+    iteration trains the shared model on every task's demonstrations and buffer (B_E u B_pi) and
+    that task's D, pi and V."""
     tasks, device, repeat = tuple(buffers), torch.device(cfg.device), cfg.action_repeat
-    encoder, rssm = nets.model.encoder, nets.model.rssm
+    encoder, rssm, parts = nets.model.encoder, nets.model.rssm, nets.parts()
     render = cfg.obs == "visual"  # (seed: the environments' own random streams)
     envs = {t: make_env(f"{cfg.env}-{t}", cfg.obs, cfg.seed, repeat, render) for t in tasks}
     sources: list[replay.WindowSampler] = [*demos.values(), *buffers.values()]  # B_E u B_pi
-    run.restore_rng(sources)  # where a checkpoint of this stage left the random streams
-    # The pretraining, and episodes saved after the last checkpoint (a kill between saving and
-    # updating): trained on now, so that none is lost and none is collected twice.
-    for task in tasks:
-        train_iterations(run, cfg, progress, task, demos[task], sources, buffers, nets, keys)
-    done = sum(b.transitions * repeat for b in buffers.values())
-    bar = tqdm(total=cfg.total_steps * len(tasks), initial=done, desc="V-MAIL online", unit="step")
-    while any(b.transitions * repeat < cfg.total_steps for b in buffers.values()):
-        for i, task in enumerate(tasks):
-            if buffers[task].transitions * repeat >= cfg.total_steps:
-                continue
-            episode, actor = len(buffers[task]), nets.learners[task].actor
+    fields = [*keys, "pre_action"]
+    episodes = math.ceil(cfg.total_steps / envs[tasks[0]].episode_steps)  # per task
+    prefill = min(cfg.prefill_episodes, episodes)
+
+    def collect(task: str, episode: int, act: Optional[FilteringActor]) -> None:
+        """Algorithm 1 lines 5-9: one episode of `act` (None: random actions) joins B_pi."""
+        buffers[task].keep(episode)  # (one a killed run saved after its checkpoint: again)
+        seed = episode_seed(cfg.seed, 10 + tasks.index(task), episode)
+        (trajectory,) = collect_episodes([envs[task]], [seed], act)
+        buffers[task].add(trajectory)
+        ret, step = float(trajectory["reward"].sum()), buffers[task].transitions * repeat
+        run.writer.add_scalar(f"train/{task}/return", ret, step)
+        run.show(task=task, episode=episode, ret=f"{ret:.1f}")
+
+    def train(task: str, n: int) -> None:
+        """Algorithm 1 lines 10-19, `n` times, on `task`'s D, pi and V."""
+        sums: dict[str, Tensor] = {}
+        for _ in range(n):
+            # line 10: {x_1:T, a_1:T-1} ~ B_E u B_pi
+            batch = replay.sample_union(sources, cfg.batch_size, cfg.horizon, device, fields)
+            expert = demos[task].sample(cfg.batch_size, cfg.horizon, device)  # line 15
+            add_to(sums, iteration(nets, task, batch, expert, keys, cfg))
+        step = sum(b.transitions for b in buffers.values()) * repeat
+        means = run.log(f"train/{task}", sums, n, step)
+        run.check_finite(means, f"after {len(buffers[task])} episodes of {task}")
+
+    for episode in run.epochs("prefill", prefill, parts, sources, "random prefill (episodes)"):
+        for task in tasks:
+            collect(task, episode, None)
+    for _ in run.epochs("pretraining", 1 if cfg.pretrain_steps and episodes > prefill else 0,
+                        parts, sources, "pretraining"):  # fmt: skip
+        for task in tasks:
+            train(task, cfg.pretrain_steps)
+    for k in run.epochs("online", episodes - prefill, parts, sources, "V-MAIL online (episodes)"):
+        episode = prefill + k
+        for task in tasks:
             # lines 5-8: z_t ~ q(z_t | x_t, z_t-1, a_t-1), a_t ~ pi(a_t | z_t) plus noise, step
-            act = FilteringActor(encoder, rssm, actor, keys, device, 1, cfg.expl_noise)
-            seed, random = episode_seed(cfg.seed, 10 + i, episode), episode < cfg.prefill_episodes
-            (trajectory,) = collect_episodes([envs[task]], [seed], None if random else act)
-            buffers[task].add(trajectory)  # Algorithm 1 line 9: the episode joins B_pi
-            bar.update((len(trajectory["reward"]) - 1) * repeat)
-            ret = float(trajectory["reward"].sum())
-            run.writer.add_scalar(f"train/{task}/return", ret, buffers[task].transitions * repeat)
-            bar.set_postfix(task=task, episode=episode, ret=f"{ret:.1f}")
-            train_iterations(run, cfg, progress, task, demos[task], sources, buffers, nets, keys)
+            actor = nets.learners[task].actor
+            collect(task, episode, FilteringActor(encoder, rssm, actor, keys, device, 1,
+                                                  cfg.expl_noise))  # fmt: skip
+            train(task, cfg.train_steps_per_episode)
             if cfg.eval_every and (episode + 1) % cfg.eval_every == 0:
                 mode = mode_actor(encoder, rssm, actor, keys, cfg)
                 n, step = cfg.eval_episodes_during, buffers[task].transitions * repeat
                 returns = evaluate(f"{cfg.env}-{task}", cfg.obs, repeat, cfg.seed, n, mode)
                 run.writer.add_scalar(f"eval/{task}/return", np.mean(returns), step)
-    bar.close()
-    progress.env_steps = {t: b.transitions * repeat for t, b in buffers.items()}
 
 
 # -- Algorithm 2 lines 4-8: the target task in the model, without environment steps ------------
 def transfer(
-    run: Run, cfg: Config, progress: Progress, model_data: list[replay.WindowSampler], nets: Nets,
+    run: Run, cfg: Config, model_data: list[replay.WindowSampler], nets: Nets,
     keys: tuple[str, ...],
 ) -> None:  # fmt: skip
     """`phase2_epochs` x `steps_per_epoch` iterations in the model only, each fine-tuning it on
@@ -653,10 +644,8 @@ def transfer(
     device, demo, learner = torch.device(cfg.device), model_data[0], nets.learners[cfg.task]
     fields, task_env = [*keys, "pre_action"], f"{cfg.env}-{cfg.task}"
     mode = mode_actor(nets.model.encoder, nets.model.rssm, learner.actor, keys, cfg)  # pi's mode
-    bar = tqdm(range(progress.epoch, cfg.phase2_epochs), "V-MAIL transfer, in the model",
-               initial=progress.epoch, total=cfg.phase2_epochs)  # fmt: skip
-    for epoch in bar:
-        start_time = time.time()
+    for epoch in run.epochs("transfer", cfg.phase2_epochs, nets.parts(), model_data,
+                            "V-MAIL transfer, in the model"):  # fmt: skip
         sums: dict[str, Tensor] = {}
         for _ in range(cfg.steps_per_epoch):
             expert = demo.sample(cfg.batch_size, cfg.horizon, device)
@@ -667,14 +656,11 @@ def transfer(
         n = cfg.steps_per_epoch
         means = run.log("imitation", sums, n, (epoch + 1) * n)
         run.check_finite(means, f"in epoch {epoch}")
-        bar.set_postfix(expert_d=f"{means['expert_d']:.2f}", policy_d=f"{means['policy_d']:.2f}")
-        progress.wall["imitation"] = progress.wall.get("imitation", 0.0) + time.time() - start_time
+        run.show(expert_d=f"{means['expert_d']:.2f}", policy_d=f"{means['policy_d']:.2f}")
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.phase2_epochs:
             during = cfg.eval_episodes_during
             returns = evaluate(task_env, cfg.obs, cfg.action_repeat, cfg.seed, during, mode)
             run.log_returns(returns, epoch + 1)
-        progress.epoch = epoch + 1
-        run.checkpoint(asdict(progress), model_data, **nets.parts())
 
 
 # -- Main --------------------------------------------------------------------------------------
@@ -697,33 +683,19 @@ def main(args: Args) -> dict[str, Any]:
     model = WorldModel(env.obs_dim, env.action_dim, cfg.obs == "visual", cfg).to(device)
     learners = {t: make_learner(model.rssm.feature_dim, env.action_dim, True, cfg) for t in demos}
     nets = Nets(model, torch.optim.Adam(model.parameters(), lr=cfg.model_lr), learners)
-    progress = Progress()
-    if run.resumed is not None:
-        progress = Progress(**run.resumed["state"])
-        run.restore(**nets.parts())
-        print(f"resuming {run.dir} at stage {progress.stage}")
     online = cfg.source_tasks if cfg.zero_shot else (cfg.task,)
     fields = [*keys, "pre_action"]  # B_pi of each task, saved to {run_dir}/buffer/{task}/
     buffers = {
         t: replay.ReplayBuffer(run.dir / "buffer" / t, seed=cfg.seed + 10 + i, keys=fields)
         for i, t in enumerate(online)
     }
-    model_data: list[replay.WindowSampler] = [demos[cfg.task], *buffers.values()]  # after Alg. 1
 
     # -- Algorithm 1 (Algorithm 2 line 3: on the source tasks, one model) ---------------------
-    if progress.stage == "online":
-        start = time.time()
-        train_online(run, cfg, progress, {t: demos[t] for t in online}, buffers, nets, keys)
-        progress.wall["online"] = progress.wall.get("online", 0.0) + time.time() - start
-        progress.stage = "transfer" if cfg.zero_shot else "evaluation"
-        run.checkpoint(asdict(progress), model_data, **nets.parts())
+    train_online(run, cfg, {t: demos[t] for t in online}, buffers, nets, keys)
 
     # -- Algorithm 2 lines 4-8: the target task in the model, no environment step --------------
-    if progress.stage == "transfer":
-        run.restore_rng(model_data)  # if the run resumed here (not after the online stage)
-        transfer(run, cfg, progress, model_data, nets, keys)
-        progress.stage = "evaluation"
-        run.checkpoint(asdict(progress), model_data, **nets.parts())
+    if cfg.zero_shot:
+        transfer(run, cfg, [demos[cfg.task], *buffers.values()], nets, keys)
 
     # -- evaluation: the policy's mode on the state filtered from real observations ------------
     start = time.time()
@@ -736,8 +708,9 @@ def main(args: Args) -> dict[str, Any]:
         "env": cfg.env, "task": cfg.task, "obs": cfg.obs, "body_data": body, "demo": cfg.demo,
         "num_demos": len(opened[cfg.task].files), "seed": cfg.seed,
         **scores(returns, expert, task_env, cfg.action_repeat, cfg.seed),
-        "env_steps": progress.env_steps,  # per task, collected by Algorithm 1 (none after it)
-        "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
+        # per task, collected by Algorithm 1 (none after it)
+        "env_steps": {t: b.transitions * cfg.action_repeat for t, b in buffers.items()},
+        "wall_time_s": {**run.wall, "evaluation": time.time() - start},
     })  # fmt: skip
 
 

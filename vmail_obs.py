@@ -37,24 +37,22 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import torch
 import tyro
 from torch import Tensor, nn
-from tqdm import tqdm
 
-import aime
 import vmail
 from common import datasets, replay
-from common.envs import DMCEnv, EnvError, check_env, make_env
+from common.envs import EnvError, check_env, make_env
 from common.evaluation import evaluate, expert_return, scores
-from common.model_files import check_folder_form, read_world_model, trained_on
+from common.model_files import Filter, ModelSettings, check_folder_form, read_filter, trained_on
 from common.nets import observation
 from common.rssm import RSSM
-from common.run import Run, add_to, check_flags, derived, label, seed_everything
+from common.run import POSITIVE, Run, add_to, check_flags, derived, label, seed_everything
 
 
 @dataclass
@@ -75,29 +73,29 @@ class Args(vmail.LearnerArgs):
     actions, where held, are never read"""
     obs: Literal["mdp", "lpomdp", "visual"] = "visual"
     """observation setting: true state, positions only, or 64x64 images"""
-    num_demos: int = 100
+    num_demos: Annotated[int, POSITIVE] = 100
     """demonstration trajectories used, the first N (AIME's 100)"""
     world_model: Annotated[Optional[str], derived("none; required", "PATH")] = None
     """required: the frozen world model, a world_model.pt of `aime.py --phase1-only` or a folder
     in the AIME authors' published form (model.pt + config.yaml)"""
-    phase2_epochs: int = 500
+    phase2_epochs: Annotated[int, POSITIVE] = 500
     """imitation epochs, in the model (AIME's phase-2 budget)"""
-    steps_per_epoch: int = 100
+    steps_per_epoch: Annotated[int, POSITIVE] = 100
     """iterations per epoch"""
-    batch_size: int = 50
+    batch_size: Annotated[int, POSITIVE] = 50
     """demonstration sequences per batch"""
-    horizon: int = 50
+    horizon: Annotated[int, POSITIVE] = 50
     """records per sequence"""
     action_repeat: Annotated[
-        Optional[int], derived("the demonstrations' info.json, else the authors'", "INT")
+        Optional[int], derived("the demonstrations' info.json, else the authors'", "INT"), POSITIVE
     ] = None
     """simulator steps per action; without info.json the AIME authors' configs/env/*.yaml give it
     (cartpole 8, reacher and ball_in_cup 4, every other domain 2)"""
-    eval_episodes: int = 100
+    eval_episodes: Annotated[int, POSITIVE] = 100
     """evaluation episodes at the end (as aime.py)"""
     eval_every: int = 10
     """evaluate every this many epochs (0: never)"""
-    eval_episodes_during: int = 5
+    eval_episodes_during: Annotated[int, POSITIVE] = 5
     """episodes of each evaluation during training"""
 
 
@@ -114,9 +112,7 @@ class Config(Args):
 def resolve(args: Args) -> Config:
     """Check the flags and fill the defaults: the task, its demonstrations, and the action repeat
     (the demonstrations' info.json)."""
-    check_flags(args, ("num_demos", "steps_per_epoch", "batch_size", "horizon", "imag_horizon",
-                       "eval_episodes", "eval_episodes_during", "action_repeat", "phase2_epochs"),
-                ("eval_samples",))  # fmt: skip
+    check_flags(args)  # every flag's range (its annotation), learning rates, --device
     if not args.world_model:
         raise SystemExit(
             "error: --world-model is required: a world_model.pt made by `aime.py --phase1-only`"
@@ -134,27 +130,6 @@ def resolve(args: Args) -> Config:
     return Config(
         **{**asdict(args), "task": task, "demo": args.demo or task, "action_repeat": repeat}
     )
-
-
-@dataclass
-class Progress:
-    """How far a run got, saved in each checkpoint: epochs done, seconds spent training."""
-
-    epoch: int = 0
-    wall: dict[str, float] = field(default_factory=lambda: {"imitation": 0.0})
-
-
-def aime_world_model(cfg: Config, env: DMCEnv) -> aime.WorldModel:
-    """AIME's network in the layout --world-model was made in, loaded from it (refused by
-    `common/model_files.py::read_world_model` if made for another embodiment, setting or action
-    repeat)."""
-    saved = read_world_model(Path(cfg.world_model), cfg, ("env", "obs", "action_repeat"))
-    dims = {k: math.prod(env.record_shapes[k]) for k in env.obs_keys}
-    layout = saved.settings["layout"]
-    model = aime.WorldModel(dims, env.action_dim, layout, False, saved.rssm, saved.width,
-                            saved.depth)  # fmt: skip
-    saved.load_into(model)
-    return model
 
 
 @torch.no_grad()
@@ -184,24 +159,21 @@ def imitation_step(
 ) -> dict[str, Tensor]:  # fmt: skip
     """V-MAIL's lines 17-19 in the frozen model: one Adam step each of D(z) (eq. 23), pi (eq. 22)
     and V, from the expert latents `expert_feat` and rollouts from `start`."""
-    *losses, metrics = vmail.policy_losses(rssm, learner, start, expert_feat, None, cfg)
-    metrics.update(vmail.adam_steps(vmail.learner_steps(learner, *losses), cfg.grad_clip))
-    return metrics
+    losses = vmail.policy_losses(rssm, learner, start, expert_feat, None, cfg)
+    return {**losses.metrics, **vmail.adam_steps(learner.steps(losses), cfg.grad_clip)}
 
 
 def imitate(
-    run: Run, cfg: Config, progress: Progress, demo: datasets.TrajectoryDataset,
-    model: aime.WorldModel, learner: vmail.Learner, keys: tuple[str, ...],
+    run: Run, cfg: Config, demo: datasets.TrajectoryDataset, model: Filter,
+    learner: vmail.Learner, keys: tuple[str, ...],
 ) -> None:  # fmt: skip
     """`phase2_epochs` x `steps_per_epoch` iterations in the frozen model, a checkpoint after
     each epoch."""
     device, deter = torch.device(cfg.device), model.rssm.cfg.deter
-    bar = tqdm(
-        range(progress.epoch, cfg.phase2_epochs), initial=progress.epoch,
-        total=cfg.phase2_epochs, desc="V-MAIL in AIME's model",
-    )  # fmt: skip
-    for epoch in bar:
-        start_time = time.time()
+    parts = {"model": model, **learner.parts(cfg.task)}
+    for epoch in run.epochs(
+        "imitation", cfg.phase2_epochs, parts, [demo], "V-MAIL in AIME's model"
+    ):
         sums: dict[str, Tensor] = {}
         for _ in range(cfg.steps_per_epoch):
             expert = demo.sample(cfg.batch_size, cfg.horizon, device)
@@ -211,8 +183,7 @@ def imitate(
         n = cfg.steps_per_epoch
         means = run.log("imitation", sums, n, (epoch + 1) * n)
         run.check_finite(means, f"in epoch {epoch}")
-        bar.set_postfix(expert_d=f"{means['expert_d']:.2f}", policy_d=f"{means['policy_d']:.2f}")
-        progress.wall["imitation"] += time.time() - start_time
+        run.show(expert_d=f"{means['expert_d']:.2f}", policy_d=f"{means['policy_d']:.2f}")
         if cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch + 1 < cfg.phase2_epochs:
             returns = evaluate(
                 f"{cfg.env}-{cfg.task}", cfg.obs, cfg.action_repeat, cfg.seed,
@@ -220,8 +191,6 @@ def imitate(
                 vmail.mode_actor(model.encoder, model.rssm, learner.actor, keys, cfg),
             )  # fmt: skip
             run.log_returns(returns, epoch + 1)
-        progress.epoch = epoch + 1
-        run.checkpoint(asdict(progress), [demo], model=model, **learner.parts(cfg.task))
 
 
 def main(args: Args) -> dict[str, Any]:
@@ -246,15 +215,14 @@ def main(args: Args) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
-    model = aime_world_model(cfg, env).to(device).requires_grad_(False)  # frozen
+    # AIME's encoder and RSSM, made by `aime.py --phase1-only` (refused if made for another
+    # embodiment, setting or action repeat), frozen
+    dims = {k: math.prod(env.record_shapes[k]) for k in keys}
+    wanted = ModelSettings(cfg.env, cfg.obs, cfg.action_repeat)  # any layout
+    model, _ = read_filter(Path(cfg.world_model), wanted, dims, env.action_dim)
+    model = model.to(device).requires_grad_(False)
     learner = vmail.make_learner(model.rssm.feature_dim, env.action_dim, False, cfg)  # D(z)
-    progress = Progress()
-    if run.resumed is not None:
-        progress = Progress(**run.resumed["state"])
-        run.restore(**learner.parts(cfg.task))
-        print(f"resuming {run.dir} at epoch {progress.epoch}")
-    run.restore_rng([demo.data])
-    imitate(run, cfg, progress, demo.data, model, learner, keys)
+    imitate(run, cfg, demo.data, model, learner, keys)
 
     start = time.time()
     video = run.video("final")
@@ -268,7 +236,7 @@ def main(args: Args) -> dict[str, Any]:
         "seed": cfg.seed,
         **scores(returns, expert, f"{cfg.env}-{cfg.task}", cfg.action_repeat, cfg.seed),
         "env_steps": {},  # no interaction
-        "wall_time_s": {**progress.wall, "evaluation": time.time() - start},
+        "wall_time_s": {**run.wall, "evaluation": time.time() - start},
         "world_model": cfg.world_model,
     })  # fmt: skip
 

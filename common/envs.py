@@ -15,6 +15,7 @@ the agent sees (`DMCEnv.obs_keys`):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, Literal, Optional
@@ -165,6 +166,13 @@ class DMCEnv:
             self.obs_keys = ("image",)
         # Feature size of the low-dimensional observation the agent sees (0 for visual).
         self.obs_dim: int = sum(proprio_dims[k] for k in self.obs_keys if k != "image")
+
+    @property
+    def episode_steps(self) -> int:
+        """Simulator steps of one episode: the task's time limit (1,000 in every task used
+        here), in whole actions of `action_repeat` steps."""
+        limit = self._env._step_limit  # dm_control's Environment: time limit / control timestep
+        return math.ceil(limit / self.action_repeat) * self.action_repeat
 
     @property
     def physics(self) -> Any:  # dm_control's Physics carries no type information

@@ -1,5 +1,6 @@
 """The world-model files aime.py reads and writes: its own world_model.pt, and the AIME authors'
-published checkpoints, read into aime.py's networks.
+published checkpoints, read into aime.py's networks; vmail_obs.py reads the encoder and RSSM of
+either (`read_filter`), without aime.py.
 
 aime.py's `world_model.pt` holds the model's `state_dict` and the settings it was made with (the
 ones a run that loads it must share, the embodiment dataset, every flag). A file is read from disk
@@ -27,7 +28,6 @@ Facts from their code (`aime/models/ssm.py`, `base.py`, `policy.py`, `configs/`)
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -37,9 +37,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from common.nets import aime_encoder
 from common.replay import save_torch
-from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSMConfig
-from common.run import check_settings, load_state, read_checkpoint
+from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, RSSMConfig
+from common.run import RunArgs, check_settings, load_state, read_checkpoint
 
 LAYOUTS = {"rssm": "aime", "rssmo": "dreamer"}
 # their name -> ours, for every parameter that is only renamed (the layer index is kept); the prior
@@ -77,13 +78,26 @@ class SavedModel:
 
 
 # == aime.py's world_model.pt ======================================================================
-def save_world_model(path: Path, model: nn.Module, cfg: Any, keys: Sequence[str]) -> None:
-    """world_model.pt, written atomically: the parameters, the settings `keys` that a run loading
-    it must share, the embodiment dataset it was trained on, and every flag of `cfg`."""
-    settings = {k: getattr(cfg, k) for k in keys}
-    settings.update(body_data=cfg.body_data, args=asdict(cfg))
-    payload = {"settings": settings, "model": model.state_dict()}
-    save_torch(path, payload)
+@dataclass(frozen=True)
+class ModelSettings:
+    """What a world model is made for: a run that loads one must share each of these (None:
+    any; a model with an IDM serves a run without one)."""
+
+    env: str
+    obs: str
+    action_repeat: int
+    layout: Optional[str] = None
+    use_idm: Optional[bool] = None
+
+
+def save_world_model(
+    path: Path, model: nn.Module, settings: ModelSettings, body_data: str, args: RunArgs
+) -> None:
+    """world_model.pt, written atomically: the parameters, the `settings` that a run loading it
+    must share, the embodiment dataset it was trained on, and every flag of `args` (a dataclass,
+    for the record)."""
+    recorded = {**asdict(settings), "body_data": body_data, "args": asdict(args)}
+    save_torch(path, {"settings": recorded, "model": model.state_dict()})
     print(f"world model saved to {path}")
 
 
@@ -126,10 +140,10 @@ def recorded_setting(path: Path, key: str) -> Optional[str]:
     return str(value) if value else None
 
 
-def read_world_model(path: Path, cfg: Any, keys: Sequence[str]) -> SavedModel:
+def read_world_model(path: Path, wanted: ModelSettings) -> SavedModel:
     """The world model of --world-model, a world_model.pt or a published folder; refused in one
-    line where it was made with settings `keys` other than `cfg`'s. A model with an IDM serves
-    plain AIME too (where `cfg` has no `use_idm` or it is false, the IDM is dropped)."""
+    line where it was made with settings other than `wanted`'s (those not None). A model with an
+    IDM serves plain AIME too (where `wanted.use_idm` is not true, the IDM is dropped)."""
     check_folder_form(path)
     published = is_published_form(path)
     if published:
@@ -137,15 +151,42 @@ def read_world_model(path: Path, cfg: Any, keys: Sequence[str]) -> SavedModel:
     else:
         ckpt = read_model_file(path)  # files saved without action_repeat used 2
         saved = SavedModel(path, {"action_repeat": 2, **ckpt.get("settings", {})}, ckpt["model"])
-    if not getattr(cfg, "use_idm", False) and saved.settings.get("use_idm"):
+    if not wanted.use_idm and saved.settings.get("use_idm"):
         saved.settings["use_idm"] = False
         saved.unused += [k for k in saved.state if k.startswith("idm.")]
-    check_settings(path, saved.settings, cfg, keys)
+    ours = {k: v for k, v in asdict(wanted).items() if v is not None}
+    check_settings(path, saved.settings, ours)
     if saved.unused and published:
         groups = sorted({k.split(".")[0] + (".*" if "." in k else "") for k in saved.unused})
         print(f"notice: {path}: not used here, dropped: {', '.join(groups)}")
     saved.state = {k: v for k, v in saved.state.items() if k not in saved.unused}
     return saved
+
+
+class Filter(nn.Module):
+    """The part of a world model that filters observations into states: the encoder f(o_t) and
+    the RSSM (what `vmail_obs.py` learns in; it neither decodes nor trains them)."""
+
+    def __init__(self, encoder: nn.Module, rssm: RSSM) -> None:
+        super().__init__()
+        self.encoder, self.rssm = encoder, rssm
+
+
+def read_filter(
+    path: Path, wanted: ModelSettings, dims: dict[str, int], action_dim: int
+) -> tuple[Filter, dict[str, Any]]:
+    """The encoder and RSSM of the world model of --world-model (`read_world_model`: refused if
+    made for other settings than `wanted`), built in the layout and sizes the file holds and
+    loaded from it, and the settings it was made with. `dims`: the observation's sizes."""
+    saved = read_world_model(path, wanted)
+    layout = saved.settings["layout"]
+    rssm_cfg = saved.rssm or (AIME_RSSM if layout == "aime" else DREAMER_RSSM)
+    width = saved.width or (128 if layout == "aime" else 512)  # aime.py's defaults
+    encoder, embed_dim = aime_encoder(dims, layout, width, saved.depth)
+    model = Filter(encoder, RSSM(action_dim, embed_dim, rssm_cfg))
+    part = {k: v for k, v in saved.state.items() if k.startswith(("encoder.", "rssm."))}
+    load_state(path, model, part)
+    return model, saved.settings
 
 
 # == The authors' published form ===================================================================

@@ -29,6 +29,24 @@ def mlp(
     return nn.Sequential(*mods)
 
 
+def aime_encoder(
+    dims: dict[str, int], layout: str, width: int, depth: int = 32
+) -> tuple[nn.Module, int]:
+    """AIME's encoder f(o_t) and its output size, in the layout of the authors' configs: the conv
+    encoder for images (channels-last), else the identity (`aime`, Appendix B) or the original
+    Dreamer's two Linear-LayerNorm-SiLU blocks of `width` without head (`dreamer`). `dims` holds
+    the observation's keys and sizes (aime.py's world model; vmail_obs.py reads it from a file)."""
+    if "image" in dims:
+        cl = {"memory_format": torch.channels_last}  # the fast layout for convolutions
+        encoder = ConvEncoder(depth).to(**cl)  # type: ignore[call-overload]
+        return encoder, encoder.out_dim
+    obs_dim = sum(dims.values())
+    if layout == "aime":
+        return nn.Identity(), obs_dim
+    block = [nn.LayerNorm(width), nn.SiLU()]
+    return nn.Sequential(*mlp(obs_dim, width, width, 1, nn.SiLU, norm=True), *block), width
+
+
 class ConvEncoder(nn.Module):
     """World Models / PlaNet encoder: 4 convolutions, kernel 4, stride 2, depths 32-64-128-256.
 

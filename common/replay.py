@@ -365,6 +365,14 @@ class ReplayBuffer(WindowSampler):
                     with np.load(path) as stored:
                         self._file_keys = set(stored.files)
 
+    def keep(self, n: int) -> None:
+        """Drop every episode after the first `n`, and its file (those a killed run saved after
+        its last checkpoint, which the resumed run collects again)."""
+        for i in range(n, len(self.trajectories)):
+            if self.directory is not None:
+                (self.directory / f"{i}.npz").unlink(missing_ok=True)
+        del self.trajectories[n:]
+
     def add(self, trajectory: Mapping[str, np.ndarray]) -> Optional[Path]:
         """Append a finished episode (and save it); returns the file written, if any."""
         episode = {k: _normalise(k, np.asarray(v)) for k, v in trajectory.items()}

@@ -10,6 +10,8 @@ epoch or episode) and, when it ends, `results.json`. The rules:
   - `--resume-or-start` continues the run where there is one and starts it where there is none
     (for a command re-run until it finishes, as quickstart.sh does);
   - a non-finite loss stops the run and keeps the last good checkpoint.
+A script's training loops are `for epoch in run.epochs(stage, n, parts, samplers):`; the
+iterator keeps the books of a resumable run (`Run.epochs`), so that the loops hold none.
 The evaluation (paired episodes, normalised scores) is `common/evaluation.py`'s.
 """
 
@@ -18,16 +20,18 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Optional, Union, get_type_hints
 
 import numpy as np
 import torch
 import tyro
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from common.replay import WindowSampler, atomic_write, remove_stale_temporaries, save_torch
 
@@ -35,12 +39,23 @@ Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
 LOGGING = {"resume", "resume_or_start", "track", "wandb_project"}  # flags a resumed run may change
 
 
-def check_flags(args: Any, positive: Sequence[str], nonnegative: Sequence[str] = ()) -> None:
-    """Refuse, in one line and before anything else runs, a flag out of its range: each flag of
-    `positive` must be at least 1, each of `nonnegative` at least 0, every learning rate (a flag
-    named `lr` or `*_lr`) positive and finite, and `--device` a device this machine has."""
-    for flags, least in ((positive, 1), (nonnegative, 0)):
-        for flag in flags:
+@dataclass(frozen=True)
+class AtLeast:
+    """A flag's least value, in its annotation (`batch_size: Annotated[int, POSITIVE] = 16`),
+    checked by `check_flags` before anything runs."""
+
+    least: int
+
+
+POSITIVE, NONNEGATIVE = AtLeast(1), AtLeast(0)
+
+
+def check_flags(args: RunArgs) -> None:
+    """Refuse, in one line and before anything else runs, a flag out of its range: each flag
+    annotated `AtLeast(n)` (POSITIVE, NONNEGATIVE) must be at least n, every learning rate (a
+    flag named `lr` or `*_lr`) positive and finite, and `--device` a device this machine has."""
+    for flag, hint in get_type_hints(type(args), include_extras=True).items():
+        for least in (m.least for m in getattr(hint, "__metadata__", ()) if isinstance(m, AtLeast)):
             if (value := getattr(args, flag)) is not None and value < least:
                 name = flag.replace("_", "-")
                 raise SystemExit(f"error: --{name} must be at least {least}, not {value}")
@@ -155,11 +170,10 @@ def read_checkpoint(
     return ckpt
 
 
-def check_settings(path: Path, saved: Mapping[str, Any], args: Any, keys: Sequence[str]) -> None:
-    """Refuse a saved model made with other settings than this run's, naming each that differs."""
-    clashes = {
-        k: (saved.get(k), getattr(args, k)) for k in keys if saved.get(k) != getattr(args, k)
-    }
+def check_settings(path: Path, saved: Mapping[str, Any], ours: Mapping[str, Any]) -> None:
+    """Refuse a saved model made with other settings than this run's `ours`, naming each that
+    differs."""
+    clashes = {k: (saved.get(k), v) for k, v in ours.items() if saved.get(k) != v}
     if clashes:
         raise SystemExit(
             f"error: {path} was trained with other settings (checkpoint, this run): {clashes}"
@@ -178,15 +192,17 @@ def load_state(path: Path, module: Stateful, state: dict[str, Any]) -> None:
 class Run:
     """The folder, TensorBoard writer and checkpoint of one run (module docstring).
 
-    `resumed` holds the checkpoint a `--resume` continues from (None for a fresh run); the
-    script reads its `state` and passes it to `restore` and `restore_rng`.
+    `resumed` holds the checkpoint a `--resume` continues from (None for a fresh run). Scripts
+    whose training is epochs read none of it: `epochs` restores what each stage needs.
+    `stages` lists the stages entered (the last is the one the last checkpoint was written in),
+    `wall` the seconds spent in each.
     """
 
     def __init__(
         self,
         runs_dir: Union[str, Path],
         name: str,
-        args: Any,
+        args: RunArgs,
         resume: bool = False,
         checkpoint_name: str = "checkpoint.pt",
         settings: Optional[Sequence[str]] = None,
@@ -210,6 +226,9 @@ class Run:
             )
         self.resumed: Optional[dict[str, Any]] = None
         self._rng_restored = False  # `restore_rng` puts the streams back once
+        self.stages: list[str] = []
+        self.wall: dict[str, float] = {}
+        self.bar: Optional[tqdm] = None  # the progress bar of the stage under way
         if resume and self.ckpt_path.exists():
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
             shared = set(settings) if settings is not None else {*ckpt["args"], *self.args}
@@ -227,6 +246,9 @@ class Run:
                     "resume with the same flags"
                 )
             self.resumed = ckpt
+            state = ckpt.get("state")
+            if isinstance(state, dict) and "stages" in state:  # written by `epochs`
+                self.stages, self.wall = list(state["stages"]), dict(state["wall"])
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.dir)  # checkpoints whose write a kill cut short
         self.wandb: Any = None
@@ -274,6 +296,56 @@ class Run:
         if self.resumed is not None and not self._rng_restored:
             set_rng_state(self.resumed["rng"], samplers)
             self._rng_restored = True
+
+    def epochs(
+        self,
+        stage: str,
+        total: int,
+        parts: Mapping[str, Stateful],
+        samplers: Sequence[WindowSampler],
+        desc: str = "",
+        counters: Any = None,
+    ) -> Iterator[int]:
+        """The epochs 0 .. `total` - 1 of `stage`, each followed by a checkpoint of `parts`, every
+        random stream (torch's and `samplers'`) and the loop's own `counters` (a dataclass
+        instance, e.g. an early stop's best loss), with a progress bar (`self.bar`, `desc`) and
+        the stage's wall time (`self.wall`). A loop that breaks ends its stage there.
+
+        On a resumed run: a stage the checkpoint had reached gets its `parts` back; the stage it
+        was written in also gets its random streams and `counters` back and goes on from the
+        next epoch; an earlier stage yields nothing. Code between two stages therefore runs
+        again on a resumed run: what it changes in the later stage's `parts` is put back when
+        that stage begins."""
+        saved = self.resumed["state"] if self.resumed is not None else None
+        first = 0
+        if saved is not None and stage in self.stages:
+            self.restore(**parts)
+            if self.stages[-1] == stage:  # the stage the checkpoint was written in
+                set_rng_state(self.resumed["rng"], samplers)  # type: ignore[index]
+                for k, v in saved.get("counters", {}).items():
+                    setattr(counters, k, v)
+                first = saved["epoch"]
+                print(f"resuming {self.dir} at {stage}, epoch {first}")
+            else:
+                first = total  # finished before the checkpoint was written
+        else:
+            self.stages.append(stage)
+        self.bar = tqdm(range(first, total), desc or stage, initial=first, total=total)
+        try:
+            for epoch in self.bar:
+                start = time.time()
+                yield epoch
+                self.wall[stage] = self.wall.get(stage, 0.0) + time.time() - start
+                state = {"stages": self.stages, "epoch": epoch + 1, "wall": self.wall,
+                         "counters": asdict(counters) if counters is not None else {}}  # fmt: skip
+                self.checkpoint(state, samplers, **parts)
+        finally:
+            self.bar.close()
+
+    def show(self, **values: object) -> None:
+        """Show `values` beside the progress bar of the stage under way."""
+        if self.bar is not None:
+            self.bar.set_postfix(values)
 
     # -- training ----------------------------------------------------------------------------
     def check_finite(

@@ -295,7 +295,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = torch.load(ckpt, weights_only=False)["state"]
-    assert (state["phase"], state["epoch"]) < (3, 0), "the run ended before it was killed"
+    assert (state["stages"], state["epoch"]) != (["phase1", "phase2"], 4), "the run ended first"
     assert not (ckpt.parent / "results.json").exists()
 
     r = run(*flags, "--runs-dir", str(tmp_path / "b"), "--resume")

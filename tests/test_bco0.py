@@ -60,7 +60,7 @@ def test_one_demonstration_splits_by_windows_and_refuses_by_trajectory() -> None
         bco0.split(data, 6, "trajectories", seed=0)
 
 
-def schedule_run(tmp_path: Path, **flags: Any) -> bco0.Progress:
+def schedule_run(tmp_path: Path, **flags: Any) -> bco0.EarlyStop:
     """`train` on the point mass's IDM with a learning rate of 0: the validation loss never
     improves after the first epoch, so the stopping rule alone decides the epochs."""
     data = point_mass_buffer(20)
@@ -70,11 +70,10 @@ def schedule_run(tmp_path: Path, **flags: Any) -> bco0.Progress:
     run = Run(tmp_path, "schedule", cfg, resume=False)
     idm = bco0.StackNet(4, False, 2, 2)
     opt = torch.optim.SGD(idm.parameters(), lr=0.0)
-    progress = bco0.Progress()
     keys = ("position", "velocity")
     objective = partial(bco0.idm_loss, idm, keys=keys)
-    bco0.train(1, idm, opt, objective, windows, [*keys, "pre_action"], cfg, run, progress,
-               {"idm": idm}, [data])  # fmt: skip
+    progress = bco0.train(1, idm, opt, objective, windows, [*keys, "pre_action"], cfg, run,
+                          {"idm": idm}, [data])  # fmt: skip
     run.writer.close()
     return progress
 
@@ -246,7 +245,7 @@ def test_user_command_trains_both_phases_and_writes_results(
     assert results["normalised_score"] == pytest.approx(100 * results["mean_return"] / expert)
     assert results["args"]["stack"] == (1 if obs == "mdp" else 5)
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert ckpt["state"]["phase"] == 3
+    assert ckpt["state"]["stages"] == ["phase1", "phase2"]  # written in phase 2
     # Real optimiser steps in both phases.
     assert results["wall_time_s"]["phase1"] > 0 and results["wall_time_s"]["phase2"] > 0
     assert ckpt["policy_opt"]["state"], "the policy's optimiser took no step"
@@ -311,7 +310,9 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert torch.load(ckpt, weights_only=False)["state"]["phase"] == 1, "not killed in phase 1"
+    assert torch.load(ckpt, weights_only=False)["state"]["stages"] == ["phase1"], (
+        "not killed in phase 1"
+    )
     r = subprocess.run([*script, "--runs-dir", str(tmp_path / "b"), "--resume"], cwd=ROOT, env=env,
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0 and "resuming" in r.stdout, r.stderr[-2000:]

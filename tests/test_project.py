@@ -103,3 +103,32 @@ def test_mujoco_is_pinned_to_a_version_dm_control_works_with() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert "mujoco==3.17.0" in deps and "dm_control==1.0.50" in deps
     assert sys.version_info >= (3, 10)
+
+
+def repository_imports(script: str) -> set[str]:
+    """The repository's modules `script` imports, transitively (what copying it takes)."""
+    import ast
+
+    seen: set[str] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse((ROOT / path).read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            todo += [f for n in names if (ROOT / (f := n.replace(".", "/") + ".py")).is_file()]
+    return seen - {script}
+
+
+def test_each_script_imports_only_common_and_the_learner_it_builds_on() -> None:
+    """A script is copied with `common/` alone; vmail_obs.py with vmail.py (its learner) too: it
+    reads AIME's model through `common/model_files.py`, not aime.py."""
+    for script in ("aime.py", "vmail.py", "bco0.py", "dreamer_collect.py", "vmail_obs.py"):
+        others = {m for m in repository_imports(script) if not m.startswith("common/")}
+        assert others == ({"vmail.py"} if script == "vmail_obs.py" else set()), (script, others)

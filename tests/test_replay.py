@@ -450,18 +450,12 @@ def test_written_files_keep_the_umask_and_a_full_disk_keeps_the_old_file(
 
 
 def test_temporaries_of_killed_writes_are_removed_at_start_up(tmp_path: Path) -> None:
-    from dataclasses import dataclass
-
-    from common.run import Run
-
-    @dataclass
-    class Flags:
-        seed: int = 1
+    from common.run import Run, RunArgs
 
     (tmp_path / "r").mkdir()
     stale = tmp_path / "r" / ".checkpoint.pt.x1y2.tmp"
     stale.write_bytes(b"half a checkpoint")
-    Run(tmp_path, "r", Flags()).close()
+    Run(tmp_path, "r", RunArgs()).close()
     assert not stale.exists()
 
 
@@ -550,17 +544,12 @@ def test_a_resumed_run_puts_its_random_streams_back_once(tmp_path: Path) -> None
     """`Run.restore_rng` rewinds torch's stream and the samplers' to the checkpoint at its first
     call after a resume (the stage the checkpoint was written in), and leaves a later stage of the
     same process alone (V-MAIL: the transfer after a resumed online stage)."""
-    from dataclasses import dataclass
 
     from common.replay import WindowSampler
-    from common.run import Run
-
-    @dataclass
-    class Flags:
-        seed: int = 1
+    from common.run import Run, RunArgs
 
     sampler = WindowSampler(seed=3)
-    run = Run(tmp_path, "r", Flags())
+    run = Run(tmp_path, "r", RunArgs())
     run.restore_rng([sampler])  # a fresh run: nothing to put back
     run.checkpoint({}, [sampler])
     run.close()
@@ -568,7 +557,7 @@ def test_a_resumed_run_puts_its_random_streams_back_once(tmp_path: Path) -> None
 
     torch.manual_seed(99)
     sampler = WindowSampler(seed=4)
-    resumed = Run(tmp_path, "r", Flags(), resume=True)
+    resumed = Run(tmp_path, "r", RunArgs(), resume=True)
     resumed.restore_rng([sampler])
     assert (float(torch.rand(1)), float(sampler.rng.random())) == expected
     later = (torch.get_rng_state(), sampler.rng.bit_generator.state)
@@ -576,6 +565,48 @@ def test_a_resumed_run_puts_its_random_streams_back_once(tmp_path: Path) -> None
     assert torch.equal(torch.get_rng_state(), later[0])
     assert sampler.rng.bit_generator.state == later[1]
     resumed.close()
+
+
+def test_run_epochs_resume_where_the_checkpoint_was_written(tmp_path: Path) -> None:
+    """`Run.epochs` across two stages: a run stopped after stage b's first epoch and resumed
+    skips stage a, gets b's networks, random streams and counters back, and goes on from b's
+    second epoch exactly as the uninterrupted run did."""
+    from dataclasses import dataclass
+
+    from torch import nn
+
+    from common.replay import WindowSampler
+    from common.run import Run, RunArgs
+
+    @dataclass
+    class Counters:
+        draws: int = 0
+
+    def train(root: Path, stop_at: tuple[str, int] = ("", -1), resume: bool = False) -> list:
+        """The draws, weights and counters after each epoch."""
+        torch.manual_seed(0)
+        net, sampler, counters = nn.Linear(2, 2), WindowSampler(seed=3), Counters()
+        run = Run(root, "r", RunArgs(), resume=resume)
+        seen: list = []
+        for stage, n in (("a", 2), ("b", 3)):
+            for epoch in run.epochs(stage, n, {"net": net}, [sampler], counters=counters):
+                if (stage, epoch) == stop_at:
+                    run.close()
+                    return seen  # a kill before this epoch's checkpoint
+                draw = (float(torch.rand(1)), float(sampler.rng.random()))
+                with torch.no_grad():
+                    net.weight += draw[0]
+                    counters.draws += 1
+                    seen.append((stage, epoch, draw, float(net.weight.sum()), counters.draws))
+        run.close()
+        return seen
+
+    whole = train(tmp_path / "whole")
+    assert [(s, e) for s, e, *_ in whole] == [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("b", 2)]
+    assert train(tmp_path / "cut", stop_at=("b", 1)) == whole[:3]
+    state = torch.load(tmp_path / "cut" / "r" / "checkpoint.pt", weights_only=False)["state"]
+    assert (state["stages"], state["epoch"], state["counters"]) == (["a", "b"], 1, {"draws": 3})
+    assert train(tmp_path / "cut", resume=True) == whole[3:]  # draws, weights, counters
 
 
 @pytest.fixture
@@ -596,17 +627,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_last(small_disk: Path) -> None:
-    from dataclasses import dataclass
 
     from torch import nn
 
-    from common.run import Run
+    from common.run import Run, RunArgs
 
-    @dataclass
-    class Flags:
-        seed: int = 1
-
-    run = Run(small_disk, "r", Flags())
+    run = Run(small_disk, "r", RunArgs())
     run.checkpoint({"epoch": 1}, [], net=nn.Linear(2, 2))  # fits
     with pytest.raises(SystemExit) as e:  # torch's own writer would say "unexpected pos"
         run.checkpoint({"epoch": 2}, [], net=nn.Linear(1000, 1000))  # 4 MB does not

@@ -128,8 +128,8 @@ def learner_step(
     feat: torch.Tensor, actions: torch.Tensor, args: vmail.Config,
 ) -> None:  # fmt: skip
     """Algorithm 1 lines 17-19 in a fixed model: one Adam step each of D, pi and V."""
-    *losses, _ = vmail.policy_losses(model.rssm, learner, start, feat, actions, args)
-    vmail.adam_steps(vmail.learner_steps(learner, *losses), args.grad_clip)
+    losses = vmail.policy_losses(model.rssm, learner, start, feat, actions, args)
+    vmail.adam_steps(learner.steps(losses), args.grad_clip)
 
 
 def test_policy_gradient_reaches_only_the_actor_and_raises_d() -> None:
@@ -236,6 +236,11 @@ def fresh_modules(
     return model, learners
 
 
+def adam_steps(state: dict[str, Any]) -> int:
+    """The steps an Adam took, from its state_dict."""
+    return int(state["state"][0]["step"])
+
+
 def changed(before: nn.Module, after: dict[str, torch.Tensor]) -> bool:
     return any(not torch.equal(v, after[k]) for k, v in before.state_dict().items())
 
@@ -259,7 +264,7 @@ def test_algorithm1_trains_model_discriminator_and_policy(
     assert results["env_steps"] == {"walk": 2 * 2 * EPISODE}
     assert len(list((run_dir / "buffer" / "walk").glob("*.npz"))) == 2
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert ckpt["state"]["updates"] == 2 * 3  # after the prefill episode and the next
+    assert adam_steps(ckpt["model_opt"]) == 2 * 3  # after the prefill episode and the next
     model, learners = fresh_modules(vmail.resolve(args), ["walk"])
     assert changed(model, ckpt["model"])
     for net in ("actor", "value", "disc"):
@@ -341,7 +346,9 @@ def test_resume_continues_the_run_and_keeps_its_buffer(data_dir: Path, tmp_path:
     assert resumed["env_steps"] == {"walk": 2 * 2 * EPISODE}
     run_dir = runs / "walker-walk__mdp__online__walk__vmail__1"
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert ckpt["state"]["updates"] == 6 and ckpt["state"]["episodes"] == {"walk": 2}
+    assert adam_steps(ckpt["model_opt"]) == 6  # after the prefill episode and the next
+    assert ckpt["state"]["stages"] == ["prefill", "pretraining", "online"]
+    assert ckpt["state"]["epoch"] == 1  # the policy's one episode
 
 
 def test_a_killed_run_resumes_without_losing_or_repeating_an_episode(
@@ -368,11 +375,20 @@ def test_a_killed_run_resumes_without_losing_or_repeating_an_episode(
     r = run_cli(*flags, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert ckpt["state"]["episodes"] == {"walk": 3} and ckpt["state"]["updates"] == 3 * 3
+    assert (ckpt["state"]["stages"][-1], ckpt["state"]["epoch"]) == ("online", 2)  # 1 + 2 episodes
+    assert adam_steps(ckpt["model_opt"]) == 3 * 3  # each episode's updates once
     assert sorted(p.name for p in (run_dir / "buffer" / "walk").glob("*.npz")) == [
         "0.npz", "1.npz", "2.npz"
     ]  # fmt: skip
-    assert json.loads((run_dir / "results.json").read_text())["env_steps"] == {"walk": 6 * EPISODE}
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["env_steps"] == {"walk": 6 * EPISODE}
+    # the episode saved after the last checkpoint was collected again, as the uninterrupted run
+    # collected it: the same returns, the same weights
+    whole = vmail.main(tiny(root, tmp_path / "whole", total_steps=3 * 2 * EPISODE))
+    assert whole["returns"] == results["returns"]
+    other = next((tmp_path / "whole").glob("*/checkpoint.pt"))
+    for k, v in torch.load(other, weights_only=False)["walk/actor"].items():
+        torch.testing.assert_close(ckpt["walk/actor"][k], v, rtol=0, atol=0)
 
 
 def test_bad_input_fails_clearly(data_dir: Path, tmp_path: Path) -> None:

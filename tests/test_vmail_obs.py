@@ -57,6 +57,8 @@ def test_imitates_with_aimes_frozen_world_model(
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["epoch"] == 2
     aime_state = torch.load(wm, weights_only=False)["model"]
+    filtering = {k for k in aime_state if k.startswith(("encoder.", "rssm."))}
+    assert set(ckpt["model"]) == filtering  # AIME's encoder and RSSM, read without aime.py
     for k, v in ckpt["model"].items():  # the very same model, untouched
         assert torch.equal(v, aime_state[k]), k
     disc_in = ckpt["walk/disc"]["0.weight"].shape[1]
