@@ -190,3 +190,26 @@ def test_a_damaged_results_file_is_skipped_with_one_warning(
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"warning: skipped {runs / 'bad' / 'results.json'}: ")
     assert why in warnings[0]
+
+
+def test_curves_draws_each_runs_scalar_and_refuses_a_missing_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/curves.py: a run's logged points, in order of step, printed and drawn."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmarks import curves
+
+    run = tmp_path / "run1"
+    writer = SummaryWriter(str(run))
+    for step, value in [(2000, 250.0), (1000, 200.0)]:
+        writer.add_scalar("eval/return", value, step)
+    writer.close()
+    out = tmp_path / "c.png"
+    curves.main(curves.Args(runs=(str(run),), line=["random=100"], out=str(out)))
+    assert "run1: 1000: 200.0, 2000: 250.0" in capsys.readouterr().out
+    assert out.stat().st_size > 0
+    with pytest.raises(SystemExit, match="logs no scalar eval/nothing"):
+        curves.main(curves.Args(runs=(str(run),), tag="eval/nothing", out=str(out)))
+    with pytest.raises(SystemExit, match="is not NAME=NUMBER"):
+        curves.main(curves.Args(runs=(str(run),), line=["random"], out=str(out)))
