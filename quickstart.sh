@@ -48,7 +48,8 @@ done
 #    model learns from the first 10 demonstrations (with their actions) and the policy's own
 #    episodes; 50 episodes at small sizes, with the settings under which it imitates on this task
 #    (docs/vmail.md, "Online Algorithm 1 on a small task": faster learning rates than the
-#    authors', the input gradient penalty, rollouts of 5 steps; 25 episodes imitated at 1 seed of 3).
+#    authors', the input gradient penalty, rollouts of 5 steps; 25 episodes imitated at 1 seed of 3;
+#    the authors' own settings, vmail.py's defaults, imitate in 100 episodes: run c8 there).
 python vmail.py "${TASK[@]}" --obs mdp --demo balance --total-steps 50000 --deter 64 --stoch 16 \
     --hidden 64 --batch-size 16 --horizon 32 --disc-lr 1e-3 --actor-lr 3e-4 --value-lr 3e-4 \
     --model-lr 1e-3 --grad-penalty inputs --imag-horizon 5 --eval-every 3 --eval-episodes-during 3 \
