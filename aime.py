@@ -70,8 +70,17 @@ from common.model_files import (
     save_world_model,
     trained_on,
 )
-from common.nets import ConvDecoder, TanhNormal, aime_encoder, kl_loss, kl_normal, mlp, observation
-from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, Filtered, FilteringActor, RSSMConfig
+from common.nets import (
+    LAYOUT_WIDTH,
+    ConvDecoder,
+    TanhNormal,
+    aime_encoder,
+    kl_loss,
+    kl_normal,
+    mlp,
+    observation,
+)
+from common.rssm import LAYOUT_RSSM, RSSM, Filtered, FilteringActor, RSSMConfig
 from common.run import POSITIVE, Run, RunArgs, add_to, check_flags, derived, label, seed_everything
 
 Layout = Literal["aime", "dreamer"]
@@ -248,8 +257,8 @@ class WorldModel(nn.Module):
     ) -> None:
         super().__init__()
         self.visual, self.layout = "image" in dims, layout
-        self.cfg: RSSMConfig = cfg or (AIME_RSSM if layout == "aime" else DREAMER_RSSM)
-        width = width or (128 if layout == "aime" else 512)
+        self.cfg: RSSMConfig = cfg or LAYOUT_RSSM[layout]
+        width = width or LAYOUT_WIDTH[layout]
         self.encoder, embed_dim = aime_encoder(dims, layout, width, depth)
         self.rssm = RSSM(action_dim, embed_dim, self.cfg)
         feat = self.rssm.feature_dim

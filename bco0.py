@@ -378,7 +378,7 @@ def stopped(stop: EarlyStop, cfg: Config) -> bool:
     return (
         stop.bad_epochs >= cfg.patience
         and stop.epoch >= cfg.min_epochs
-        and (stop.steps >= cfg.min_steps)
+        and stop.steps >= cfg.min_steps
     )
 
 

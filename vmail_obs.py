@@ -219,7 +219,7 @@ def main(args: Args) -> dict[str, Any]:
     # embodiment, setting or action repeat), frozen
     dims = {k: math.prod(env.record_shapes[k]) for k in keys}
     wanted = ModelSettings(cfg.env, cfg.obs, cfg.action_repeat)  # any layout
-    model, _ = read_filter(Path(cfg.world_model), wanted, dims, env.action_dim)
+    model = read_filter(Path(cfg.world_model), wanted, dims, env.action_dim)
     model = model.to(device).requires_grad_(False)
     learner = vmail.make_learner(model.rssm.feature_dim, env.action_dim, False, cfg)  # D(z)
     imitate(run, cfg, demo.data, model, learner, keys)

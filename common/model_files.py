@@ -37,9 +37,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from common.nets import aime_encoder
+from common.nets import LAYOUT_WIDTH, aime_encoder
 from common.replay import save_torch
-from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM, RSSMConfig
+from common.rssm import LAYOUT_RSSM, RSSM, RSSMConfig
 from common.run import RunArgs, check_settings, load_state, read_checkpoint
 
 LAYOUTS = {"rssm": "aime", "rssmo": "dreamer"}
@@ -172,21 +172,18 @@ class Filter(nn.Module):
         self.encoder, self.rssm = encoder, rssm
 
 
-def read_filter(
-    path: Path, wanted: ModelSettings, dims: dict[str, int], action_dim: int
-) -> tuple[Filter, dict[str, Any]]:
+def read_filter(path: Path, wanted: ModelSettings, dims: dict[str, int], action_dim: int) -> Filter:
     """The encoder and RSSM of the world model of --world-model (`read_world_model`: refused if
-    made for other settings than `wanted`), built in the layout and sizes the file holds and
-    loaded from it, and the settings it was made with. `dims`: the observation's sizes."""
+    made for other settings than `wanted`), built in the layout and sizes the file holds (aime.py's
+    defaults where it records none) and loaded from it. `dims`: the observation's sizes."""
     saved = read_world_model(path, wanted)
     layout = saved.settings["layout"]
-    rssm_cfg = saved.rssm or (AIME_RSSM if layout == "aime" else DREAMER_RSSM)
-    width = saved.width or (128 if layout == "aime" else 512)  # aime.py's defaults
+    width = saved.width or LAYOUT_WIDTH[layout]
     encoder, embed_dim = aime_encoder(dims, layout, width, saved.depth)
-    model = Filter(encoder, RSSM(action_dim, embed_dim, rssm_cfg))
+    model = Filter(encoder, RSSM(action_dim, embed_dim, saved.rssm or LAYOUT_RSSM[layout]))
     part = {k: v for k, v in saved.state.items() if k.startswith(("encoder.", "rssm."))}
     load_state(path, model, part)
-    return model, saved.settings
+    return model
 
 
 # == The authors' published form ===================================================================
@@ -285,7 +282,7 @@ def read_published(folder: Path) -> SavedModel:
         raise SystemExit(f"error: {config_path}: world model `{name}`; aime.py reads rssm, rssmo")
     deter, stoch = _get(config, "world_model.state_dim", config_path)
     wm = config["world_model"]
-    base = AIME_RSSM if name == "rssm" else DREAMER_RSSM
+    base = LAYOUT_RSSM[LAYOUTS[name]]
     rssm = replace(
         base,
         deter=int(deter),

@@ -29,6 +29,11 @@ def mlp(
     return nn.Sequential(*mods)
 
 
+# The width of AIME's tabular encoder and decoders in each layout (the authors' rssm.yaml and
+# rssmo.yaml), where a world model records none.
+LAYOUT_WIDTH = {"aime": 128, "dreamer": 512}
+
+
 def aime_encoder(
     dims: dict[str, int], layout: str, width: int, depth: int = 32
 ) -> tuple[nn.Module, int]:

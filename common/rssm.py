@@ -81,6 +81,7 @@ DREAMER_RSSM = RSSMConfig(
     std_act="sigmoid2",
     min_std=0.1,
 )
+LAYOUT_RSSM = {"aime": AIME_RSSM, "dreamer": DREAMER_RSSM}  # AIME's two layouts (aime.py)
 VMAIL_RSSM = RSSMConfig(
     deter=200,
     stoch=30,
