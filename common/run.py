@@ -316,21 +316,26 @@ class Run:
         next epoch; an earlier stage yields nothing. Code between two stages therefore runs
         again on a resumed run: what it changes in the later stage's `parts` is put back when
         that stage begins."""
-        saved = self.resumed["state"] if self.resumed is not None else None
-        first = 0
-        if saved is not None and stage in self.stages:
+        resumed, first = self.resumed, 0
+        if resumed is not None and not self.stages:  # a checkpoint of no stage: not `epochs`'
+            raise SystemExit(
+                f"error: {self.ckpt_path} records no training stage (an older checkpoint layout); "
+                "start the run again in another folder (--exp-name) or remove it"
+            )
+        if resumed is not None and stage in self.stages:
             self.restore(**parts)
             if self.stages[-1] == stage:  # the stage the checkpoint was written in
-                set_rng_state(self.resumed["rng"], samplers)  # type: ignore[index]
-                for k, v in saved.get("counters", {}).items():
+                set_rng_state(resumed["rng"], samplers)
+                for k, v in resumed["state"].get("counters", {}).items():
                     setattr(counters, k, v)
-                first = saved["epoch"]
+                first = resumed["state"]["epoch"]
                 print(f"resuming {self.dir} at {stage}, epoch {first}")
             else:
                 first = total  # finished before the checkpoint was written
         else:
             self.stages.append(stage)
-        self.bar = tqdm(range(first, total), desc or stage, initial=first, total=total)
+        self.bar = tqdm(range(first, total), desc or stage, initial=first, total=total,
+                        disable=first >= total)  # fmt: skip
         try:
             for epoch in self.bar:
                 start = time.time()

@@ -609,6 +609,22 @@ def test_run_epochs_resume_where_the_checkpoint_was_written(tmp_path: Path) -> N
     assert train(tmp_path / "cut", resume=True) == whole[3:]  # draws, weights, counters
 
 
+def test_run_epochs_refuse_a_checkpoint_of_no_stage_and_keep_it(tmp_path: Path) -> None:
+    """A checkpoint written without `Run.epochs` (an older layout) is refused in one line on
+    resume, not trained over from scratch, and stays as it was."""
+    from common.run import Run, RunArgs
+
+    run = Run(tmp_path, "r", RunArgs())
+    run.checkpoint({"phase": 2, "epoch": 3}, [])
+    run.close()
+    before = run.ckpt_path.read_bytes()
+    resumed = Run(tmp_path, "r", RunArgs(), resume=True)
+    with pytest.raises(SystemExit, match="records no training stage"):
+        next(iter(resumed.epochs("phase1", 4, {}, [])))
+    resumed.close()
+    assert run.ckpt_path.read_bytes() == before
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MB disk (tmpfs), where this process may mount one (root on Linux; skipped
