@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ FOLDERS = sorted(p for p in FIXTURES.iterdir() if p.is_dir()) + [
     Path(p) for p in os.environ.get("AIME_PARITY_DIRS", "").split(os.pathsep) if p
 ]
 GROUPS = ["states", "decoders", "loss", "idm", "policy", "openloop"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One thread, as the fixtures were computed; the process's own count is put back after, so
+    that later tests run as they would alone."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def decoded_keys(config: dict[str, Any]) -> tuple[str, ...]:
@@ -73,7 +84,6 @@ def load(folder: Path, **flags: Any) -> tuple[dict[str, torch.Tensor], tuple[str
     str, int], aime.Config, aime.WorldModel, aime.Policy]:  # fmt: skip
     """The folder's batch, the keys the model reads and their sizes, the settings its config.yaml
     implies (and `flags`), and its world model and policy, loaded by aime.py's loaders."""
-    torch.set_num_threads(1)
     config = yaml.safe_load((folder / "config.yaml").read_text())
     raw = np.load(folder / "batch.npz")
     batch = {k: torch.from_numpy(raw[k]) for k in raw.files if k != "image_uint8_hwc"}
