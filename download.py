@@ -14,6 +14,14 @@ archive unpacks into `--models-dir` (`pretrained-models/`): one folder per model
 
 `--source` takes another address, or a local folder holding the same archives (a mirror, or
 archives downloaded by hand). A folder that exists already is left as it is.
+
+    python download.py --vd4rl path/to/v-d4rl/walker_walk/expert/64px walker-walk-vd4rl
+
+converts a folder of V-D4RL episodes (Lu et al., 2022: DreamerV2's `{time}-{id}-{length}.npz`
+with `image` [T, 64, 64, 3] or channel-first `observation`, `action`, `reward`, `discount`) into
+`{data_dir}/{name}/` in this format: `action[t]`, which led to observation t in DreamerV2's
+layout, becomes `pre_action[t]`; `discount == 0` becomes `is_terminal`; `is_first` and `is_last`
+mark each episode's ends. They hold images only (`--obs visual`).
 """
 
 from __future__ import annotations
@@ -23,12 +31,17 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import tyro
 
 from common.datasets import AUTHORS_RELEASE
+from common.replay import save_trajectory
 
 
 @dataclass
@@ -38,7 +51,8 @@ class Args:
     Example: python download.py walker-random walker-run-expert"""
 
     names: tyro.conf.Positional[tuple[str, ...]] = ()
-    """datasets by the authors' folder names, e.g. walker-random walker-run-expert"""
+    """datasets by the authors' folder names, e.g. walker-random walker-run-expert (with
+    --vd4rl: the one folder to write)"""
     models: bool = False
     """also fetch their pretrained world models (pretrained-models.tgz)"""
     data_dir: str = "datasets"
@@ -47,6 +61,41 @@ class Args:
     """where world models go: {models_dir}/{model}/model.pt and config.yaml"""
     source: str = AUTHORS_RELEASE + "/download"
     """the address the archives are fetched from, or a local folder that holds them"""
+    vd4rl: Optional[str] = None
+    """convert this folder of V-D4RL episodes into {data_dir}/{name}/ (one name) instead"""
+
+
+def vd4rl_trajectory(path: Path) -> dict[str, np.ndarray]:
+    """One V-D4RL episode in this repository's keys (module docstring)."""
+    try:
+        with np.load(path) as npz:
+            image = npz["image"] if "image" in npz.files else npz["observation"]
+            action, reward, discount = npz["action"], npz["reward"], npz["discount"]
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise SystemExit(f"error: {path} is not a V-D4RL episode ({type(e).__name__}: {e})") from e
+    T = len(action)
+    return {
+        "image": image.transpose(0, 2, 3, 1) if image.shape[1] == 3 else image,
+        "pre_action": action,
+        "reward": reward,
+        "is_first": np.arange(T) == 0,
+        "is_last": np.arange(T) == T - 1,
+        "is_terminal": np.asarray(discount) == 0,
+    }
+
+
+def convert_vd4rl(source: Path, folder: Path) -> Path:
+    """Write V-D4RL's episodes in `source`, in their names' order, as `{folder}/{i}.npz`."""
+    episodes = sorted(source.glob("*.npz")) if source.is_dir() else []
+    if not episodes:
+        raise SystemExit(f"error: --vd4rl {source} is not a folder of .npz episodes")
+    if folder.exists() and any(folder.glob("*.npz")):
+        raise SystemExit(f"error: {folder} holds trajectories already; name another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(episodes):
+        save_trajectory(folder / f"{i}.npz", vd4rl_trajectory(path))
+    print(f"{folder}: {len(episodes)} trajectories from {source}")
+    return folder
 
 
 def fetch(source: str, archive: str, into: Path) -> Path:
@@ -92,6 +141,10 @@ def unpack(archive: Path, into: Path, expect: str | None) -> list[str]:
 
 
 def main(args: Args) -> list[Path]:
+    if args.vd4rl is not None:
+        if len(args.names) != 1 or args.models:
+            raise SystemExit("error: --vd4rl converts into one folder: name it (and no --models)")
+        return [convert_vd4rl(Path(args.vd4rl), Path(args.data_dir) / args.names[0])]
     if not args.names and not args.models:
         raise SystemExit("error: name the datasets to fetch (e.g. walker-random) or pass --models")
     got: list[Path] = []

@@ -54,6 +54,7 @@ sets each beside the papers' choice):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -72,6 +73,7 @@ from common.evaluation import collect_episodes, episode_seed
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_loss, mlp, observation
 from common.rssm import DREAMER_RSSM, RSSM, FilteringActor
 from common.run import (
+    FREE_ON_RESUME,  # flags a resumed run may change
     POSITIVE,  # flags' ranges
     Run,
     RunArgs,
@@ -109,13 +111,13 @@ class Args(RunArgs):
     """what the agent observes (datasets store every modality whatever this is)"""
     num_trajectories: Annotated[int, POSITIVE] = 1000
     """random agent: how many trajectories the dataset should hold (existing ones count)"""
-    total_steps: Annotated[int, POSITIVE] = 1_000_000
+    total_steps: Annotated[int, POSITIVE, FREE_ON_RESUME] = 1_000_000
     """environment (simulator) steps of training; 1000 per episode, prefill included"""
     prefill_episodes: Annotated[int, POSITIVE] = 5
     """random-action episodes that start the replay buffer"""
     train_steps_per_episode: int = 100
     """gradient steps after each collected episode"""
-    num_demos: int = 1000
+    num_demos: Annotated[int, FREE_ON_RESUME] = 1000
     """dreamer: expert trajectories the trained policy collects (0: none)"""
     batch_size: Annotated[int, POSITIVE] = 50
     """sequences per batch"""
@@ -153,7 +155,7 @@ class Args(RunArgs):
     """p2e: predictors in the disagreement ensemble"""
     ensemble_hidden: int = 1024
     """p2e: width of each predictor's two hidden layers"""
-    eval_every: int = 10
+    eval_every: Annotated[int, FREE_ON_RESUME] = 10
     """evaluate the policy's mode for one episode every this many episodes (0: never)"""
     load_agent: Annotated[Optional[str], derived("none: train an agent", "PATH")] = None
     """expert-only mode: load this saved agent (agent.pt) and collect --num-demos again"""
@@ -488,54 +490,37 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
 
 
 # == Training =====================================================================================
-# Flags a resumed run must share with the run it continues (budgets and logging may change).
-RUN_SETTINGS = (
-    "agent", "env", "task", "obs", "seed", "render", "action_repeat", "deter", "stoch", "hidden",
-    "ensemble", "ensemble_hidden", "prefill_episodes", "train_steps_per_episode",
-)  # fmt: skip
-
-
 @dataclass
-class Progress:
-    """How far a run is (checkpointed as a dict): the episodes trained on, the simulator steps
+class Counters:
+    """What a run has done besides its episodes (checkpointed with them): the simulator steps
     collected (prefill included) and the gradient updates taken."""
 
-    episodes_trained: int = 0
     env_steps: int = 0
     updates: int = 0
 
 
 def update(
-    run: Run,
-    agent: Agent,
-    buffer: replay.ReplayBuffer,
-    keys: tuple[str, ...],
-    progress: Progress,
-    episode: int,
-    args: Config,
-    device: torch.device,
-) -> None:
-    """The C updates that follow collecting `episode` (none before the last prefill episode),
-    then the checkpoint, which records that the episode was trained on."""
-    if episode >= args.prefill_episodes - 1:
-        sums: dict[str, Tensor] = {}
-        for _ in range(args.train_steps_per_episode):
-            batch = buffer.sample(
-                args.batch_size, args.horizon, device, [*keys, "pre_action", "reward"]
-            )
-            add_to(sums, train_step(agent, batch, keys, args))
-        means = run.log("train", sums, args.train_steps_per_episode, progress.env_steps)
-        run.check_finite(means, f"after episode {episode}")
-        progress.updates += args.train_steps_per_episode
-    progress.episodes_trained = episode + 1
-    run.checkpoint(asdict(progress), [buffer], **agent._asdict())
+    run: Run, agent: Agent, buffer: replay.ReplayBuffer, keys: tuple[str, ...],
+    counters: Counters, episode: int, args: Config, device: torch.device,
+) -> None:  # fmt: skip
+    """The C updates that follow collecting `episode`."""
+    sums: dict[str, Tensor] = {}
+    needed = [*keys, "pre_action", "reward"]
+    for _ in range(args.train_steps_per_episode):
+        batch = buffer.sample(args.batch_size, args.horizon, device, needed)
+        add_to(sums, train_step(agent, batch, keys, args))
+    means = run.log("train", sums, args.train_steps_per_episode, counters.env_steps)
+    run.check_finite(means, f"after episode {episode}")
+    counters.updates += args.train_steps_per_episode
 
 
 def train(args: Config) -> Path:
     """Train Dreamer or Plan2Explore; every episode goes to the buffer folder as it is collected.
 
-    Returns the saved agent's path. After each episode's updates the agent is checkpointed; a
-    resumed run trains on any episode saved after the last checkpoint, then collects the next."""
+    Returns the saved agent's path. Each episode is one epoch of `Run.epochs`: collect it, take
+    its updates (none before the last prefill episode), checkpoint. A resumed run drops an
+    episode saved after the last checkpoint and collects it again from the checkpoint's random
+    streams, so it is the episode the uninterrupted run collected."""
     name = f"{args.env}-{args.task}-buffer" if args.agent == "dreamer" else f"{args.env}-p2e"
     folder = Path(args.data_dir) / name
     if folder.exists() and any(folder.glob("*.npz")) and not (args.resume or args.resume_or_start):
@@ -550,8 +535,8 @@ def train(args: Config) -> Path:
     datasets.check_dataset_settings(folder, settings)
     # Plan2Explore learns no task: its run is named after the embodiment alone
     where = f"{args.env}-{args.task}" if args.agent == "dreamer" else args.env
-    run_name = f"{where}__{args.agent}__{args.obs}__{args.seed}"
-    run = Run(args.runs_dir, run_name, args, args.resume, "agent.pt", RUN_SETTINGS)
+    run = Run(args.runs_dir, f"{where}__{args.agent}__{args.obs}__{args.seed}", args, args.resume,
+              "agent.pt")  # fmt: skip
 
     env = make_env(
         f"{args.env}-{args.task}", args.obs, seed=args.seed,
@@ -564,52 +549,36 @@ def train(args: Config) -> Path:
     keys = env.obs_keys
     agent = make_agent(env, args, device)
     buffer = replay.ReplayBuffer(folder, seed=args.seed, keys=[*keys, "pre_action", "reward"])
-    progress = Progress()
-    if run.resumed is not None:
-        run.restore(**agent._asdict())
-        run.restore_rng([buffer])
-        progress = Progress(**run.resumed["state"])
-    if len(buffer) < progress.episodes_trained:
-        raise SystemExit(
-            f"error: {run.ckpt_path} was trained on {progress.episodes_trained} episodes but "
-            f"{folder} holds {len(buffer)}; the buffer lost files"
-        )
-    progress.env_steps = buffer.transitions * args.action_repeat
-    if len(buffer):
-        print(
-            f"resuming: {len(buffer)} episodes in {folder}, {progress.episodes_trained} trained on"
-        )
     datasets.write_info(folder, settings)
-    bar = tqdm(total=args.total_steps, initial=progress.env_steps, desc=name, unit="step")
-
-    # Episodes saved after the last checkpoint (a kill between saving and updating) are trained
-    # on now, so that none is lost and none is collected twice.
-    for episode in range(progress.episodes_trained, len(buffer)):
-        update(run, agent, buffer, keys, progress, episode, args, device)
-    while progress.env_steps < args.total_steps:
-        episode = len(buffer)
+    counters = Counters()
+    episodes = math.ceil(args.total_steps / env.episode_steps)
+    for episode in run.epochs("training", episodes, agent._asdict(), [buffer], f"{name} (episodes)",
+                              counters):  # fmt: skip
+        if len(buffer) < episode:
+            raise SystemExit(
+                f"error: {run.ckpt_path} was trained on {episode} episodes but {folder} holds "
+                f"{len(buffer)}; the buffer lost files"
+            )
+        buffer.keep(episode)  # (one a killed run saved after its checkpoint: again)
         seed = episode_seed(args.seed, BUFFER, episode)
-        mode: Literal["random", "sample"] = (
-            "random" if episode < args.prefill_episodes else "sample"
-        )
+        prefill = episode < args.prefill_episodes
+        mode: Literal["random", "sample"] = "random" if prefill else "sample"
         agent.model.eval()
         (trajectory,) = run_episodes([env], [seed], agent, mode, args, device)
         agent.model.train()
         buffer.add(trajectory)
-        steps = (len(trajectory["reward"]) - 1) * args.action_repeat
-        progress.env_steps += steps
+        counters.env_steps += (len(trajectory["reward"]) - 1) * args.action_repeat
         ret = float(trajectory["reward"].sum())
-        run.writer.add_scalar("train/return", ret, progress.env_steps)
-        bar.update(steps)
-        bar.set_postfix(episode=episode, ret=f"{ret:.1f}")
-        update(run, agent, buffer, keys, progress, episode, args, device)
+        run.writer.add_scalar("train/return", ret, counters.env_steps)
+        run.show(return_=f"{ret:.1f}", steps=counters.env_steps)
+        if episode >= args.prefill_episodes - 1:
+            update(run, agent, buffer, keys, counters, episode, args, device)
         if args.eval_every and (episode + 1) % args.eval_every == 0 and args.agent == "dreamer":
             seed = episode_seed(args.seed, EVAL, episode)
             (ep,) = run_episodes([eval_env], [seed], agent, "mode", args, device)
-            run.writer.add_scalar("eval/return", float(ep["reward"].sum()), progress.env_steps)
+            run.writer.add_scalar("eval/return", float(ep["reward"].sum()), counters.env_steps)
             if args.capture_video:
                 save_gif(run.dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
-    bar.close()
     print(f"{datasets.write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
     run.close()
     return run.ckpt_path

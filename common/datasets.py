@@ -37,9 +37,9 @@ from common.replay import (
     PathLike,
     Trajectory,
     WindowSampler,
-    _sort_key,
     atomic_write,
     load_trajectory,
+    numbered_files,
     remove_stale_temporaries,
 )
 
@@ -153,10 +153,6 @@ def dataset_task(env: str, name: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The trajectory files of a folder, and its facts
 # --------------------------------------------------------------------------------------------
-# Trajectory file names: `{index}.npz` (ours, the authors'), V-D4RL's `{time}-{id}-{length}.npz`.
-TRAJECTORY_NAME = re.compile(r"\d+\.npz|\d{8}T\d{6}-[0-9a-f]+-\d+\.npz")
-
-
 _NOTICES: set[str] = set()  # the notices already printed by this process
 
 
@@ -174,9 +170,8 @@ def trajectory_files(folder: PathLike) -> list[Path]:
         command = make_command(folder)
         how = f"; create it with: {command}" if command else ""
         raise DatasetError(f"dataset folder {folder} does not exist{how}")
-    found = sorted(folder.glob("*.npz"), key=_sort_key)
-    files = [f for f in found if TRAJECTORY_NAME.fullmatch(f.name)]
-    if others := [f.name for f in found if f not in files]:
+    files = numbered_files(folder)  # `{index}.npz`, ours and the authors'
+    if others := sorted(f.name for f in folder.glob("*.npz") if f not in files):
         notice(f"{folder}: not trajectory names, ignored: {', '.join(others[:5])}"
                + (f" and {len(others) - 5} more" if len(others) > 5 else ""))  # fmt: skip
     if not files:

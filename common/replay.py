@@ -5,8 +5,8 @@ File format (readable by the authors' loader, and theirs by ours): `{folder}/{in
 an array over the records of one trajectory (501 for a DMC episode at action repeat 2): the
 dm_control observation keys [T, dim], `image` [T, 64, 64, 3] uint8, `reward`, `is_first`,
 `is_last`, `is_terminal` [T, 1], and `pre_action` [T, A], the action that led to each record
-(zeros at t = 0). V-D4RL's 64px episodes (`image`/`observation`, `action`, `reward`, `discount`)
-are read too and mapped onto these keys. Files are written atomically (`atomic_write`).
+(zeros at t = 0). Files are written atomically (`atomic_write`); V-D4RL's episodes are converted
+into this format by download.py.
 
 In memory a trajectory is a `dict[str, np.ndarray]` over time: scalars [T], vectors [T, dim],
 images [T, H, W, 3] uint8. Batches are time-major torch tensors: [T, B, dim], images
@@ -126,26 +126,8 @@ def _normalise(key: str, value: np.ndarray) -> np.ndarray:
     return value.reshape(len(value), -1).astype(np.float32)
 
 
-def _vd4rl_array(npz: Mapping[str, np.ndarray], key: str, length: int) -> np.ndarray:
-    """Our key `key` from a V-D4RL episode (DreamerV2 layout, whose `action[t]` led to obs t)."""
-    if key == "image":
-        image = npz["image"] if "image" in npz else npz["observation"]
-        return image.transpose(0, 2, 3, 1) if image.shape[1] == 3 else image
-    if key == "pre_action":
-        return npz["action"]
-    if key in npz:
-        return npz[key]
-    if key == "is_terminal":
-        return np.asarray(npz["discount"]) == 0
-    if key == "is_first":
-        return np.arange(length) == 0
-    if key == "is_last":
-        return np.arange(length) == length - 1
-    raise KeyError(key)
-
-
 def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Trajectory:
-    """Read the `keys` (default: all) of one trajectory file, ours or V-D4RL's.
+    """Read the `keys` (default: all) of one trajectory file.
 
     Raises DatasetError naming the file for a corrupt file, a missing key or unequal lengths.
     """
@@ -153,16 +135,8 @@ def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Tra
     try:
         with np.load(path) as npz:
             present = list(npz.files)
-            vd4rl = "pre_action" not in present and "action" in present
-            if vd4rl:
-                # V-D4RL keys: image or observation, action, reward, discount (+ step flags).
-                available = ["image", "pre_action", "reward", *FLAG_KEYS]
-                length = len(npz["action"])
-            else:
-                available = present
-                length = -1
-            wanted = list(available if keys is None else keys)
-            missing = [k for k in wanted if k not in available]
+            wanted = list(present if keys is None else keys)
+            missing = [k for k in wanted if k not in present]
             if missing:
                 hint = (
                     " (a dataset collected with --no-render has no images)"
@@ -172,7 +146,7 @@ def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Tra
                 raise DatasetError(
                     f"{path}: missing key(s) {missing}{hint}; the file holds {sorted(present)}"
                 )
-            out = {k: _vd4rl_array(npz, k, length) if vd4rl else npz[k] for k in wanted}
+            out = {k: npz[k] for k in wanted}
     except DatasetError:
         raise
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # cut short or damaged
@@ -190,9 +164,9 @@ def load_trajectory(path: PathLike, keys: Optional[Sequence[str]] = None) -> Tra
     return {k: _normalise(k, np.asarray(v)) for k, v in out.items()}
 
 
-def _sort_key(path: Path) -> tuple[int, Union[int, str]]:
-    """Numbered files (ours, the authors') in numeric order, others (V-D4RL) by name."""
-    return (0, int(path.stem)) if path.stem.isdigit() else (1, path.name)
+def numbered_files(folder: Path) -> list[Path]:
+    """The trajectory files `{index}.npz` of `folder`, in the order of their indices."""
+    return sorted((p for p in folder.glob("*.npz") if p.stem.isdigit()), key=lambda p: int(p.stem))
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,7 +333,7 @@ class ReplayBuffer(WindowSampler):
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob(".*.tmp"):  # left by a killed write
                 stale.unlink()
-            for path in sorted(self.directory.glob("*.npz"), key=_sort_key):
+            for path in numbered_files(self.directory):
                 self.trajectories.append(load_trajectory(path, self.keys))
                 if self._file_keys is None:  # the keys stored, without reading them again
                     with np.load(path) as stored:

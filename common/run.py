@@ -36,7 +36,6 @@ from tqdm import tqdm
 from common.replay import WindowSampler, atomic_write, remove_stale_temporaries, save_torch
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
-LOGGING = {"resume", "resume_or_start", "track", "wandb_project"}  # flags a resumed run may change
 
 
 @dataclass(frozen=True)
@@ -50,15 +49,33 @@ class AtLeast:
 POSITIVE, NONNEGATIVE = AtLeast(1), AtLeast(0)
 
 
+@dataclass(frozen=True)
+class FreeOnResume:
+    """A flag's annotation (`total_steps: Annotated[int, FREE_ON_RESUME]`) saying that a resumed
+    run may set it otherwise than the run it continues: how the run is logged or how long it
+    goes on. Every other flag must be the checkpoint's (`Run`)."""
+
+
+FREE_ON_RESUME = FreeOnResume()
+
+
+def marked(args: RunArgs, mark: object) -> Iterator[tuple[str, Any]]:
+    """(flag, mark) for each flag of `args` whose annotation holds a mark equal to `mark` or, for
+    a class, an instance of it."""
+    for flag, hint in get_type_hints(type(args), include_extras=True).items():
+        for m in getattr(hint, "__metadata__", ()):
+            if m == mark or (isinstance(mark, type) and isinstance(m, mark)):
+                yield flag, m
+
+
 def check_flags(args: RunArgs) -> None:
     """Refuse, in one line and before anything else runs, a flag out of its range: each flag
     annotated `AtLeast(n)` (POSITIVE, NONNEGATIVE) must be at least n, every learning rate (a
     flag named `lr` or `*_lr`) positive and finite, and `--device` a device this machine has."""
-    for flag, hint in get_type_hints(type(args), include_extras=True).items():
-        for least in (m.least for m in getattr(hint, "__metadata__", ()) if isinstance(m, AtLeast)):
-            if (value := getattr(args, flag)) is not None and value < least:
-                name = flag.replace("_", "-")
-                raise SystemExit(f"error: --{name} must be at least {least}, not {value}")
+    for flag, at_least in marked(args, AtLeast):
+        if (value := getattr(args, flag)) is not None and value < at_least.least:
+            name = flag.replace("_", "-")
+            raise SystemExit(f"error: --{name} must be at least {at_least.least}, not {value}")
     for field in fields(args):
         value = getattr(args, field.name)
         if (field.name == "lr" or field.name.endswith("_lr")) and not 0 < value < math.inf:
@@ -94,15 +111,15 @@ class RunArgs:
     """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
     cache_dir: Annotated[Optional[str], derived(".cache/ in each dataset folder", "PATH")] = None
     """where the datasets' memory-mapped caches go (for datasets in read-only folders)"""
-    resume: bool = False
+    resume: Annotated[bool, FREE_ON_RESUME] = False
     """continue the run in {runs_dir}/{run_name}/ from its last checkpoint (it must exist)"""
-    resume_or_start: bool = False
+    resume_or_start: Annotated[bool, FREE_ON_RESUME] = False
     """continue the run in {runs_dir}/{run_name}/ where it exists, else start it"""
-    capture_video: bool = False
+    capture_video: Annotated[bool, FREE_ON_RESUME] = False
     """save GIFs of evaluation episodes to {runs_dir}/{run_name}/videos/"""
-    track: bool = False
+    track: Annotated[bool, FREE_ON_RESUME] = False
     """also log to Weights & Biases (pip install -e ".[track]"; WANDB_MODE=offline: no account)"""
-    wandb_project: str = "aime-imitation"
+    wandb_project: Annotated[str, FREE_ON_RESUME] = "aime-imitation"
     """the Weights & Biases project of --track"""
 
 
@@ -205,10 +222,9 @@ class Run:
         args: RunArgs,
         resume: bool = False,
         checkpoint_name: str = "checkpoint.pt",
-        settings: Optional[Sequence[str]] = None,
     ) -> None:
-        """`args` is the script's (resolved) flags dataclass; `settings` the flags a resumed run
-        must share with the checkpoint (None: every flag but --resume). A true
+        """`args` is the script's (resolved) flags dataclass: a resumed run must share every
+        flag with the checkpoint but those marked `FREE_ON_RESUME`. A true
         `args.resume_or_start` acts as `resume` where the folder exists."""
         self.dir = Path(runs_dir) / name
         self.ckpt_path = self.dir / checkpoint_name
@@ -225,14 +241,13 @@ class Run:
                 f"error: {self.dir} holds a run already; pass --resume to continue it{other}"
             )
         self.resumed: Optional[dict[str, Any]] = None
-        self._rng_restored = False  # `restore_rng` puts the streams back once
         self.stages: list[str] = []
         self.wall: dict[str, float] = {}
         self.bar: Optional[tqdm] = None  # the progress bar of the stage under way
         if resume and self.ckpt_path.exists():
             ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-            shared = set(settings) if settings is not None else {*ckpt["args"], *self.args}
-            shared -= LOGGING  # how a run is logged may change when it is resumed
+            free = {flag for flag, _ in marked(args, FREE_ON_RESUME)}
+            shared = {*ckpt["args"], *self.args} - free
             theirs = {k: v for k, v in ckpt["args"].items() if k in shared}
             ours = {k: v for k, v in self.args.items() if k in shared}
             if theirs != ours:
@@ -288,14 +303,6 @@ class Run:
         for k, p in parts.items():
             if self.resumed.get(k) is not None:
                 p.load_state_dict(self.resumed[k])
-
-    def restore_rng(self, samplers: Sequence[WindowSampler]) -> None:
-        """Put every random stream back where the checkpoint left it, once: the first call after
-        a resume belongs to the stage the checkpoint was written in, and a later stage of the
-        same process starts from the streams as they are. A no-op for a fresh run."""
-        if self.resumed is not None and not self._rng_restored:
-            set_rng_state(self.resumed["rng"], samplers)
-            self._rng_restored = True
 
     def epochs(
         self,

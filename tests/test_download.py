@@ -7,12 +7,13 @@ import io
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import aime
 import download
-from common.datasets import require_datasets
-from common.replay import DatasetError, save_trajectory
+from common.datasets import TrajectoryDataset, require_datasets
+from common.replay import DatasetError, load_trajectory, save_trajectory
 from tests.test_replay import fake_trajectory
 
 
@@ -111,3 +112,48 @@ def test_every_missing_dataset_is_named_with_its_command_cost_and_download(
         f"walker-run-expert --data-dir {tmp_path}"
     )
     assert not (tmp_path / "runs").exists()  # refused before the run folder was made
+
+
+def test_vd4rl_episodes_are_converted_onto_our_keys(tmp_path: Path) -> None:
+    """`download.py --vd4rl`: DreamerV2's layout (`action[t]` led to observation t, `discount`,
+    64px `image` or the channel-first `observation`) becomes ours, read like any dataset."""
+    T = 501
+    image = np.random.default_rng(0).integers(0, 256, (T, 64, 64, 3), dtype=np.uint8)
+    action = np.random.default_rng(1).uniform(-1, 1, (T, 6)).astype(np.float32)
+    action[0] = 0
+    discount = np.ones(T, np.float32)
+    discount[-1] = 0
+    source = tmp_path / "64px"
+    source.mkdir()
+    np.savez_compressed(
+        source / "20220101T000000-0123456789abcdef-501.npz",
+        image=image, action=action, reward=np.ones(T), discount=discount,
+    )  # fmt: skip
+    np.savez_compressed(
+        source / "20220101T000001-ff-501.npz",
+        observation=image.transpose(0, 3, 1, 2), action=action, reward=np.ones(T),
+        discount=np.ones(T, np.float32),
+    )  # fmt: skip
+    args = download.Args(names=("walker-walk-vd4rl",), vd4rl=str(source), data_dir=str(tmp_path))
+    (folder,) = download.main(args)
+    assert sorted(p.name for p in folder.glob("*.npz")) == ["0.npz", "1.npz"]
+    for name, terminal in (("0.npz", True), ("1.npz", False)):
+        traj = load_trajectory(folder / name)
+        np.testing.assert_array_equal(traj["image"], image)
+        np.testing.assert_array_equal(traj["pre_action"], action)
+        assert traj["is_first"][0] and traj["is_last"][-1]
+        assert traj["is_first"].sum() == traj["is_last"].sum() == 1
+        assert traj["is_terminal"].sum() == terminal and traj["is_terminal"][-1] == terminal
+    data = TrajectoryDataset(
+        folder, ["image", "pre_action"], expected_shapes={"image": (64, 64, 3)}, progress=False
+    )
+    assert len(data) == 2
+    with pytest.raises(DatasetError, match="missing key"):
+        load_trajectory(folder / "0.npz", ["orientations"])
+    with pytest.raises(SystemExit, match="holds trajectories already"):
+        download.main(args)
+    with pytest.raises(SystemExit, match=r"is not a folder of \.npz episodes"):
+        download.main(download.Args(names=("x",), vd4rl=str(tmp_path / "none")))
+    (source / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit, match=r"bad\.npz is not a V-D4RL episode"):
+        download.main(download.Args(names=("y",), vd4rl=str(source), data_dir=str(tmp_path)))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from common.replay import (
     save_trajectory,
     to_torch_batch,
 )
+from common.run import FREE_ON_RESUME, Run, RunArgs
 
 WALKER_SHAPES = {
     "orientations": (14,), "height": (1,), "velocity": (9,), "pre_action": (6,),
@@ -106,42 +108,6 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path) -> Non
         atomic_write(path, dies)
     assert load_trajectory(path)["velocity"][0, 0] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.npz"], "a temporary file was left"
-
-
-def test_vd4rl_episodes_map_onto_our_keys(tmp_path: Path) -> None:
-    T = 501
-    image = np.random.default_rng(0).integers(0, 256, (T, 64, 64, 3), dtype=np.uint8)
-    action = np.random.default_rng(1).uniform(-1, 1, (T, 6)).astype(np.float32)
-    action[0] = 0
-    discount = np.ones(T, np.float32)
-    name = "20220101T000000-0123456789abcdef-501.npz"
-    np.savez_compressed(
-        tmp_path / name, image=image, action=action, reward=np.ones(T), discount=discount
-    )
-    # The 84px conversion's channel-first `observation` key is read too.
-    np.savez_compressed(
-        tmp_path / ("20220101T000001-ff-501.npz"),
-        observation=image.transpose(0, 3, 1, 2), action=action, reward=np.ones(T),
-        discount=discount,
-    )  # fmt: skip
-    for path in sorted(tmp_path.glob("*.npz")):
-        traj = load_trajectory(
-            path, ["image", "pre_action", "reward", "is_first", "is_last", "is_terminal"]
-        )
-        np.testing.assert_array_equal(traj["image"], image)
-        np.testing.assert_array_equal(traj["pre_action"], action)
-        assert (
-            traj["is_first"][0]
-            and traj["is_last"][-1]
-            and traj["is_first"].sum() == traj["is_last"].sum() == 1
-        )
-        assert not traj["is_terminal"].any()
-    data = TrajectoryDataset(
-        tmp_path, ["image", "pre_action"], expected_shapes={"image": (64, 64, 3)}, progress=False
-    )
-    assert len(data) == 2
-    with pytest.raises(DatasetError, match="missing key"):
-        load_trajectory(tmp_path / name, ["orientations"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,7 +416,6 @@ def test_written_files_keep_the_umask_and_a_full_disk_keeps_the_old_file(
 
 
 def test_temporaries_of_killed_writes_are_removed_at_start_up(tmp_path: Path) -> None:
-    from common.run import Run, RunArgs
 
     (tmp_path / "r").mkdir()
     stale = tmp_path / "r" / ".checkpoint.pt.x1y2.tmp"
@@ -540,43 +505,32 @@ def test_readers_racing_a_writer_each_see_one_whole_version(tmp_path: Path) -> N
     assert version > 3, "the readers finished before the file was rewritten"
 
 
-def test_a_resumed_run_puts_its_random_streams_back_once(tmp_path: Path) -> None:
-    """`Run.restore_rng` rewinds torch's stream and the samplers' to the checkpoint at its first
-    call after a resume (the stage the checkpoint was written in), and leaves a later stage of the
-    same process alone (V-MAIL: the transfer after a resumed online stage)."""
+@dataclass
+class Flags(RunArgs):
+    lr: float = 1e-3
+    total_steps: Annotated[int, FREE_ON_RESUME] = 10
 
-    from common.replay import WindowSampler
-    from common.run import Run, RunArgs
 
-    sampler = WindowSampler(seed=3)
-    run = Run(tmp_path, "r", RunArgs())
-    run.restore_rng([sampler])  # a fresh run: nothing to put back
-    run.checkpoint({}, [sampler])
+def test_a_resumed_run_may_change_only_the_flags_marked_free_on_resume(tmp_path: Path) -> None:
+    """A flag annotated `FREE_ON_RESUME` (a budget, how the run is logged) may differ from the
+    checkpoint's; any other is refused in one line naming it, before anything is written."""
+    run = Run(tmp_path, "r", Flags())
+    run.checkpoint({}, [])
     run.close()
-    expected = (float(torch.rand(1)), float(sampler.rng.random()))
-
-    torch.manual_seed(99)
-    sampler = WindowSampler(seed=4)
-    resumed = Run(tmp_path, "r", RunArgs(), resume=True)
-    resumed.restore_rng([sampler])
-    assert (float(torch.rand(1)), float(sampler.rng.random())) == expected
-    later = (torch.get_rng_state(), sampler.rng.bit_generator.state)
-    resumed.restore_rng([sampler])  # a later stage: the streams stay where they are
-    assert torch.equal(torch.get_rng_state(), later[0])
-    assert sampler.rng.bit_generator.state == later[1]
-    resumed.close()
+    before = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    Run(tmp_path, "r", Flags(total_steps=20, track=False, capture_video=True), resume=True).close()
+    with pytest.raises(SystemExit, match=r"other flags: --lr 0.001 \(now 0.002\); resume"):
+        Run(tmp_path, "r", Flags(lr=2e-3, total_steps=20), resume=True)
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
 
 
 def test_run_epochs_resume_where_the_checkpoint_was_written(tmp_path: Path) -> None:
     """`Run.epochs` across two stages: a run stopped after stage b's first epoch and resumed
     skips stage a, gets b's networks, random streams and counters back, and goes on from b's
     second epoch exactly as the uninterrupted run did."""
-    from dataclasses import dataclass
-
     from torch import nn
 
     from common.replay import WindowSampler
-    from common.run import Run, RunArgs
 
     @dataclass
     class Counters:
@@ -612,7 +566,6 @@ def test_run_epochs_resume_where_the_checkpoint_was_written(tmp_path: Path) -> N
 def test_run_epochs_refuse_a_checkpoint_of_no_stage_and_keep_it(tmp_path: Path) -> None:
     """A checkpoint written without `Run.epochs` (an older layout) is refused in one line on
     resume, not trained over from scratch, and stays as it was."""
-    from common.run import Run, RunArgs
 
     run = Run(tmp_path, "r", RunArgs())
     run.checkpoint({"phase": 2, "epoch": 3}, [])
@@ -645,8 +598,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_last(small_disk: Path) -> None:
 
     from torch import nn
-
-    from common.run import Run, RunArgs
 
     run = Run(small_disk, "r", RunArgs())
     run.checkpoint({"epoch": 1}, [], net=nn.Linear(2, 2))  # fits
