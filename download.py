@@ -35,13 +35,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import tyro
 
 from common.datasets import AUTHORS_RELEASE
 from common.replay import save_trajectory
+from common.run import derived
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Args:
     """where world models go: {models_dir}/{model}/model.pt and config.yaml"""
     source: str = AUTHORS_RELEASE + "/download"
     """the address the archives are fetched from, or a local folder that holds them"""
-    vd4rl: Optional[str] = None
+    vd4rl: Annotated[Optional[str], derived("none: download", "FOLDER")] = None
     """convert this folder of V-D4RL episodes into {data_dir}/{name}/ (one name) instead"""
 
 

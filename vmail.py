@@ -64,7 +64,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, Optional, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ from common import datasets, replay
 from common.envs import EnvError, check_env, make_env
 from common.evaluation import collect_episodes, episode_seed, evaluate, expert_return, scores
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_normal, mlp, observation
-from common.rssm import RSSM, VMAIL_RSSM, FilteringActor, GaussianNet
+from common.rssm import RSSM, VMAIL_RSSM, FilteringActor, keras_init
 from common.run import (  # flags' ranges
     NONNEGATIVE,
     POSITIVE,
@@ -247,7 +247,6 @@ def open_demonstrations(
 
 
 # -- Networks ----------------------------------------------------------------------------------
-NetT = TypeVar("NetT", bound=nn.Module)
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)  # a unit-variance Gaussian's -log density at its mean
 
 
@@ -277,28 +276,6 @@ class WorldModel(nn.Module):
             ConvDecoder(feat, depth, sigmoid=False) if visual else mlp(feat, obs_dim, cfg.hidden, 2)
         )
         keras_init(self)
-
-
-def keras_init(net: NetT) -> NetT:
-    """The authors' initialisation, Keras' defaults (detail 1): Glorot-uniform kernels, zero
-    biases, the GRU's recurrent kernel orthogonal."""
-    for m in net.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.GRUCell):
-            nn.init.xavier_uniform_(m.weight_ih)
-            nn.init.orthogonal_(m.weight_hh)
-            nn.init.zeros_(m.bias_ih)
-            nn.init.zeros_(m.bias_hh)
-    for m in net.modules():  # the posterior's first layer: their one Dense over [h, e], in two
-        if isinstance(m, GaussianNet) and m.first_e is not None:
-            fan = m.first_h.in_features + m.first_e.in_features + m.first_h.out_features
-            bound = math.sqrt(6 / fan)  # Glorot over the whole kernel
-            for half in (m.first_h, m.first_e):
-                nn.init.uniform_(half.weight, -bound, bound)
-    return net
 
 
 class Actor(nn.Module):

@@ -19,7 +19,8 @@ Three layouts (`RSSMConfig`), two from the AIME authors' code and one from the V
   (LayerNorm + SiLU) giving mean and std together, s of 30 dims, std = 2 sigmoid(x / 2) + 0.1.
 - `VMAIL_RSSM` (Dreamer-v1's, the V-MAIL authors' `models.py`): GRU 200, s of 30 dims, one ELU
   layer of 200 before the GRU and in the prior and posterior, one MLP giving mean and std together,
-  std = softplus(.) + 0.1.
+  std = softplus(.) + 0.1. `keras_init` gives V-MAIL's networks, this cell among them, the V-MAIL
+  authors' initialisation (TensorFlow's Keras defaults).
 
 The sequence loop is the hot path: it runs on plain tensors (no dicts or distribution objects per
 step, no host synchronisation), and holds only the GRU and the posterior; the embedding half of
@@ -32,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -364,3 +365,28 @@ class FilteringActor:
         if self.explore > 0:
             action = (action + self.explore * torch.randn_like(action)).clamp(-1, 1)
         return action.cpu().numpy()
+
+
+NetT = TypeVar("NetT", bound=nn.Module)
+
+
+def keras_init(net: NetT) -> NetT:
+    """V-MAIL's initialisation, the authors' (TensorFlow) Keras defaults, of every layer of
+    `net`: Glorot-uniform kernels, zero biases, the GRU's recurrent kernel orthogonal."""
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.GRUCell):
+            nn.init.xavier_uniform_(m.weight_ih)
+            nn.init.orthogonal_(m.weight_hh)
+            nn.init.zeros_(m.bias_ih)
+            nn.init.zeros_(m.bias_hh)
+    for m in net.modules():  # the posterior's first layer: their one Dense over [h, e], in two
+        if isinstance(m, GaussianNet) and m.first_e is not None:
+            fan = m.first_h.in_features + m.first_e.in_features + m.first_h.out_features
+            bound = math.sqrt(6 / fan)  # Glorot over the whole kernel
+            for half in (m.first_h, m.first_e):
+                nn.init.uniform_(half.weight, -bound, bound)
+    return net
