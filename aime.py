@@ -500,7 +500,9 @@ def train_epoch(
     sums: dict[str, Tensor] = {}
     losses = []
     for _ in range(cfg.steps_per_epoch):
-        loss, metrics = step(data.sample(cfg.batch_size, cfg.horizon, device))
+        batch = data.sample(cfg.batch_size, cfg.horizon, device)
+        with run.autocast():  # --precision bf16: matrix products in bfloat16
+            loss, metrics = step(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         metrics["grad_norm"] = nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -416,7 +416,9 @@ def train(
         sums: dict[str, Tensor] = {}
         batches = epoch_batches(train_w, cfg)
         for idx in batches:
-            value, metrics = loss(train_w.batch(idx, frames, keys, device))
+            batch = train_w.batch(idx, frames, keys, device)
+            with run.autocast():  # --precision bf16: matrix products in bfloat16
+                value, metrics = loss(batch)
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()

@@ -78,6 +78,7 @@ from common.run import (
     Run,
     RunArgs,
     add_to,
+    autocast,
     check_flags,
     derived,
     load_state,
@@ -370,15 +371,18 @@ def train_step(
     agent: Agent, batch: dict[str, Tensor], keys: tuple[str, ...], args: Config
 ) -> dict[str, Tensor]:
     """One update of the world model, then of the actor and the value net (Dreamer Algorithm 1)."""
-    model_loss, start, metrics = world_model_loss(agent.model, batch, keys, args)
+    device = batch["pre_action"].device
+    with autocast(args.precision, device):  # --precision bf16: matrix products in bfloat16
+        model_loss, start, metrics = world_model_loss(agent.model, batch, keys, args)
     agent.model_opt.zero_grad(set_to_none=True)
     model_loss.backward()
     metrics["model_grad_norm"] = nn.utils.clip_grad_norm_(agent.model.parameters(), args.grad_clip)
     agent.model_opt.step()
 
-    actor_loss, value_loss, ac_metrics = actor_critic_loss(
-        agent.model, agent.actor, agent.value, start, args
-    )
+    with autocast(args.precision, device):
+        actor_loss, value_loss, ac_metrics = actor_critic_loss(
+            agent.model, agent.actor, agent.value, start, args
+        )
     actor_params = list(agent.actor.parameters())
     agent.actor_opt.zero_grad(set_to_none=True)
     actor_loss.backward(inputs=actor_params)  # the model and value net take no gradient from it

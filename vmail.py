@@ -83,6 +83,7 @@ from common.run import (  # flags' ranges
     Run,
     RunArgs,
     add_to,
+    autocast,
     check_flags,
     derived,
     label,
@@ -528,12 +529,13 @@ def iteration(
     from `expert`, the rollouts, eqs. (22)-(23)), then the model and `task`'s D, pi and V each
     take one Adam step on their own loss."""
     model, learner = nets.model, nets.learners[task]
-    # lines 12-13: eq. (21) on the batch; its posterior states (h, s) start the rollouts
-    model_loss, start, metrics = elbo_loss(model, batch, keys, cfg.free_nats)
-    # line 16: z^E ~ q(z | x^E, a^E) and the expert's actions a^E
-    expert_feat, expert_actions = expert_latents(model.encoder, model.rssm, expert, keys)
-    # lines 17-19: rollouts of pi from `start`; the losses of D (eq. 23), pi (eq. 22) and V
-    losses = policy_losses(model.rssm, learner, start, expert_feat, expert_actions, cfg)
+    with autocast(cfg.precision, batch["pre_action"].device):  # bf16: see --precision
+        # lines 12-13: eq. (21) on the batch; its posterior states (h, s) start the rollouts
+        model_loss, start, metrics = elbo_loss(model, batch, keys, cfg.free_nats)
+        # line 16: z^E ~ q(z | x^E, a^E) and the expert's actions a^E
+        expert_feat, expert_actions = expert_latents(model.encoder, model.rssm, expert, keys)
+        # lines 17-19: rollouts of pi from `start`; the losses of D (eq. 23), pi (eq. 22), V
+        losses = policy_losses(model.rssm, learner, start, expert_feat, expert_actions, cfg)
     # every gradient with the networks as they are, then one Adam step each (detail 3)
     steps = {"model": (model_loss, model, nets.model_opt), **learner.steps(losses)}
     return {**metrics, **losses.metrics, **adam_steps(steps, cfg.grad_clip)}
@@ -542,8 +544,7 @@ def iteration(
 def mode_actor(
     encoder: nn.Module, rssm: RSSM, actor: Actor, keys: tuple[str, ...], cfg: LearnerArgs
 ) -> Callable[[int], FilteringActor]:
-    """The evaluation's actor (`common/evaluation.py::evaluate`): pi's mode (`--eval-samples`) in
-    n environments, on the state z_t ~ q(z_t | x_t, z_t-1, a_t-1) filtered from the observations."""
+    """The evaluation's actor: pi's mode (`--eval-samples`) on z_t ~ q(z_t | x_t, z_t-1, a_t-1)."""
     device = torch.device(cfg.device)
     return partial(FilteringActor, encoder, rssm, actor, keys, device, samples=cfg.eval_samples)
 

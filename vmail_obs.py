@@ -52,7 +52,16 @@ from common.evaluation import evaluate, expert_return, scores
 from common.model_files import Filter, ModelSettings, check_folder_form, read_filter, trained_on
 from common.nets import observation
 from common.rssm import RSSM
-from common.run import POSITIVE, Run, add_to, check_flags, derived, label, seed_everything
+from common.run import (
+    POSITIVE,  # flags' ranges
+    Run,
+    add_to,
+    autocast,
+    check_flags,
+    derived,
+    label,
+    seed_everything,
+)
 
 
 @dataclass
@@ -159,7 +168,8 @@ def imitation_step(
 ) -> dict[str, Tensor]:  # fmt: skip
     """V-MAIL's lines 17-19 in the frozen model: one Adam step each of D(z) (eq. 23), pi (eq. 22)
     and V, from the expert latents `expert_feat` and rollouts from `start`."""
-    losses = vmail.policy_losses(rssm, learner, start, expert_feat, None, cfg)
+    with autocast(cfg.precision, expert_feat.device):  # --precision bf16: products in bfloat16
+        losses = vmail.policy_losses(rssm, learner, start, expert_feat, None, cfg)
     return {**losses.metrics, **vmail.adam_steps(learner.steps(losses), cfg.grad_clip)}
 
 
@@ -177,7 +187,8 @@ def imitate(
         sums: dict[str, Tensor] = {}
         for _ in range(cfg.steps_per_epoch):
             expert = demo.sample(cfg.batch_size, cfg.horizon, device)
-            feat = expert_latents(model.encoder, model.rssm, expert, keys, learner.actor)
+            with run.autocast():
+                feat = expert_latents(model.encoder, model.rssm, expert, keys, learner.actor)
             start = (feat[..., :deter], feat[..., deter:])  # rollouts from every expert latent
             add_to(sums, imitation_step(model.rssm, learner, start, feat, cfg))
         n = cfg.steps_per_epoch

@@ -1,8 +1,14 @@
-"""Speed of the hot paths; prints one `case: value unit` line per case and asserts nothing.
+"""Speed of the hot paths; prints one `case [precision]: value unit` line per case and precision,
+then the ratio of each precision to the first, and asserts nothing.
 
-    python benchmarks/speed.py                                  # every case, CPU
-    python benchmarks/speed.py --cases phase1-mdp phase2-mdp --steps 5
+    python benchmarks/speed.py                                  # every case, CPU, fp32 and bf16
+    python benchmarks/speed.py --cases phase1-mdp phase2-mdp --steps 5 --precisions fp32
     python benchmarks/speed.py --device cuda --compile           # GPU, with torch.compile
+
+The training cases (phase*, rssm-*, vmail-*, collect-*) run in every `--precisions` (the scripts'
+`--precision`: bf16 computes matrix products and convolutions in bfloat16, the rest in float32),
+in alternating rounds, so that the precisions share the machine's state and the ratio is a
+side-by-side figure; env and dataset cases do not depend on it and run once.
 
 Cases:
 - phase1-mdp, phase1-visual, phase2-mdp, phase2-visual: AIME gradient steps per second at the
@@ -48,6 +54,7 @@ from common.envs import make_env
 from common.nets import kl_loss
 from common.replay import save_trajectory
 from common.rssm import AIME_RSSM, DREAMER_RSSM, RSSM
+from common.run import Precision, autocast, mixed_precision
 
 WALKER_MDP = {"orientations": 14, "height": 1, "velocity": 9}  # walker's keys and sizes
 CASES = (
@@ -73,6 +80,10 @@ class Args:
     """sequences per batch"""
     horizon: int = 50
     """records per sequence"""
+    precisions: list[Precision] = field(default_factory=lambda: ["fp32", "bf16"])
+    """precisions to run each training case in, side by side (ratios to the first)"""
+    rounds: int = 2
+    """alternating rounds of --steps timed calls per precision (their rates are averaged)"""
 
 
 def per_second(fn: Callable[[], object], steps: int, device: torch.device) -> float:
@@ -104,13 +115,16 @@ def walker_batch(
     return batch, keys
 
 
-def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
+def aime_step(
+    case: str, args: Args, device: torch.device, precision: Precision
+) -> Callable[[], object]:
     """One AIME gradient step on a synthetic walker batch with the script's own functions."""
     phase, obs = case.split("-")
     T, B = args.horizon, args.batch_size
     aime_args = aime.resolve(aime.Args(env="walker", obs=obs))  # type: ignore[arg-type]
     dims = {"image": 3 * 64 * 64} if obs == "visual" else WALKER_MDP
     model = aime.WorldModel(dims, 6, "aime", False).to(device)
+    mixed_precision(precision, model)
     if args.compile:
         model.rssm.obs_step = torch.compile(model.rssm.obs_step)  # type: ignore[method-assign]
     batch, keys = walker_batch(obs, T, B, device)
@@ -118,7 +132,8 @@ def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], objec
         opt = torch.optim.Adam(model.parameters(), lr=3e-4)
 
         def step() -> None:
-            loss, _ = aime.phase1_step(model, batch, keys, aime_args)
+            with autocast(precision, device):
+                loss, _ = aime.phase1_step(model, batch, keys, aime_args)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
@@ -127,10 +142,12 @@ def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], objec
         return step
     model.requires_grad_(False)
     policy = aime.Policy(model.rssm.feature_dim, 6).to(device)
+    mixed_precision(precision, policy)
     popt = torch.optim.Adam(policy.parameters(), lr=3e-4)
 
     def step2() -> None:
-        loss, _ = aime.phase2_step(model, policy, batch, keys, aime_args)
+        with autocast(precision, device):
+            loss, _ = aime.phase2_step(model, policy, batch, keys, aime_args)
         popt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 100.0)
@@ -139,29 +156,38 @@ def aime_step(case: str, args: Args, device: torch.device) -> Callable[[], objec
     return step2
 
 
-def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
+def vmail_step(
+    case: str, args: Args, device: torch.device, precision: Precision
+) -> Callable[[], object]:
     """One V-MAIL training iteration on a synthetic walker batch with the script's functions."""
     obs = "visual" if case == "vmail-visual" else "mdp"
     T, B = args.horizon, args.batch_size
     batch, keys = walker_batch(obs, T, B, device)
     if case == "vmail-obsonly-mdp":
-        o_args = vmail_obs.Config(obs="mdp", device=str(device))
+        o_args = vmail_obs.Config(obs="mdp", device=str(device), precision=precision)
         frozen = aime.WorldModel(WALKER_MDP, 6, "aime", False).to(device).requires_grad_(False)
         learner = vmail.make_learner(frozen.rssm.feature_dim, 6, False, o_args)
+        mixed_precision(precision, frozen, learner.actor, learner.value, learner.disc)
         demo = {k: v for k, v in batch.items() if k != "pre_action"}
         deter = frozen.rssm.cfg.deter
 
         def obs_only() -> None:
-            feat = vmail_obs.expert_latents(frozen.encoder, frozen.rssm, demo, keys, learner.actor)
+            with autocast(precision, device):
+                feat = vmail_obs.expert_latents(
+                    frozen.encoder, frozen.rssm, demo, keys, learner.actor
+                )
             start = (feat[..., :deter], feat[..., deter:])
             vmail_obs.imitation_step(frozen.rssm, learner, start, feat, o_args)
 
         return obs_only
     penalty = {"vmail-mdp-inputs-gp": "inputs", "vmail-mdp-no-gp": "none"}.get(case, "params")
-    v_args = vmail.Config(obs=obs, device=str(device), grad_penalty=penalty)  # type: ignore[arg-type]
+    v_args = vmail.Config(
+        obs=obs, device=str(device), grad_penalty=penalty, precision=precision,  # type: ignore[arg-type]
+    )  # fmt: skip
     model = vmail.WorldModel(24, 6, obs == "visual", v_args).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=v_args.model_lr)
     learner = vmail.make_learner(model.rssm.feature_dim, 6, True, v_args)
+    mixed_precision(precision, model, learner.actor, learner.value, learner.disc)
     nets = vmail.Nets(model, opt, {"walk": learner})
 
     def step() -> None:
@@ -170,16 +196,20 @@ def vmail_step(case: str, args: Args, device: torch.device) -> Callable[[], obje
     return step
 
 
-def rssm_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
+def rssm_step(
+    case: str, args: Args, device: torch.device, precision: Precision
+) -> Callable[[], object]:
     cfg, embed_dim = (AIME_RSSM, 24) if case == "rssm-aime" else (DREAMER_RSSM, 1024)
     rssm = RSSM(6, embed_dim, cfg).to(device)
+    mixed_precision(precision, rssm)
     if args.compile:
         rssm.obs_step = torch.compile(rssm.obs_step)  # type: ignore[method-assign]
     embed = torch.randn(args.horizon, args.batch_size, embed_dim, device=device)
     actions = torch.rand(args.horizon, args.batch_size, 6, device=device) * 2 - 1
 
     def step() -> None:
-        out = rssm.observe(embed, actions)
+        with autocast(precision, device):
+            out = rssm.observe(embed, actions)
         kl_loss(out.post_mean, out.post_std, out.prior_mean, out.prior_std).mean().backward()
 
     return step
@@ -213,15 +243,18 @@ def dataset_rate(args: Args, device: torch.device) -> float:
         )
 
 
-def collect_rate(case: str, args: Args, device: torch.device) -> tuple[float, float, float]:
+def collect_rate(
+    case: str, args: Args, device: torch.device, precision: Precision
+) -> tuple[float, float, float]:
     """(environment steps/s of collect-and-train, updates/s, seconds per acted episode)."""
     obs = case.split("-")[1]
     dargs = dreamer_collect.resolve(dreamer_collect.Args(
         agent="dreamer", env="walker", task="walk", obs=obs,  # type: ignore[arg-type]
-        batch_size=args.batch_size, horizon=args.horizon, device=str(device),
+        batch_size=args.batch_size, horizon=args.horizon, device=str(device), precision=precision,
     ))  # fmt: skip
     env = make_env("walker-walk", obs, render=True)  # type: ignore[arg-type]
     agent = dreamer_collect.make_agent(env, dargs, device)
+    mixed_precision(precision, agent.model, agent.actor, agent.value)
     keys = env.obs_keys
     T, B = args.horizon, args.batch_size
     batch = {
@@ -244,6 +277,32 @@ def collect_rate(case: str, args: Args, device: torch.device) -> tuple[float, fl
     return env_steps, updates, episode
 
 
+TRAINING = {"phase": (aime_step, "steps/s"), "rssm": (rssm_step, "steps/s"),
+            "vmail": (vmail_step, "iterations/s")}  # fmt: skip
+
+
+def kind_of(case: str) -> str:
+    """A case's kind: phase (phase1-*, phase2-*), rssm, vmail, env, collect or dataset."""
+    return case.split("-")[0].rstrip("12")
+
+
+def side_by_side(case: str, args: Args, device: torch.device) -> dict[str, float]:
+    """Calls per second of a training case in each of `args.precisions`, in alternating rounds."""
+    make = TRAINING[kind_of(case)][0]
+    steps = {p: make(case, args, device, p) for p in args.precisions}
+    rates: dict[str, list[float]] = {p: [] for p in args.precisions}
+    for _ in range(args.rounds):
+        for p, step in steps.items():
+            rates[p].append(per_second(step, args.steps, device))
+    return {p: float(np.mean(r)) for p, r in rates.items()}
+
+
+def print_ratios(case: str, values: dict[str, float]) -> None:
+    first, *others = values
+    for p in others:
+        print(f"{case}: {p} / {first} = {values[p] / values[first]:.2f}", flush=True)
+
+
 def main(args: Args) -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -253,25 +312,28 @@ def main(args: Args) -> None:
     for case in args.cases:
         if case not in CASES:
             raise SystemExit(f"unknown case {case!r}; choose from {' '.join(CASES)}")
-        if case.startswith("vmail"):
-            rate = per_second(vmail_step(case, args, device), args.steps, device)
-            print(f"{case}: {rate:.2f} iterations/s", flush=True)
-        elif case.startswith("phase"):
-            rate = per_second(aime_step(case, args, device), args.steps, device)
-            print(f"{case}: {rate:.2f} steps/s", flush=True)
-        elif case.startswith("rssm"):
-            rate = per_second(rssm_step(case, args, device), args.steps, device)
-            print(f"{case}: {rate:.2f} steps/s ({1e3 / rate:.0f} ms forward+backward)", flush=True)
-        elif case.startswith("env"):
+        kind = kind_of(case)
+        if kind in TRAINING:
+            rates = side_by_side(case, args, device)
+            for p, rate in rates.items():
+                extra = f" ({1e3 / rate:.0f} ms forward+backward)" if kind == "rssm" else ""
+                print(f"{case} [{p}]: {rate:.2f} {TRAINING[kind][1]}{extra}", flush=True)
+            print_ratios(case, rates)
+        elif kind == "env":
             rate = per_second(env_step(case), 100 * args.steps, device)
             print(f"{case}: {rate:.0f} agent steps/s", flush=True)
-        elif case.startswith("collect"):
-            rate, updates, episode = collect_rate(case, args, device)
-            print(
-                f"{case}: {rate:.1f} env steps/s ({updates:.2f} updates/s, {episode:.1f} s per "
-                f"episode of acting), {1e6 / rate / 3600:.1f} h per 1M env steps",
-                flush=True,
-            )
+        elif kind == "collect":
+            env_rates: dict[str, float] = {}
+            for p in args.precisions:
+                rate, updates, episode = collect_rate(case, args, device, p)
+                env_rates[p] = rate
+                print(
+                    f"{case} [{p}]: {rate:.1f} env steps/s ({updates:.2f} updates/s, "
+                    f"{episode:.1f} s per episode of acting), {1e6 / rate / 3600:.1f} h per 1M "
+                    "env steps",
+                    flush=True,
+                )
+            print_ratios(case, env_rates)
         else:
             rate = dataset_rate(args, device)
             print(f"{case}: {rate:.1f} batches/s", flush=True)

@@ -22,20 +22,22 @@ import math
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union, get_type_hints
+from typing import Annotated, Any, Literal, Optional, Union, get_type_hints
 
 import numpy as np
 import torch
 import tyro
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from common.replay import WindowSampler, atomic_write, remove_stale_temporaries, save_torch
 
 Stateful = Union[torch.nn.Module, torch.optim.Optimizer]
+Precision = Literal["fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,37 @@ class RunArgs:
     """also log to Weights & Biases (pip install -e ".[track]"; WANDB_MODE=offline: no account)"""
     wandb_project: Annotated[str, FREE_ON_RESUME] = "aime-imitation"
     """the Weights & Biases project of --track"""
+    precision: Precision = "fp32"
+    """bf16: training steps compute their matrix products and convolutions in bfloat16
+    (torch.autocast), everything else (states, losses, optimiser) in float32; fp32: float32 only"""
+
+
+# `--precision`: bf16 computes these layers in bfloat16 under `autocast`, the rest in float32
+LOWERED = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.GRUCell)  # what bf16 computes in bf16
+
+
+def _float32(module: nn.Module, inputs: object, output: Tensor) -> Tensor:
+    return output.float()
+
+
+def mixed_precision(precision: Precision, *nets: nn.Module) -> None:
+    """Prepare `nets` for `precision`, once, after they are built: for `bf16`, each linear,
+    convolutional and GRU layer hands its output on in float32, so that under `autocast` only
+    the matrix products and convolutions run in bfloat16 while the activations, the recurrent
+    state, every loss, KL and log-density, the gradients and the optimiser states stay float32.
+    `fp32` changes nothing."""
+    if precision == "fp32":
+        return
+    for net in nets:
+        for m in net.modules():
+            if isinstance(m, LOWERED) and _float32 not in m._forward_hooks.values():
+                m.register_forward_hook(_float32)
+
+
+def autocast(precision: Precision, device: torch.device) -> AbstractContextManager[object]:
+    """The context of a training step's forward pass (not its backward): `torch.autocast` to
+    bfloat16 for `bf16` (on nets `mixed_precision` prepared), nothing for `fp32`."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def seed_everything(seed: int) -> None:
@@ -316,7 +349,8 @@ class Run:
         """The epochs 0 .. `total` - 1 of `stage`, each followed by a checkpoint of `parts`, every
         random stream (torch's and `samplers'`) and the loop's own `counters` (a dataclass
         instance, e.g. an early stop's best loss), with a progress bar (`self.bar`, `desc`) and
-        the stage's wall time (`self.wall`). A loop that breaks ends its stage there.
+        the stage's wall time (`self.wall`). A loop that breaks ends its stage there. Under
+        `--precision bf16` the networks among `parts` are prepared for `self.autocast`.
 
         On a resumed run: a stage the checkpoint had reached gets its `parts` back; the stage it
         was written in also gets its random streams and `counters` back and goes on from the
@@ -324,6 +358,8 @@ class Run:
         again on a resumed run: what it changes in the later stage's `parts` is put back when
         that stage begins."""
         resumed, first = self.resumed, 0
+        nets = [p for p in parts.values() if isinstance(p, nn.Module)]
+        mixed_precision(self.args["precision"], *nets)  # bf16: ready for `self.autocast`
         if resumed is not None and not self.stages:  # a checkpoint of no stage: not `epochs`'
             raise SystemExit(
                 f"error: {self.ckpt_path} records no training stage (an older checkpoint layout); "
@@ -353,6 +389,10 @@ class Run:
                 self.checkpoint(state, samplers, **parts)
         finally:
             self.bar.close()
+
+    def autocast(self) -> AbstractContextManager[object]:
+        """The context of a training step's forward pass under the run's `--precision`."""
+        return autocast(self.args["precision"], torch.device(self.args["device"]))
 
     def show(self, **values: object) -> None:
         """Show `values` beside the progress bar of the stage under way."""
