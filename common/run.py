@@ -5,13 +5,15 @@ A run lives in `{runs_dir}/{name}/`: TensorBoard events (with a table of the fla
 epoch or episode) and, when it ends, `results.json`. The rules:
   - a folder that holds a run already is refused unless `--resume` is passed;
   - `--resume` continues from the checkpoint only with the flags it was written with (the flags
-    that differ are named); it refuses a folder that does not exist (a mistyped flag would start
-    a new run), and starts from scratch in one killed before its first checkpoint;
+    that differ are named), but for those annotated `FREE_ON_RESUME`; it refuses a folder that
+    does not exist (a mistyped flag would start a new run), and starts from scratch in one
+    killed before its first checkpoint;
   - `--resume-or-start` continues the run where there is one and starts it where there is none
     (for a command re-run until it finishes, as quickstart.sh does);
   - a non-finite loss stops the run and keeps the last good checkpoint.
 A script's training loops are `for epoch in run.epochs(stage, n, parts, samplers):`; the
-iterator keeps the books of a resumable run (`Run.epochs`), so that the loops hold none.
+iterator keeps the books of a resumable run (`Run.epochs`), so that the loops hold none. Under
+`--precision bf16` a training step's forward pass runs in `run.autocast()` (or `autocast`).
 The evaluation (paired episodes, normalised scores) is `common/evaluation.py`'s.
 """
 
