@@ -233,7 +233,7 @@ def test_dreamer_writes_its_buffer_and_expert_demonstrations_with_every_modality
     ckpt = torch.load(
         tmp_path / "runs" / "walker-walk__dreamer__visual__0" / "agent.pt", weights_only=False
     )
-    assert ckpt["state"]["counters"]["updates"] == 2 * 3  # after the prefill episode and after episode 1
+    assert ckpt["state"]["counters"]["updates"] == 2 * 3  # after the prefill episode and episode 1
 
     # Expert-only mode: more demonstrations from the saved agent, the first one kept as it was.
     first = load_trajectory(tmp_path / "data" / "walker-walk-expert" / "0.npz")
