@@ -496,10 +496,9 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
 # == Training =====================================================================================
 @dataclass
 class Counters:
-    """What a run has done besides its episodes (checkpointed with them): the simulator steps
-    collected (prefill included) and the gradient updates taken."""
+    """What a run has done besides its episodes (checkpointed with them): the gradient updates
+    taken. (Its simulator steps are the buffer's, `buffer.transitions` x the action repeat.)"""
 
-    env_steps: int = 0
     updates: int = 0
 
 
@@ -507,13 +506,14 @@ def update(
     run: Run, agent: Agent, buffer: replay.ReplayBuffer, keys: tuple[str, ...],
     counters: Counters, episode: int, args: Config, device: torch.device,
 ) -> None:  # fmt: skip
-    """The C updates that follow collecting `episode`."""
+    """The C updates that follow collecting `episode`, logged at the buffer's simulator steps."""
     sums: dict[str, Tensor] = {}
     needed = [*keys, "pre_action", "reward"]
     for _ in range(args.train_steps_per_episode):
         batch = buffer.sample(args.batch_size, args.horizon, device, needed)
         add_to(sums, train_step(agent, batch, keys, args))
-    means = run.log("train", sums, args.train_steps_per_episode, counters.env_steps)
+    env_steps = buffer.transitions * args.action_repeat
+    means = run.log("train", sums, args.train_steps_per_episode, env_steps)
     run.check_finite(means, f"after episode {episode}")
     counters.updates += args.train_steps_per_episode
 
@@ -571,16 +571,16 @@ def train(args: Config) -> Path:
         (trajectory,) = run_episodes([env], [seed], agent, mode, args, device)
         agent.model.train()
         buffer.add(trajectory)
-        counters.env_steps += (len(trajectory["reward"]) - 1) * args.action_repeat
+        env_steps = buffer.transitions * args.action_repeat  # prefill included
         ret = float(trajectory["reward"].sum())
-        run.writer.add_scalar("train/return", ret, counters.env_steps)
-        run.show(return_=f"{ret:.1f}", steps=counters.env_steps)
+        run.writer.add_scalar("train/return", ret, env_steps)
+        run.show(return_=f"{ret:.1f}", steps=env_steps)
         if episode >= args.prefill_episodes - 1:
             update(run, agent, buffer, keys, counters, episode, args, device)
         if args.eval_every and (episode + 1) % args.eval_every == 0 and args.agent == "dreamer":
             seed = episode_seed(args.seed, EVAL, episode)
             (ep,) = run_episodes([eval_env], [seed], agent, "mode", args, device)
-            run.writer.add_scalar("eval/return", float(ep["reward"].sum()), counters.env_steps)
+            run.writer.add_scalar("eval/return", float(ep["reward"].sum()), env_steps)
             if args.capture_video:
                 save_gif(run.dir / "videos" / f"episode{episode + 1}.gif", ep["image"])
     print(f"{datasets.write_info(folder, settings, 'episodes')}; agent saved to {run.ckpt_path}")
