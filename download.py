@@ -21,7 +21,8 @@ converts a folder of V-D4RL episodes (Lu et al., 2022: DreamerV2's `{time}-{id}-
 with `image` [T, 64, 64, 3] or channel-first `observation`, `action`, `reward`, `discount`) into
 `{data_dir}/{name}/` in this format: `action[t]`, which led to observation t in DreamerV2's
 layout, becomes `pre_action[t]`; `discount == 0` becomes `is_terminal`; `is_first` and `is_last`
-mark each episode's ends. They hold images only (`--obs visual`).
+mark each episode's ends (where an episode holds its own step flags, those are kept). They
+hold images only (`--obs visual`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def vd4rl_trajectory(path: Path) -> dict[str, np.ndarray]:
         with np.load(path) as npz:
             image = npz["image"] if "image" in npz.files else npz["observation"]
             action, reward, discount = npz["action"], npz["reward"], npz["discount"]
+            held = {k: npz[k] for k in ("is_first", "is_last", "is_terminal") if k in npz.files}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
         raise SystemExit(f"error: {path} is not a V-D4RL episode ({type(e).__name__}: {e})") from e
     T = len(action)
@@ -82,6 +84,7 @@ def vd4rl_trajectory(path: Path) -> dict[str, np.ndarray]:
         "is_first": np.arange(T) == 0,
         "is_last": np.arange(T) == T - 1,
         "is_terminal": np.asarray(discount) == 0,
+        **held,  # the step flags an episode holds itself, where it does
     }
 
 
