@@ -455,6 +455,8 @@ def test_track_mirrors_the_run_to_weights_and_biases_offline(
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = call_main(**base(data_dir, tmp_path, track=True, wandb_project="test"))
+    wandb = pytest.importorskip("wandb")
+    wandb.teardown()  # as the process's exit does: wandb-core writes out and closes the run's log
     run_dir = next(tmp_path.glob("*/results.json")).parent
     (log,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")  # what `wandb sync` uploads
     data = log.read_bytes()
