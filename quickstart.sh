@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on one CPU, end to end, in about 37 minutes on 2 cores: the datasets, a
+# The whole pipeline on one CPU, end to end, in about 45 minutes on 2 cores: the datasets, a
 # Dreamer expert trained on the spot, AIME (phase 1 and phase 2), BCO(0), IIDM and the BC oracle
 # on the same data, V-MAIL online, and the table of normalised scores. The task is cartpole-balance from
 # proprioception (MDP) at the authors' cartpole action repeat of 8, where a short Dreamer run
