@@ -78,6 +78,7 @@ from common.evaluation import collect_episodes, episode_seed, evaluate, expert_r
 from common.nets import ConvDecoder, ConvEncoder, TanhNormal, kl_normal, mlp, observation
 from common.rssm import RSSM, VMAIL_RSSM, FilteringActor, keras_init
 from common.run import (  # flags' ranges
+    FREE_ON_RESUME,
     NONNEGATIVE,
     POSITIVE,
     Run,
@@ -153,8 +154,9 @@ class Args(LearnerArgs):
     """--zero-shot: epochs of the transfer, in the model without environment steps"""
     steps_per_epoch: Annotated[int, POSITIVE] = 100
     """--zero-shot: iterations per transfer epoch"""
-    total_steps: Annotated[int, POSITIVE] = 500_000
-    """Algorithm 1: environment (simulator) steps per task, the random prefill included"""
+    total_steps: Annotated[int, POSITIVE, FREE_ON_RESUME] = 500_000
+    """Algorithm 1: environment (simulator) steps per task, the random prefill included (a
+    resumed run may raise it: it goes on as one started with the larger figure)"""
     prefill_episodes: Annotated[int, NONNEGATIVE] = 0
     """Algorithm 1: random-action episodes that start each task's buffer (the authors' 1,000
     random steps are made up by the demonstrations they copy into the model's data: none)"""

@@ -111,9 +111,11 @@ class RunArgs:
     """torch device (cuda where one is available, else cpu)"""
     data_dir: str = "datasets"
     """folder that holds the datasets"""
-    runs_dir: str = "runs"
+    runs_dir: Annotated[str, FREE_ON_RESUME] = "runs"  # (a run folder may move)
     """results, TensorBoard logs and checkpoints go to {runs_dir}/{run_name}/"""
-    cache_dir: Annotated[Optional[str], derived(".cache/ in each dataset folder", "PATH")] = None
+    cache_dir: Annotated[
+        Optional[str], derived(".cache/ in each dataset folder", "PATH"), FREE_ON_RESUME
+    ] = None
     """where the datasets' memory-mapped caches go (for datasets in read-only folders)"""
     resume: Annotated[bool, FREE_ON_RESUME] = False
     """continue the run in {runs_dir}/{run_name}/ from its last checkpoint (it must exist)"""

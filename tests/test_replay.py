@@ -524,6 +524,19 @@ def test_a_resumed_run_may_change_only_the_flags_marked_free_on_resume(tmp_path:
     assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == before
 
 
+def test_a_run_folder_moved_elsewhere_resumes_there(tmp_path: Path) -> None:
+    """--runs-dir and --cache-dir say where things are, not what the run is: a run folder moved
+    to another disk resumes from there; another --data-dir is still refused."""
+    run = Run(tmp_path / "a", "r", Flags(runs_dir=str(tmp_path / "a")))
+    run.checkpoint({}, [])
+    run.close()
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = Flags(runs_dir=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"))
+    Run(tmp_path / "b", "r", moved, resume=True).close()
+    with pytest.raises(SystemExit, match=r"other flags: --data-dir 'datasets' \(now 'elsewhere'\)"):
+        Run(tmp_path / "b", "r", Flags(runs_dir=str(tmp_path / "b"), data_dir="elsewhere"), True)
+
+
 def test_run_epochs_resume_where_the_checkpoint_was_written(tmp_path: Path) -> None:
     """`Run.epochs` across two stages: a run stopped after stage b's first epoch and resumed
     skips stage a, gets b's networks, random streams and counters back, and goes on from b's

@@ -395,6 +395,28 @@ def test_a_killed_run_resumes_without_losing_or_repeating_an_episode(
         torch.testing.assert_close(ckpt["walk/actor"][k], v, rtol=0, atol=0)
 
 
+def test_a_finished_run_resumed_with_more_steps_goes_on_as_the_longer_run(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """--total-steps is free on resume: a finished run resumed with more steps collects and trains
+    the episodes it lacks and ends where a run started with the larger budget ends."""
+    root = demos_dir(data_dir, tmp_path)
+    short = vmail.main(tiny(root, tmp_path / "runs"))  # 2 episodes
+    longer = vmail.main(tiny(root, tmp_path / "runs", total_steps=3 * 2 * EPISODE, resume=True))
+    whole = vmail.main(tiny(root, tmp_path / "whole", total_steps=3 * 2 * EPISODE))
+    assert short["env_steps"] == {"walk": 2 * 2 * EPISODE}
+    assert longer["env_steps"] == whole["env_steps"] == {"walk": 3 * 2 * EPISODE}
+    assert longer["returns"] == whole["returns"]
+    ckpt, other = (
+        torch.load(d / "walker-walk__mdp__online__walk__vmail__1" / "checkpoint.pt",
+                   weights_only=False)
+        for d in (tmp_path / "runs", tmp_path / "whole")
+    )  # fmt: skip
+    assert adam_steps(ckpt["model_opt"]) == adam_steps(other["model_opt"]) == 3 * 3
+    for k, v in other["walk/actor"].items():
+        torch.testing.assert_close(ckpt["walk/actor"][k], v, rtol=0, atol=0)
+
+
 def test_bad_input_fails_clearly(data_dir: Path, tmp_path: Path) -> None:
     root = demos_dir(data_dir, tmp_path)
     r = run_cli("--obs", "mdp", "--data-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path))
