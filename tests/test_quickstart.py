@@ -1,4 +1,4 @@
-"""The README's quick start, run as written (`bash quickstart.sh`, about 37 minutes on 2 CPU
+"""The README's quick start, run as written (`bash quickstart.sh`, about 45 minutes on 2 CPU
 cores). It is also the Dreamer learning check (the quick start's expert is a short Dreamer run)
 and V-MAIL's online learning check (its V-MAIL run)."""
 
