@@ -14,8 +14,7 @@ Algorithm 1 of the paper, and where each line lives here:
     collect T steps: z_t ~ q(.|x_t, z_t-1, a_t-1),
       a_t ~ pi(a_t | z_t), step the environment          `train_online`: FilteringActor(...)
     add the episode to B_pi                               `train_online`: buffer.add(...)
-    per training iteration:                               `train_online`: train(...),
-                                                          `iteration`
+    per training iteration:                               `train_online`: train(...), `iteration`
       sample {x_1:T, a_1:T-1} ~ B_E u B_pi                `replay.sample_union`
       optimise the model with eq. (21)                    `elbo_loss`
       sample {x^E, a^E} ~ B_E; z^E ~ q(.|x^E, a^E)        `expert_latents`
@@ -155,8 +154,7 @@ class Args(LearnerArgs):
     steps_per_epoch: Annotated[int, POSITIVE] = 100
     """--zero-shot: iterations per transfer epoch"""
     total_steps: Annotated[int, POSITIVE, FREE_ON_RESUME] = 500_000
-    """Algorithm 1: environment (simulator) steps per task, the random prefill included (a
-    resumed run may raise it: it goes on as one started with the larger figure)"""
+    """Algorithm 1: simulator steps per task, the random prefill included; --resume may raise it"""
     prefill_episodes: Annotated[int, NONNEGATIVE] = 0
     """Algorithm 1: random-action episodes that start each task's buffer (the authors' 1,000
     random steps are made up by the demonstrations they copy into the model's data: none)"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -534,7 +534,7 @@ def test_a_run_folder_moved_elsewhere_resumes_there(tmp_path: Path) -> None:
     moved = Flags(runs_dir=str(tmp_path / "b"), cache_dir=str(tmp_path / "cache"))
     Run(tmp_path / "b", "r", moved, resume=True).close()
     with pytest.raises(SystemExit, match=r"other flags: --data-dir 'datasets' \(now 'elsewhere'\)"):
-        Run(tmp_path / "b", "r", Flags(runs_dir=str(tmp_path / "b"), data_dir="elsewhere"), True)
+        Run(tmp_path / "b", "r", replace(moved, data_dir="elsewhere"), resume=True)
 
 
 def test_run_epochs_resume_where_the_checkpoint_was_written(tmp_path: Path) -> None:
