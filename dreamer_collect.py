@@ -465,7 +465,10 @@ def collect_random(args: Args) -> Path:
 
 def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.device) -> Path:
     """Fill `{data_dir}/{env}-{task}-expert/` up to `num_demos` trajectories of the policy's
-    mode (no exploration noise). Demonstration i depends only on (seed, i) and the agent."""
+    mode (no exploration noise). Demonstration i's initial state depends only on (seed, i); its
+    actions also on the agent file (weights and the random stream it was saved with, which
+    `expert_only` restores) and on which demonstrations this call collects (chunks of 10 share
+    the posterior's noise), so a new folder gets the training run's demonstrations exactly."""
     folder = Path(args.data_dir) / f"{args.env}-{args.task}-expert"
     settings = folder_settings(args, "dreamer-expert", args.render, source=str(agent_path))
     todo = datasets.fill_folder(folder, settings, args.num_demos, "demonstrations")
@@ -600,6 +603,9 @@ def expert_only(args: Config) -> Path:
         raise SystemExit(
             f"error: {path} was trained on {saved.env}-{saved.task}, not {args.env}-{args.task}"
         )
+    # The posterior's noise while acting comes from torch's global stream (FilteringActor): start it
+    # where the training run saved it, so that collecting again writes the run's demonstrations.
+    torch.set_rng_state(ckpt["rng"]["torch"])
     # The agent's own settings, with this command's budget, folders and device.
     acting = replace(
         saved, num_demos=args.num_demos, data_dir=args.data_dir, runs_dir=args.runs_dir,

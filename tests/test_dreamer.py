@@ -256,6 +256,23 @@ def test_dreamer_writes_its_buffer_and_expert_demonstrations_with_every_modality
     assert wrong.returncode != 0 and "was trained on walker-walk" in wrong.stderr
 
 
+def test_collecting_again_from_the_saved_agent_writes_the_runs_demonstrations(
+    tmp_path: Path,
+) -> None:
+    """`--load-agent` into a new folder gives the demonstrations the training run wrote, bit for
+    bit: the filtered posterior's noise starts from the random stream saved in agent.pt."""
+    args = tiny_args(tmp_path, total_steps=2000, num_demos=3)
+    dc.main(args)
+    agent = tmp_path / "runs" / "cartpole-balance__dreamer__mdp__0" / "agent.pt"
+    torch.manual_seed(123)  # whatever the process drew before must not matter
+    dc.main(replace(args, load_agent=str(agent), data_dir=str(tmp_path / "again")))
+    first = episode_files(tmp_path / "data" / "cartpole-balance-expert")
+    again = episode_files(tmp_path / "again" / "cartpole-balance-expert")
+    assert list(first) == list(again) == ["0.npz", "1.npz", "2.npz"]
+    for name in first:
+        assert_same_episode(first[name], again[name], name)
+
+
 def test_plan2explore_writes_its_buffer_and_trains_its_ensemble(tmp_path: Path) -> None:
     args = tiny_args(tmp_path, agent="p2e", env="walker", task=None, ensemble=3, ensemble_hidden=32,
                      total_steps=3000, train_steps_per_episode=20)  # fmt: skip
