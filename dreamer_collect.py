@@ -85,6 +85,7 @@ from common.run import (
     read_checkpoint,
     save_gif,
     seed_everything,
+    set_torch_rng_state,
 )
 
 # Equation tags `# eq. (N)` number the equations of Dreamer (Hafner et al., ICLR 2020).
@@ -603,9 +604,9 @@ def expert_only(args: Config) -> Path:
         raise SystemExit(
             f"error: {path} was trained on {saved.env}-{saved.task}, not {args.env}-{args.task}"
         )
-    # The posterior's noise while acting comes from torch's global stream (FilteringActor): start it
-    # where the training run saved it, so that collecting again writes the run's demonstrations.
-    torch.set_rng_state(ckpt["rng"]["torch"])
+    # The posterior's noise while acting comes from torch's global streams (FilteringActor): start
+    # them where the training run saved them, so that collecting again writes its demonstrations.
+    set_torch_rng_state(ckpt["rng"])
     # The agent's own settings, with this command's budget, folders and device.
     acting = replace(
         saved, num_demos=args.num_demos, data_dir=args.data_dir, runs_dir=args.runs_dir,

@@ -182,10 +182,15 @@ def rng_state(samplers: Sequence[WindowSampler]) -> dict[str, Any]:
     }
 
 
-def set_rng_state(state: Mapping[str, Any], samplers: Sequence[WindowSampler]) -> None:
+def set_torch_rng_state(state: Mapping[str, Any]) -> None:
+    """Torch's streams (CPU, CUDA) as `rng_state` saved them; the samplers' are left alone."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def set_rng_state(state: Mapping[str, Any], samplers: Sequence[WindowSampler]) -> None:
+    set_torch_rng_state(state)
     for sampler, s in zip(samplers, state["samplers"], strict=True):
         sampler.rng.bit_generator.state = s
 
