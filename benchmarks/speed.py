@@ -84,6 +84,9 @@ class Args:
     """precisions to run each training case in, side by side (ratios to the first)"""
     rounds: int = 2
     """alternating rounds of --steps timed calls per precision (their rates are averaged)"""
+    authors_src: Path | None = None
+    """the AIME authors' repository (github argmax-ai/aime, commit 3d2cd90; needs einops and
+    hydra-core): phase1-mdp and phase1-visual then also time their training step, side by side"""
 
 
 def per_second(fn: Callable[[], object], steps: int, device: torch.device) -> float:
@@ -154,6 +157,66 @@ def aime_step(
         popt.step()
 
     return step2
+
+
+def authors_step(case: str, args: Args, device: torch.device) -> Callable[[], object]:
+    """One phase-1 step of the AIME authors' own code, unmodified, as their
+    scripts/train_model_only.py takes it with its defaults (float32, `use_fp16: false`): their
+    `model-only` config composed by Hydra for walker with the `rssm` world model (the published
+    walker sizes), their model's forward pass and loss, backward, the gradient norm clipped at
+    100 and read back, Adam. The batch is `walker_batch`'s, images contiguous channels-first as
+    their dataset loader hands them over."""
+    import types
+
+    src = Path(str(args.authors_src)).resolve()
+    if not (src / "aime" / "models" / "ssm.py").is_file():
+        raise SystemExit(
+            f"--authors-src {src}: not the AIME authors' repository (no aime/models/ssm.py)"
+        )
+    # their image encoder imports torchvision only for Resize(64), a no-op on 64x64 frames
+    if "torchvision" not in sys.modules:
+        vision, transforms = (
+            types.ModuleType("torchvision"),
+            types.ModuleType("torchvision.transforms"),
+        )
+        transforms.Resize = lambda size: lambda image: image  # type: ignore[attr-defined]
+        vision.transforms = transforms  # type: ignore[attr-defined]
+        sys.modules.update({"torchvision": vision, "torchvision.transforms": transforms})
+    # their package is also called `aime`: import it while this repository's aime.py steps aside
+    ours, path = sys.modules.pop("aime"), list(sys.path)
+    sys.path.insert(0, str(src))
+    try:
+        from aime.data import ArrayDict
+        from aime.models.ssm import ssm_classes
+        from aime.utils import parse_world_model_config
+    finally:
+        for name in [n for n in sys.modules if n == "aime" or n.startswith("aime.")]:
+            del sys.modules[name]
+        sys.modules["aime"], sys.path[:] = ours, path
+    from hydra import compose, initialize_config_dir
+
+    obs = case.split("-")[1]
+    overrides = ["env=walker", f"environment_setup={obs}", "world_model=rssm",
+                 "embodiment_dataset_name=walker-mix"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(src / "aime" / "configs"), version_base=None):
+        config = compose("model-only", overrides=overrides)
+    batch, _ = walker_batch(obs, args.horizon, args.batch_size, device)
+    data = ArrayDict({k: v.contiguous() for k, v in batch.items()})
+    wm_config = parse_world_model_config(
+        config, config["env"]["sensors"], ArrayDict({k: v[:, 0] for k, v in data.items()}),
+        predict_reward=config["use_reward"],
+    )  # fmt: skip
+    model = ssm_classes[wm_config.pop("name")](**wm_config).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config["model_lr"])
+
+    def step() -> None:
+        _, _, loss, _ = model(data, data["pre_action"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"]).item()
+        opt.step()
+
+    return step
 
 
 def vmail_step(
@@ -289,8 +352,12 @@ def kind_of(case: str) -> str:
 def side_by_side(case: str, args: Args, device: torch.device) -> dict[str, float]:
     """Calls per second of a training case in each of `args.precisions`, in alternating rounds."""
     make = TRAINING[kind_of(case)][0]
-    steps = {p: make(case, args, device, p) for p in args.precisions}
-    rates: dict[str, list[float]] = {p: [] for p in args.precisions}
+    steps: dict[str, Callable[[], object]] = {
+        p: make(case, args, device, p) for p in args.precisions
+    }
+    if args.authors_src is not None and case in ("phase1-mdp", "phase1-visual"):
+        steps["authors"] = authors_step(case, args, device)
+    rates: dict[str, list[float]] = {p: [] for p in steps}
     for _ in range(args.rounds):
         for p, step in steps.items():
             rates[p].append(per_second(step, args.steps, device))
@@ -298,9 +365,13 @@ def side_by_side(case: str, args: Args, device: torch.device) -> dict[str, float
 
 
 def print_ratios(case: str, values: dict[str, float]) -> None:
-    first, *others = values
+    """Each precision's rate over the first's, then (with --authors-src) over the authors'."""
+    ours = {p: v for p, v in values.items() if p != "authors"}
+    first, *others = ours
     for p in others:
-        print(f"{case}: {p} / {first} = {values[p] / values[first]:.2f}", flush=True)
+        print(f"{case}: {p} / {first} = {ours[p] / ours[first]:.2f}", flush=True)
+    for p in ours if "authors" in values else ():
+        print(f"{case}: {p} / authors = {ours[p] / values['authors']:.2f}", flush=True)
 
 
 def main(args: Args) -> None:
@@ -317,6 +388,7 @@ def main(args: Args) -> None:
             rates = side_by_side(case, args, device)
             for p, rate in rates.items():
                 extra = f" ({1e3 / rate:.0f} ms forward+backward)" if kind == "rssm" else ""
+                extra += " (their code, float32)" if p == "authors" else ""
                 print(f"{case} [{p}]: {rate:.2f} {TRAINING[kind][1]}{extra}", flush=True)
             print_ratios(case, rates)
         elif kind == "env":
