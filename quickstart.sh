@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline on one CPU, end to end, in about 16 minutes on 2 cores: the datasets, AIME
+# The whole pipeline on one CPU, end to end, in about 15 minutes on 2 cores: the datasets, AIME
 # (phase 1 and phase 2), BCO(0), IIDM and the BC oracle on the same data, V-MAIL's learner in
 # AIME's world model, and the table of normalised scores. The cell is cartpole-swingup from positions alone (LPOMDP: the cart's position
 # and the pole's angle, no velocities) at the AIME authors' cartpole action repeat of 8, with

@@ -165,7 +165,8 @@ def authors_step(case: str, args: Args, device: torch.device) -> Callable[[], ob
     `model-only` config composed by Hydra for walker with the `rssm` world model (the published
     walker sizes), their model's forward pass and loss, backward, the gradient norm clipped at
     100 and read back, Adam. The batch is `walker_batch`'s, images contiguous channels-first as
-    their dataset loader hands them over."""
+    their dataset loader hands them over, and in Visual the proprioceptive keys their probe heads
+    read."""
     import types
 
     src = Path(str(args.authors_src)).resolve()
@@ -201,6 +202,8 @@ def authors_step(case: str, args: Args, device: torch.device) -> Callable[[], ob
     with initialize_config_dir(config_dir=str(src / "aime" / "configs"), version_base=None):
         config = compose("model-only", overrides=overrides)
     batch, _ = walker_batch(obs, args.horizon, args.batch_size, device)
+    if obs == "visual":  # their Visual model also trains probe heads on the proprioceptive keys
+        batch = {**walker_batch("mdp", args.horizon, args.batch_size, device)[0], **batch}
     data = ArrayDict({k: v.contiguous() for k, v in batch.items()})
     wm_config = parse_world_model_config(
         config, config["env"]["sensors"], ArrayDict({k: v[:, 0] for k, v in data.items()}),

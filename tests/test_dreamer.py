@@ -256,41 +256,6 @@ def test_dreamer_writes_its_buffer_and_expert_demonstrations_with_every_modality
     assert wrong.returncode != 0 and "was trained on walker-walk" in wrong.stderr
 
 
-def random_returns(n: int) -> np.ndarray:
-    """Uniform random actions on cartpole-balance from the initial states of demonstrations
-    0..n-1 of seed 0."""
-    envs = [make_env("cartpole-balance", "mdp", render=False, action_repeat=8) for _ in range(n)]
-    seeds = [dc.episode_seed(0, dc.EXPERT, i) for i in range(n)]
-    args = dc.Args(env="cartpole", task="balance", action_repeat=8)
-    episodes = dc.run_episodes(envs, seeds, None, "random", args, torch.device("cpu"))
-    return np.array([float(e["reward"].sum()) for e in episodes])
-
-
-@pytest.mark.slow
-def test_a_short_dreamer_run_beats_the_random_policy(tmp_path: Path) -> None:
-    """Dreamer's learning check: 11 episodes of cartpole-balance at action repeat 8 (5 random,
-    then 200 updates after each) at small sizes, about 4 minutes on 2 CPU cores; its 20
-    demonstrations (the policy's mode) must clearly beat uniform random actions from the same
-    initial states."""
-    run = run_script(
-        "--agent", "dreamer", "--env", "cartpole", "--task", "balance", "--obs", "mdp",
-        "--action-repeat", "8", "--total-steps", "11000", "--prefill-episodes", "5",
-        "--train-steps-per-episode", "200", "--batch-size", "16", "--horizon", "32",
-        "--deter", "64", "--stoch", "16", "--hidden", "64", "--model-lr", "1e-3",
-        "--actor-lr", "4e-4", "--value-lr", "4e-4", "--eval-every", "0", "--num-demos", "20",
-        "--no-render", "--device", "cpu",
-        "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), timeout=1800,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    expert = json.loads((tmp_path / "data" / "cartpole-balance-expert" / "info.json").read_text())
-    baseline = random_returns(20)
-    print(f"dreamer {expert['mean_return']:.1f} +- {expert['std_return']:.1f}, "
-          f"random {baseline.mean():.1f} +- {baseline.std():.1f}")  # fmt: skip
-    assert expert["num_trajectories"] == 20 and expert["action_repeat"] == 8
-    assert expert["mean_return"] > 1.2 * baseline.mean()
-    assert expert["mean_return"] > baseline.mean() + 2 * baseline.std()
-
-
 def test_the_scripted_expert_swings_the_pole_up_and_writes_every_modality(tmp_path: Path) -> None:
     """`--agent scripted` on cartpole-swingup: 3 demonstrations, each returning more than 150
     above uniform random actions from the same initial state (random actions return about 130
@@ -450,5 +415,36 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_episodes(tmp_path: P
 # ---------------------------------------------------------------------------------------------
 # Learning check
 # ---------------------------------------------------------------------------------------------
-# The learning check (a short Dreamer run clearly beats the random policy) runs inside the quick
-# start, whose expert is that run: tests/test_quickstart.py.
+def random_returns(n: int) -> np.ndarray:
+    """Uniform random actions on cartpole-balance from the initial states of demonstrations
+    0..n-1 of seed 0."""
+    envs = [make_env("cartpole-balance", "mdp", render=False, action_repeat=8) for _ in range(n)]
+    seeds = [dc.episode_seed(0, dc.EXPERT, i) for i in range(n)]
+    args = dc.Args(env="cartpole", task="balance", action_repeat=8)
+    episodes = dc.run_episodes(envs, seeds, None, "random", args, torch.device("cpu"))
+    return np.array([float(e["reward"].sum()) for e in episodes])
+
+
+@pytest.mark.slow
+def test_a_short_dreamer_run_beats_the_random_policy(tmp_path: Path) -> None:
+    """Dreamer's learning check: 11 episodes of cartpole-balance at action repeat 8 (5 random,
+    then 200 updates after each) at small sizes, about 4 minutes on 2 CPU cores; its 20
+    demonstrations (the policy's mode) must clearly beat uniform random actions from the same
+    initial states."""
+    run = run_script(
+        "--agent", "dreamer", "--env", "cartpole", "--task", "balance", "--obs", "mdp",
+        "--action-repeat", "8", "--total-steps", "11000", "--prefill-episodes", "5",
+        "--train-steps-per-episode", "200", "--batch-size", "16", "--horizon", "32",
+        "--deter", "64", "--stoch", "16", "--hidden", "64", "--model-lr", "1e-3",
+        "--actor-lr", "4e-4", "--value-lr", "4e-4", "--eval-every", "0", "--num-demos", "20",
+        "--no-render", "--device", "cpu",
+        "--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"), timeout=1800,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    expert = json.loads((tmp_path / "data" / "cartpole-balance-expert" / "info.json").read_text())
+    baseline = random_returns(20)
+    print(f"dreamer {expert['mean_return']:.1f} +- {expert['std_return']:.1f}, "
+          f"random {baseline.mean():.1f} +- {baseline.std():.1f}")  # fmt: skip
+    assert expert["num_trajectories"] == 20 and expert["action_repeat"] == 8
+    assert expert["mean_return"] > 1.2 * baseline.mean()
+    assert expert["mean_return"] > baseline.mean() + 2 * baseline.std()

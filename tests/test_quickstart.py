@@ -16,8 +16,9 @@ from common.envs import make_env
 from common.evaluation import eval_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-# AIME's normalised score must exceed BCO(0)'s by more than this (the gaps over seeds 1-3 on the
-# quick start's data: docs/benchmark.md, "The quick start's cell").
+# AIME's normalised score must exceed BCO(0)'s by more than this (the gaps over seeds 1-3 on
+# the quick start's data, 2-core AMD EPYC: 43.2, 50.9, 36.0; docs/benchmark.md, "The quick
+# start's cell").
 MARGIN = 20.0
 
 
