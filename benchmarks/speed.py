@@ -169,7 +169,8 @@ def authors_step(case: str, args: Args, device: torch.device) -> Callable[[], ob
     read."""
     import types
 
-    src = Path(str(args.authors_src)).resolve()
+    assert args.authors_src is not None
+    src = args.authors_src.resolve()
     if not (src / "aime" / "models" / "ssm.py").is_file():
         raise SystemExit(
             f"--authors-src {src}: not the AIME authors' repository (no aime/models/ssm.py)"

@@ -92,12 +92,9 @@ def evaluate(
     return returns
 
 
-def random_scores(
-    env: str, action_repeat: int, seed: int, episodes: int, expert: float
-) -> dict[str, float]:
-    """The random policy on the evaluation's very episodes (`eval_seed`): uniform actions, the
-    mean return and normalised score that results.json records beside the policy's, and
-    results_table.py's figure draws as the bottom reference line."""
+def random_returns(env: str, action_repeat: int, seed: int, episodes: int) -> list[float]:
+    """The random policy on the evaluation's very episodes (`eval_seed`): each episode's return
+    under uniform actions."""
     world = make_env(env, "mdp", action_repeat=action_repeat)  # no images: nothing observes
     returns = []
     for i in range(episodes):
@@ -107,7 +104,15 @@ def random_scores(
             rec = world.step(rng.uniform(world.action_low, world.action_high).astype(np.float32))
             total += float(rec["reward"])
         returns.append(total)
-    mean = float(np.mean(returns))
+    return returns
+
+
+def random_scores(
+    env: str, action_repeat: int, seed: int, episodes: int, expert: float
+) -> dict[str, float]:
+    """The mean return and normalised score of `random_returns` that results.json records
+    beside the policy's, and results_table.py's figure draws as the bottom reference line."""
+    mean = float(np.mean(random_returns(env, action_repeat, seed, episodes)))
     return {"random_return": mean, "random_normalised_score": 100 * mean / expert}
 
 

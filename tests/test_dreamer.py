@@ -256,6 +256,15 @@ def test_dreamer_writes_its_buffer_and_expert_demonstrations_with_every_modality
     assert wrong.returncode != 0 and "was trained on walker-walk" in wrong.stderr
 
 
+def random_from_expert_starts(task: str, n: int) -> list[dict[str, np.ndarray]]:
+    """Episodes of uniform random actions on cartpole-`task` (action repeat 8) from the initial
+    states of demonstrations 0..n-1 of seed 0."""
+    envs = [make_env(f"cartpole-{task}", "mdp", render=False, action_repeat=8) for _ in range(n)]
+    seeds = [dc.episode_seed(0, dc.EXPERT, i) for i in range(n)]
+    args = dc.Args(env="cartpole", task=task, action_repeat=8)
+    return dc.run_episodes(envs, seeds, None, "random", args, torch.device("cpu"))
+
+
 def test_the_scripted_expert_swings_the_pole_up_and_writes_every_modality(tmp_path: Path) -> None:
     """`--agent scripted` on cartpole-swingup: 3 demonstrations, each returning more than 150
     above uniform random actions from the same initial state (random actions return about 130
@@ -268,11 +277,7 @@ def test_the_scripted_expert_swings_the_pole_up_and_writes_every_modality(tmp_pa
     folder = tmp_path / "cartpole-swingup-expert"
     info = json.loads((folder / "info.json").read_text())
     assert info["agent"] == "scripted-expert" and info["obs"] == "mdp" and info["render"]
-    envs = [make_env("cartpole-swingup", "mdp", render=False, action_repeat=8) for _ in range(3)]
-    seeds = [dc.episode_seed(0, dc.EXPERT, i) for i in range(3)]
-    args = dc.Args(env="cartpole", task="swingup", action_repeat=8)
-    random_ = dc.run_episodes(envs, seeds, None, "random", args, torch.device("cpu"))
-    for i, episode in enumerate(random_):
+    for i, episode in enumerate(random_from_expert_starts("swingup", 3)):
         demo = load_trajectory(folder / f"{i}.npz")
         assert demo["image"].shape == (126, 64, 64, 3) and demo["image"].std() > 0
         np.testing.assert_array_equal(demo["position"][0], episode["position"][0])  # same start
@@ -415,16 +420,6 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_episodes(tmp_path: P
 # ---------------------------------------------------------------------------------------------
 # Learning check
 # ---------------------------------------------------------------------------------------------
-def random_returns(n: int) -> np.ndarray:
-    """Uniform random actions on cartpole-balance from the initial states of demonstrations
-    0..n-1 of seed 0."""
-    envs = [make_env("cartpole-balance", "mdp", render=False, action_repeat=8) for _ in range(n)]
-    seeds = [dc.episode_seed(0, dc.EXPERT, i) for i in range(n)]
-    args = dc.Args(env="cartpole", task="balance", action_repeat=8)
-    episodes = dc.run_episodes(envs, seeds, None, "random", args, torch.device("cpu"))
-    return np.array([float(e["reward"].sum()) for e in episodes])
-
-
 @pytest.mark.slow
 def test_a_short_dreamer_run_beats_the_random_policy(tmp_path: Path) -> None:
     """Dreamer's learning check: 11 episodes of cartpole-balance at action repeat 8 (5 random,
@@ -442,7 +437,9 @@ def test_a_short_dreamer_run_beats_the_random_policy(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     expert = json.loads((tmp_path / "data" / "cartpole-balance-expert" / "info.json").read_text())
-    baseline = random_returns(20)
+    baseline = np.array(
+        [float(e["reward"].sum()) for e in random_from_expert_starts("balance", 20)]
+    )
     print(f"dreamer {expert['mean_return']:.1f} +- {expert['std_return']:.1f}, "
           f"random {baseline.mean():.1f} +- {baseline.std():.1f}")  # fmt: skip
     assert expert["num_trajectories"] == 20 and expert["action_repeat"] == 8

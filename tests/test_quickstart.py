@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.envs import make_env
-from common.evaluation import eval_seed
+from common.evaluation import random_returns
 
 ROOT = Path(__file__).resolve().parents[1]
 # AIME's normalised score must exceed BCO(0)'s by more than this (the gaps over seeds 1-3 on
@@ -38,15 +37,7 @@ def quick_start(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, s
 
 def random_at_evaluation(seed: int, n: int) -> np.ndarray:
     """Uniform random actions from the initial states of a run's final evaluation episodes."""
-    env, returns = make_env("cartpole-swingup", "mdp", action_repeat=8), []
-    for i in range(n):
-        rng = np.random.default_rng(eval_seed(seed, i))
-        record, total = env.reset(seed=eval_seed(seed, i)), 0.0
-        while not record["is_last"]:
-            record = env.step(rng.uniform(env.action_low, env.action_high).astype(np.float32))
-            total += float(record["reward"])
-        returns.append(total)
-    return np.array(returns)
+    return np.array(random_returns("cartpole-swingup", 8, seed, n))
 
 
 @pytest.mark.slow
