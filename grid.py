@@ -4,6 +4,7 @@
     python grid.py --envs walker --launcher local --workers 4     # run it here, a GPU per worker
     python grid.py --launcher slurm --slurm-partition gpu         # submit it all to SLURM
     python grid.py --figure 4 --envs walker --obs mdp --dry-run   # Figure 4's runs (mix->run)
+    python grid.py --cpu                                          # the CPU benchmark, 2 cores
 
 The grid (AIME Figures 2 and 3, `reference/aime-paper-scores.json`): for each embodiment, every
 embodiment dataset -> demonstration task cell, in the MDP, LPOMDP and Visual settings, for AIME
@@ -60,6 +61,18 @@ Cost estimates are hours of one job on one GPU at the scripts' budgets, scaled l
 budget flags below change them (see the HOURS_* constants for their sources). At the paper's
 budgets AIME alone comes to about 55 GPU-days for one seed, the paper's "roughly 50 GPU days".
 
+`--cpu` runs the CPU benchmark instead (`CPU_EMBODIMENTS`, `CPU_ARGS`: every cell, seed and
+budget in one place): for each embodiment outside the paper's (cartpole), embodiment data of
+random actions and each task's scripted demonstrations (cartpole-swingup), seen from positions
+alone (LPOMDP); for each seed (1, 2, 3) a world model, then AIME, BCO(0), IIDM, the BC oracle and
+V-MAIL's learner (`vmail_obs.py`); on the cell of `CPU_FIGURES`, AIME, BCO(0) and BC with 1, 2, 5
+and 10 demonstrations besides 20 (Figure 4) and AIME's ablations on a world model with the IDM
+head (Figure 5); then the table and figures with each row's mean +- std over the seeds
+(`results_table.py --spread seeds`). Datasets and runs go to cpu/ under --data-dir and
+--grid-dir; its 69 jobs take about 2.2 hours on 2 CPU cores (`--dry-run` prints each job's
+measured cost). quickstart.sh runs seed 1 of its cell's five main runs with the same budgets
+(AIME's two phases in one run there, in two here, so their figures differ by the draws).
+
 `--quick` sets budgets for a CPU smoke test of the whole pipeline (tiny datasets, a tiny Dreamer,
 one-epoch phases, one evaluation episode; the scores mean nothing), with its datasets and runs in
 `quick/` under `--data-dir` and `--grid-dir`. Its 6 jobs take about 40 s on 2 CPU cores:
@@ -114,7 +127,9 @@ class Args:
     """embodiments of the grid"""
     obs: tuple[Obs, ...] = ("mdp", "lpomdp", "visual")
     """observation settings of the grid"""
-    seeds: tuple[int, ...] = (1,)
+    seeds: Annotated[Optional[tuple[int, ...]], derived("1; --cpu: 1 2 3", "[INT [INT ...]]")] = (
+        None
+    )
     """seeds of the world models and runs (the paper pools 100 evaluation episodes of one)"""
     methods: tuple[Method, ...] = ("aime", "bco0")
     """methods of the grid (add vmail: vmail_obs.py, V-MAIL on the same world models)"""
@@ -124,6 +139,11 @@ class Args:
     """instead of the table's runs, a figure's for each cell (default cell: mix->run): 4, the
     demonstration counts 1..1000 of AIME, BCO(0) and the BC oracle; 5, AIME and its ablations
     (--kl-only, --rec-only, --use-idm), IIDM and BCO(0)"""
+    cpu: bool = False
+    """the CPU benchmark instead of the paper's grid: its own cells (CPU_EMBODIMENTS: cartpole
+    swingup from positions alone, random embodiment data, scripted demonstrations), AIME, BCO(0),
+    IIDM, the BC oracle and V-MAIL's learner, Figure 4's counts and Figure 5's ablations, at
+    budgets of minutes per job on 2 CPU cores; under cpu/ in --data-dir and --grid-dir"""
     dry_run: bool = False
     """print the jobs in order (dependencies, estimated cost, command) and start nothing"""
     launcher: Literal["local", "slurm"] = "local"
@@ -242,6 +262,47 @@ QUICK_ARGS = {
     "bco0": "--batch-size 4 --schedule fast --min-epochs 0 --min-steps 0 --val-windows 20",
     "vmail": "--batch-size 4 --horizon 10 --imag-horizon 3 --eval-every 0",
 }
+
+
+# The CPU benchmark (`--cpu`): embodiments outside the paper's grid at budgets of minutes per job
+# on 2 CPU cores. Each has embodiment data of uniform random actions only and demonstrations of a
+# scripted controller (`dreamer_collect.py --agent scripted`), seen from positions alone
+# (LPOMDP), where an inverse dynamics model cannot read an action off two observations and a
+# world model can filter it out of the history. quickstart.sh runs seed 1 of the cartpole cell's
+# AIME, BCO(0), IIDM, BC and V-MAIL with these budgets (tests/test_grid.py checks it does).
+@dataclass(frozen=True)
+class CpuEmbodiment:
+    body_task: str
+    """the task whose initial states the random embodiment data start from"""
+    tasks: tuple[str, ...]
+    """demonstration tasks, each with a scripted expert"""
+    action_repeat: int
+    obs: Obs = "lpomdp"
+
+
+CPU_EMBODIMENTS = {"cartpole": CpuEmbodiment("balance", ("swingup",), 8)}
+CPU_FIGURES = ("cartpole", "swingup")  # the cell of Figures 4 and 5 (embodiment, task)
+CPU_SEEDS = (1, 2, 3)
+CPU_DEMO_COUNTS = (1, 2, 5, 10)  # Figure 4's other counts, beside the main runs' CPU_DATA's
+CPU_DATA = {"random_trajectories": 20, "collect_demos": 20, "num_demos": 20, "eval_episodes": 10}
+# Each script's flags: AIME 2,000 phase-1 and 1,500 phase-2 steps at the paper's text's learning
+# rate 1e-3 (the authors' 3e-4 learns too slowly in so short a phase 1); V-MAIL's learner at the
+# settings under which V-MAIL imitated online (docs/vmail.md) and AIME's phase-2 budget; BCO(0),
+# IIDM and BC at the authors' schedule (bco0.py's defaults).
+CPU_ARGS = {
+    "aime": "--phase1-epochs 20 --phase2-epochs 15 --steps-per-epoch 100 --batch-size 16 "
+    "--horizon 32 --lr 1e-3 --eval-every 0",
+    "vmail": "--phase2-epochs 15 --steps-per-epoch 100 --batch-size 16 --horizon 32 --hidden 64 "
+    "--disc-lr 1e-3 --actor-lr 3e-4 --value-lr 3e-4 --grad-penalty inputs --imag-horizon 5 "
+    "--eval-every 0",
+    "bco0": "",
+}
+# Seconds of each kind of job on 2 CPU cores (AMD EPYC, torch 2.13.0; the quick start's runs of
+# 2026-12-07, docs/benchmark.md), for --dry-run's cost.
+CPU_SECONDS = {
+    "random": 10, "scripted": 10, "wm": 306, "aime": 203, "vmail": 310, "bco0": 14, "iidm": 17,
+    "bc": 7,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -371,7 +432,8 @@ def world_model_job(
 ) -> Job:
     """AIME phase 1 only (`aime.py --phase1-only`): the world model, no demonstrations; with
     `idm` the model with the inverse dynamics head of Appendix C (Figure 5's `--use-idm`)."""
-    task = TASKS[env][0]  # names the environment whose observation keys are read; nothing else
+    # names the environment whose observation keys are read; nothing else
+    task = TASKS[env][0] if env in TASKS else CPU_EMBODIMENTS[env].tasks[0]
     runs = Path(args.grid_dir) / "world_models"
     name = "phase1-idm" if idm else "phase1"
     run_dir = runs / f"{env}__{obs}__{body}__phase1__{name}__{seed}"
@@ -454,7 +516,7 @@ def build_grid(args: Args) -> list[Job]:
     runs: list[Job] = []
     for env in args.envs:
         for obs in args.obs:
-            for seed in args.seeds:
+            for seed in args.seeds or (1,):
                 for body in BODIES[env]:
                     tasks = [t for t in TASKS[env] if not wanted or (body, t) in wanted]
                     if not tasks:
@@ -500,6 +562,97 @@ def build_grid(args: Args) -> list[Job]:
             refresh=True,
         ))  # fmt: skip
     return topological_order(list(jobs.values()))
+
+
+def cpu_setup(args: Args) -> Args:
+    """`--cpu`'s folders (cpu/ in --data-dir and --grid-dir) and seeds (CPU_SEEDS unless
+    --seeds); the paper grid's selections and budgets are refused in one line."""
+    default = Args()
+    mine = ("envs", "obs", "methods", "cells", "figure", "quick", *QUICK, "collect_obs", "render")
+    given = [f"--{k.replace('_', '-')}" for k in mine if getattr(args, k) != getattr(default, k)]
+    if given:
+        raise SystemExit(f"error: --cpu runs its own cells and budgets (grid.py's CPU_*): drop "
+                         f"{' '.join(given)}")  # fmt: skip
+    return replace(
+        args, seeds=args.seeds or CPU_SEEDS, data_dir=str(Path(args.data_dir) / "cpu"),
+        grid_dir=str(Path(args.grid_dir) / "cpu"), **CPU_DATA,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def cpu_grid(args: Args) -> list[Job]:
+    """The CPU benchmark's jobs (`args` from `cpu_setup`): for each embodiment of
+    CPU_EMBODIMENTS its random data, each task's scripted demonstrations, and for each seed the
+    world model, then AIME, BCO(0), IIDM, the BC oracle and V-MAIL's learner on each task;
+    on CPU_FIGURES' cell also AIME, BCO(0) and BC at CPU_DEMO_COUNTS (Figure 4) and AIME's
+    ablations (Figure 5); then the table over seeds."""
+    extra = {f"{k}_args": f"{CPU_ARGS[k]} {getattr(args, f'{k}_args')}".strip() for k in CPU_ARGS}
+    args = replace(args, **extra)  # type: ignore[arg-type]
+    data, hours = Path(args.data_dir), {k: v / 3600 for k, v in CPU_SECONDS.items()}
+    n, demos = CPU_DATA["random_trajectories"], CPU_DATA["collect_demos"]
+    runs: list[Job] = []
+    order: list[Job] = []
+    for env, e in CPU_EMBODIMENTS.items():
+        repeat = e.action_repeat
+        body = Job(
+            f"data:{env}-random",
+            command("dreamer_collect.py", args.collect_args, agent="random", env=env,
+                    task=e.body_task, action_repeat=repeat, num_trajectories=n, no_render=True,
+                    data_dir=data),
+            markers=(str(data / f"{env}-random" / f"{n - 1}.npz"),),
+            hours=hours["random"],
+        )  # fmt: skip
+        experts = {
+            task: Job(
+                f"data:{env}-{task}",
+                command("dreamer_collect.py", args.collect_args, agent="scripted", env=env,
+                        task=task, action_repeat=repeat, num_demos=demos, no_render=True,
+                        data_dir=data),
+                markers=(str(data / f"{env}-{task}-expert" / f"{demos - 1}.npz"),),
+                hours=hours["scripted"],
+            )
+            for task in e.tasks
+        }  # fmt: skip
+        order += [body, *experts.values()]
+        for seed in args.seeds or CPU_SEEDS:
+            wm = world_model_job(args, env, "random", e.obs, seed, [body])
+            wm_idm = world_model_job(args, env, "random", e.obs, seed, [body], idm=True)
+            order.append(replace(wm, hours=hours["wm"]))
+            for task in e.tasks:
+                demo = experts[task]
+                jobs: list[tuple[Method, str, dict[str, object], list[Job], str]] = [
+                    ("aime", "aime", {}, [wm, demo], "aime"),
+                    ("bco0", "bco0", {}, [body, demo], "bco0"),
+                    ("bco0", "iidm", {"method": "iidm"}, [body, demo], "iidm"),
+                    ("bco0", "bc", {"method": "bc"}, [demo], "bc"),
+                    ("vmail", "vmail", {}, [wm, demo], "vmail"),
+                ]
+                if (env, task) == CPU_FIGURES:  # Figure 4: the other numbers of demonstrations
+                    for k in CPU_DEMO_COUNTS:
+                        jobs += [
+                            ("aime", f"aime-demos-{k}", {"num_demos": k}, [wm, demo], "aime"),
+                            ("bco0", f"bco0-demos-{k}", {"num_demos": k}, [body, demo], "bco0"),
+                            ("bco0", f"bc-demos-{k}", {"num_demos": k, "method": "bc"}, [demo],
+                             "bc"),
+                        ]  # fmt: skip
+                    # Figure 5: AIME's ablations (IIDM and BCO(0) are the main runs)
+                    order.append(replace(wm_idm, hours=hours["wm"]))
+                    jobs += [
+                        ("aime", "kl-only", {"kl_only": True}, [wm, demo], "aime"),
+                        ("aime", "rec-only", {"rec_only": True}, [wm, demo], "aime"),
+                        ("aime", "idm", {"use_idm": True}, [wm_idm, demo], "aime"),
+                    ]
+                for method, name, own, deps, kind in jobs:
+                    job = run_job(args, method, env, "random", task, e.obs, seed, deps, name, own)
+                    runs.append(replace(job, hours=hours[kind]))
+    order += runs
+    order.append(Job(
+        "table",
+        command("results_table.py", "", runs_dir=Path(args.grid_dir) / "results", spread="seeds"),
+        markers=(str(Path(args.grid_dir) / "results" / "results.md"),),
+        deps=tuple(j.name for j in runs),
+        refresh=True,
+    ))  # fmt: skip
+    return topological_order(order)
 
 
 def topological_order(jobs: Sequence[Job]) -> list[Job]:
@@ -576,12 +729,14 @@ def open_log(path: Path, command: Sequence[str]) -> IO[bytes]:
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-def dry_run(order: list[Job]) -> None:
+def dry_run(order: list[Job], unit: str = "GPU") -> None:
+    """Each job in order (cost, dependencies, command), then the cost of each kind and in all, in
+    `unit`-hours (GPU: one job on one GPU; CPU: on 2 CPU cores)."""
     by_name = {j.name: j for j in order}
     done = {j.name for j in order if finished(j, by_name)}
     for i, job in enumerate(order, 1):
         state = "  [finished]" if job.name in done else ""
-        print(f"[{i}] {job.name}  {job.hours:.2f} GPU-h{state}")
+        print(f"[{i}] {job.name}  {job.hours:.2f} {unit}-h{state}")
         deps = ", ".join(job.deps[:4]) + (f", ... ({len(job.deps)} jobs)" if job.deps[4:] else "")
         print(f"    after: {deps or '-'}")
         print(f"    {shlex.join(launch_command(job))}")
@@ -590,12 +745,12 @@ def dry_run(order: list[Job]) -> None:
         kinds.setdefault(job.name.split(":")[0], []).append(job)
     print()
     for kind, group in kinds.items():
-        print(f"{kind + ':':7}{len(group):4d} jobs {sum(j.hours for j in group):9.1f} GPU-hours")
+        print(f"{kind + ':':7}{len(group):4d} jobs {sum(j.hours for j in group):9.1f} {unit}-hours")
     total = sum(j.hours for j in order)
     left = sum(j.hours for j in order if j.name not in done)
     print(
-        f"total: {len(order)} jobs, {total:.1f} GPU-hours ({total / 24:.1f} GPU-days); "
-        f"{len(done)} finished, {left:.1f} GPU-hours left"
+        f"total: {len(order)} jobs, {total:.1f} {unit}-hours ({total / 24:.1f} {unit}-days); "
+        f"{len(done)} finished, {left:.1f} {unit}-hours left"
     )
 
 
@@ -786,7 +941,7 @@ def launch(order: list[Job], args: Args) -> int:
     if args.workers < 1:
         raise SystemExit("error: --workers must be at least 1")
     if args.dry_run:
-        dry_run(order)
+        dry_run(order, "CPU" if args.cpu else "GPU")
         return 0
     status = submit_slurm(order, args) if args.launcher == "slurm" else run_local(order, args)
     outcomes = ("submitted", "done", "skipped", "failed", "blocked")
@@ -800,8 +955,12 @@ def launch(order: list[Job], args: Args) -> int:
 
 
 def main(args: Args) -> int:
-    args = budgets(args)
-    order = build_grid(args)
+    if args.cpu:
+        args = cpu_setup(args)
+        order = cpu_grid(args)
+    else:
+        args = budgets(args)
+        order = build_grid(args)
     if not order:
         raise SystemExit("error: the filters select no job")
     return launch(order, args)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole pipeline on one CPU, end to end, in about 15 minutes on 2 cores: the datasets, AIME
 # (phase 1 and phase 2), BCO(0), IIDM and the BC oracle on the same data, V-MAIL's learner in
-# AIME's world model, and the table of normalised scores. The cell is cartpole-swingup from positions alone (LPOMDP: the cart's position
-# and the pole's angle, no velocities) at the AIME authors' cartpole action repeat of 8, with
-# embodiment data of random actions only: an inverse dynamics model cannot tell an action from two
-# positions, a world model that filters the history can (docs/benchmark.md, "The quick start's
-# cell"). Every step is one of the benchmark's commands with small budgets; re-running the script
-# continues (or re-evaluates) what is already there.
+# AIME's world model, and the table of normalised scores. The cell is cartpole-swingup from
+# positions alone (LPOMDP: the cart's position and the pole's angle, no velocities) at the AIME
+# authors' cartpole action repeat of 8, with embodiment data of random actions only: an inverse
+# dynamics model cannot tell an action from two positions, a world model that filters the history
+# can (docs/benchmark.md, "The quick start's cell"). Every step is one of the CPU benchmark's
+# commands (`python grid.py --cpu`) at seed 1 with its budgets (grid.py's CPU_DATA and CPU_ARGS;
+# tests/test_grid.py checks they agree); re-running the script continues (or re-evaluates) what is
+# already there.
 #
 #   bash quickstart.sh                       # datasets/quickstart/, runs/quickstart/
 #   DATA=/tmp/d RUNS=/tmp/r bash quickstart.sh

@@ -9,9 +9,10 @@ method, by ablation (`AIME (KL only)-MDP` for `--kl-only`, likewise `rec only`, 
 number of demonstrations; only the plain methods with 100 demonstrations, the paper's setting,
 are compared with the published scores. A row's mean and standard deviation pool the
 per-episode normalised scores of all its seeds, as the published ones pool 100 evaluation
-episodes. A row is flagged `*` when its mean falls outside the published mean +- one standard
-deviation. Writes `{runs-dir}/results.md`, `{runs-dir}/results.png` (bars per cell: Figures 2,
-3 and, with ablations, 5) and, where a cell has runs with several numbers of demonstrations,
+episodes (`--spread seeds`: the mean and std over the seeds' mean scores instead). A row is
+flagged `*` when its mean falls outside the published mean +- one standard deviation. Writes
+`{runs-dir}/results.md`, `{runs-dir}/results.png` (bars per cell: Figures 2, 3 and, with
+ablations, 5) and, where a cell has runs with several numbers of demonstrations,
 `{runs-dir}/demos.png` (score against the number of demonstrations: Figure 4).
 """
 
@@ -21,7 +22,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import tyro
@@ -50,6 +51,9 @@ class Args:
     """where the figure goes; 'none' for no figure"""
     demos_figure: Annotated[Optional[str], derived("{runs-dir}/demos.png", "PATH")] = None
     """where the Figure 4 plot goes; 'none' for no plot"""
+    spread: Literal["episodes", "seeds"] = "episodes"
+    """a row's mean +- std: over every evaluation episode of every seed pooled (the paper's 100
+    episodes), or over the seeds' mean scores (std with ddof 0)"""
 
 
 @dataclass
@@ -120,9 +124,11 @@ def read_result(path: Path) -> Optional[dict[str, Any]]:
     return None
 
 
-def gather(runs_dir: Path) -> dict[Key, Cell]:
-    """(env, 'body->task', method, demonstrations) -> our pooled score, from every results.json
-    (with the random policy's score on the same episodes, where the runs recorded it)."""
+def gather(runs_dir: Path, spread: str = "episodes") -> dict[Key, Cell]:
+    """(env, 'body->task', method, demonstrations) -> our score, from every results.json: the
+    mean and std of every episode of every seed pooled, or with `spread` "seeds" of the seeds'
+    mean scores (with the random policy's score on the same episodes, where the runs recorded
+    it)."""
     pooled: dict[Key, list[list[float]]] = defaultdict(list)
     randoms: dict[Key, list[float]] = defaultdict(list)
     for path in sorted(runs_dir.rglob("results.json")):
@@ -136,12 +142,13 @@ def gather(runs_dir: Path) -> dict[Key, Cell]:
         pooled[key].append([100 * x / expert for x in r["returns"]])
         if "random_normalised_score" in r:
             randoms[key].append(r["random_normalised_score"])
-    return {
-        key: Cell(float(np.mean(np.concatenate(runs))), float(np.std(np.concatenate(runs))),
-                  len(runs), sum(len(x) for x in runs),
-                  float(np.mean(randoms[key])) if randoms[key] else None)
-        for key, runs in pooled.items()
-    }  # fmt: skip
+    cells = {}
+    for key, runs in pooled.items():
+        scores = [np.mean(x) for x in runs] if spread == "seeds" else np.concatenate(runs)
+        random = float(np.mean(randoms[key])) if randoms[key] else None
+        cells[key] = Cell(float(np.mean(scores)), float(np.std(scores)), len(runs),
+                          sum(len(x) for x in runs), random)  # fmt: skip
+    return cells
 
 
 def table(ours: dict[Key, Cell], published: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,7 +196,7 @@ def demo_curves(rows: list[dict[str, Any]]) -> Curves:
 
 def demos_figure(curves: Curves, path: Path) -> None:
     """Figure 4: normalised score against the number of demonstrations (log x axis), one line per
-    method with the std over episodes shaded, one panel per cell."""
+    method with its row's std (`--spread`) shaded, one panel per cell."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,13 +220,14 @@ def demos_figure(curves: Curves, path: Path) -> None:
 
 CAPTION = (
     "Bars: our mean normalised score (100 x return / the demonstrations' mean return); error bars: "
-    "+-1 std over every evaluation episode of every seed (counts under each bar). Paper: the "
-    "published mean +- std (AIME, 100 episodes), where it has the cell. Lines: the expert (100) "
-    "and the random policy on the same episodes."
+    "+-1 std over {spread} (counts under each bar). Paper: the published mean +- std (AIME, 100 "
+    "episodes), where it has the cell. Lines: the expert (100) and the random policy on the same "
+    "episodes."
 )
+SPREADS = {"episodes": "every evaluation episode of every seed", "seeds": "the seeds' mean scores"}
 
 
-def figure(rows: list[dict[str, Any]], path: Path) -> None:
+def figure(rows: list[dict[str, Any]], path: Path, spread: str = "episodes") -> None:
     """A grid of bar charts, one per embodiment dataset -> task, ours beside the paper's where
     it has a number, with the expert's and the random policy's scores as reference lines."""
     import matplotlib
@@ -263,7 +271,15 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     order = [k for k in ("ours", "paper", "expert (100)", "random policy") if k in handles]
     fig.legend([handles[k] for k in order], order, loc="upper center", ncol=len(order),
                frameon=False, fontsize=9)  # fmt: skip
-    fig.text(0.5, 0.01, CAPTION, ha="center", va="bottom", fontsize=7.5, wrap=True)
+    fig.text(
+        0.5,
+        0.01,
+        CAPTION.format(spread=SPREADS[spread]),
+        ha="center",
+        va="bottom",
+        fontsize=7.5,
+        wrap=True,
+    )
     fig.tight_layout(rect=(0, 0.1 / nrows, 1, 1 - 0.07 / nrows))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -272,7 +288,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 def main(args: Args) -> list[dict[str, Any]]:
     runs_dir = Path(args.runs_dir)
     published = json.loads(Path(args.reference).read_text())
-    rows = table(gather(runs_dir), published)
+    rows = table(gather(runs_dir, args.spread), published)
     if not rows:
         raise SystemExit(f"error: no results.json under {runs_dir}")
     text = markdown(rows)
@@ -285,7 +301,7 @@ def main(args: Args) -> list[dict[str, Any]]:
         print("the paper has none of these rows: nothing to compare with")
     (Path(args.markdown) if args.markdown else runs_dir / "results.md").write_text(text)
     if args.figure != "none":
-        figure(rows, Path(args.figure) if args.figure else runs_dir / "results.png")
+        figure(rows, Path(args.figure) if args.figure else runs_dir / "results.png", args.spread)
     curves = demo_curves(rows)
     if curves and args.demos_figure != "none":
         demos = Path(args.demos_figure) if args.demos_figure else runs_dir / "demos.png"

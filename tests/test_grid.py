@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -84,6 +85,82 @@ def test_the_grid_has_every_cell_of_the_paper_and_no_other() -> None:
             if m:
                 ours[m[1]].add(m[2])
         assert ours == {env: set(cells) for env, cells in published.items()}, method
+
+
+def test_the_cpu_benchmark_lays_out_every_method_figure_4_and_figure_5_for_each_seed() -> None:
+    args = grid.cpu_setup(Args(cpu=True))
+    jobs = {j.name: j for j in grid.cpu_grid(args)}
+    cell, seeds = "cartpole-random->swingup-lpomdp", grid.CPU_SEEDS
+    main = ["aime", "bco0", "bco0/iidm", "bco0/bc", "vmail"]
+    figure_4 = [f"{m}-demos-{k}" for k in grid.CPU_DEMO_COUNTS
+                for m in ("aime/aime", "bco0/bco0", "bco0/bc")]  # fmt: skip
+    figure_5 = ["aime/kl-only", "aime/rec-only", "aime/idm"]
+    runs = {f"{n}:{cell}-s{s}" for s in seeds for n in [*main, *figure_4, *figure_5]}
+    data = {"data:cartpole-random", "data:cartpole-swingup"}
+    models = {f"{w}:cartpole-random-lpomdp-s{s}" for s in seeds for w in ("wm", "wm-idm")}
+    assert set(jobs) == runs | data | models | {"table"}
+    assert len({j.markers for j in jobs.values()}) == len(jobs), "two jobs share a folder"
+    assert set(jobs["table"].deps) == runs and flag(jobs["table"].command, "--spread") == "seeds"
+    folders = {n: Path(j.markers[0]) for n, j in jobs.items()}
+    assert all(Path("runs/grid/cpu") in f.parents for n, f in folders.items() if n not in data)
+    assert all(Path("datasets/cpu") in folders[n].parents for n in data)
+    for s in seeds:
+        aime, idm = jobs[f"aime:{cell}-s{s}"], jobs[f"aime/idm:{cell}-s{s}"]
+        assert (
+            flag(aime.command, "--world-model")
+            == jobs[f"wm:cartpole-random-lpomdp-s{s}"].markers[0]
+        )
+        assert (
+            flag(idm.command, "--world-model")
+            == jobs[f"wm-idm:cartpole-random-lpomdp-s{s}"].markers[0]
+        )
+        assert flag(jobs[f"aime/aime-demos-2:{cell}-s{s}"].command, "--num-demos") == "2"
+        assert jobs[f"bco0/bc:{cell}-s{s}"].deps == ("data:cartpole-swingup",)
+        assert flag(aime.command, "--seed") == str(s) == flag(idm.command, "--seed")
+    # bco0.py runs at the authors' schedule: no epoch budget of the grid's
+    assert not any("--phase1-epochs" in j.command for n, j in jobs.items() if n.startswith("bco0"))
+    random, demos = jobs["data:cartpole-random"].command, jobs["data:cartpole-swingup"].command
+    assert (flag(random, "--task"), flag(random, "--agent"), flag(demos, "--agent")) == (
+        "balance",
+        "random",
+        "scripted",
+    )
+
+
+def test_the_quick_start_runs_the_cpu_benchmarks_commands() -> None:
+    """quickstart.sh's steps use grid.py's CPU budgets (CPU_DATA, CPU_ARGS): one place for them."""
+    text = (ROOT / "quickstart.sh").read_text().replace("\\\n", " ")
+    lines = {s: next(line.split() for line in text.splitlines() if s in line and "python" in line)
+             for s in ("--agent random", "--agent scripted", "aime.py", "vmail_obs.py",
+                       "bco0.py")}  # fmt: skip
+    pairs = {k: list(itertools.pairwise(v)) for k, v in lines.items()}
+    for script, key in (("aime.py", "aime"), ("vmail_obs.py", "vmail")):
+        wanted = grid.CPU_ARGS[key].split()
+        for i, word in enumerate(wanted):
+            if word.startswith("--") and i + 1 < len(wanted) and not wanted[i + 1].startswith("--"):
+                assert (word, wanted[i + 1]) in pairs[script], (script, word)
+    data = grid.CPU_DATA
+    assert ("--num-trajectories", str(data["random_trajectories"])) in pairs["--agent random"]
+    assert ("--num-demos", str(data["collect_demos"])) in pairs["--agent scripted"]
+    for script in ("aime.py", "vmail_obs.py", "bco0.py"):
+        assert ("--num-demos", str(data["num_demos"])) in pairs[script]
+        assert ("--eval-episodes", str(data["eval_episodes"])) in pairs[script]
+    cartpole = grid.CPU_EMBODIMENTS["cartpole"]
+    repeat = str(cartpole.action_repeat)
+    assert ("--action-repeat", repeat) in pairs["--agent random"]
+    assert ("--action-repeat", repeat) in pairs["--agent scripted"]
+    assert ("--task", cartpole.body_task) in pairs["--agent random"]
+
+
+@pytest.mark.parametrize("given", [{"envs": ("walker",)}, {"quick": True}, {"figure": 5},
+                                   {"num_demos": 5}, {"obs": ("mdp",)}])  # fmt: skip
+def test_the_cpu_benchmark_refuses_the_paper_grids_selections_in_one_line(
+    given: dict[str, object],
+) -> None:
+    with pytest.raises(
+        SystemExit, match=f"--cpu runs its own .* --{next(iter(given)).replace('_', '-')}"
+    ):
+        grid.cpu_setup(Args(cpu=True, **given))  # type: ignore[arg-type]
 
 
 def test_dry_run_of_a_small_grid_lists_each_job_once_after_its_dependencies(

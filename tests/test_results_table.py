@@ -76,6 +76,27 @@ def test_cells_pool_seeds_and_flag_against_the_paper(tmp_path: Path) -> None:
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
+def test_spread_over_seeds_takes_the_std_of_the_seeds_mean_scores(tmp_path: Path) -> None:
+    """`--spread seeds`: a row is the mean and std (ddof 0) of its seeds' mean scores, not of
+    their episodes pooled; its figure says so."""
+    runs = tmp_path / "runs"
+    write(runs / "s1", "aime", "cartpole", "swingup", "lpomdp", "random", [100.0, 300.0], 400.0, 20)
+    write(runs / "s2", "aime", "cartpole", "swingup", "lpomdp", "random", [240.0], 400.0, 20)
+    pooled = results_table.main(results_table.Args(runs_dir=str(runs), figure="none"))
+    (seeds,) = results_table.main(
+        results_table.Args(runs_dir=str(runs), figure=str(tmp_path / "f.png"), spread="seeds")
+    )
+    per_seed = [50.0, 60.0]  # normalised: seed 1's episodes 25 and 75, seed 2's 60
+    assert seeds["ours"].mean == pytest.approx(np.mean(per_seed))
+    assert seeds["ours"].std == pytest.approx(np.std(per_seed))  # 5.0
+    assert pooled[0]["ours"].std == pytest.approx(np.std([25.0, 75.0, 60.0]))  # 20.9
+    assert (seeds["ours"].seeds, seeds["ours"].episodes) == (2, 3)
+    assert "seeds' mean scores" in results_table.CAPTION.format(
+        spread=results_table.SPREADS["seeds"]
+    )
+    assert (tmp_path / "f.png").is_file()
+
+
 def test_flags_follow_the_published_interval() -> None:
     published = json.loads(results_table.Path(results_table.Args.reference).read_text())
     cell = published["cells"]["walker"]["random->stand"]
