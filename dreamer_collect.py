@@ -11,7 +11,7 @@ What each agent writes under `--data-dir` (AIME section 4 and Appendix D):
               {env}-{task}-expert/    `--num-demos` trajectories of the converged policy
     p2e       {env}-p2e/              the replay buffer of Plan2Explore (no task reward is used)
     scripted  {env}-{task}-expert/    `--num-demos` trajectories of a hand-written controller
-                                      (cartpole-swingup only: `cartpole_swingup_expert`)
+                                      (cartpole-swingup, reacher-easy and -hard: `SCRIPTED`)
 Every record stores every modality (all proprioceptive keys and, unless `--no-render`, the 64x64
 image), so one dataset serves the MDP, LPOMDP and Visual settings; `--obs` only chooses what the
 agent itself observes. Each folder's `info.json` tells how it was made and its mean return.
@@ -189,7 +189,7 @@ def resolve(args: Args) -> Config:
     check_env(f"{args.env}-{task}", args.obs)
     if args.agent == "scripted" and f"{args.env}-{task}" not in SCRIPTED:
         raise SystemExit(f"error: --agent scripted: no scripted expert for {args.env}-{task}; "
-                         f"there is one for {', '.join(SCRIPTED)}")  # fmt: skip
+                         f"scripted experts: {', '.join(SCRIPTED)}")  # fmt: skip
     return Config(**{**asdict(args), "task": task})
 
 
@@ -505,15 +505,11 @@ def collect_expert(agent: Agent, args: Config, agent_path: Path, device: torch.d
 
 
 def cartpole_swingup_expert(record: Record) -> np.ndarray:
-    """A hand-written cartpole-swingup controller, for demonstrations where a CPU cannot train
-    Dreamer in minutes. Below the top it pumps energy into the pole: a push whose size is the
-    energy still missing to stand upright and whose sign follows the swing (that of the angular
-    velocity times the angle's cosine), with a spring and a damper keeping the cart near the
-    centre; within cosine 0.99 of upright it balances by linear feedback on the cart's position
-    and velocity and the pole's angle and angular velocity. Its gains were found by a
-    cross-entropy search (12 rounds of 48 candidates, 2 episodes each, from initial states apart
-    from the demonstrations') and rounded to 3 digits; at action repeat 8 it returns about 520
-    of 1000 (docs/dreamer_collect.md: the demonstrations' mean return)."""
+    """A hand-written cartpole-swingup controller (docs/dreamer_collect.md, "The scripted
+    expert"): below the top it pumps energy into the pole, a push sized by the energy still
+    missing to stand upright, signed by the swing, with a spring and a damper on the cart; within
+    cosine 0.99 of upright, linear feedback on the cart's and the pole's state. Gains from a
+    cross-entropy search, rounded to 3 digits."""
     x, cos, sin = (float(v) for v in record["position"])
     x_dot, angle_dot = (float(v) for v in record["velocity"])
     if cos > 0.99:  # balance
@@ -524,7 +520,18 @@ def cartpole_swingup_expert(record: Record) -> np.ndarray:
     return np.clip(np.array([u], np.float32), -1.0, 1.0)
 
 
-SCRIPTED = {"cartpole-swingup": cartpole_swingup_expert}  # `--agent scripted`'s experts
+def reacher_expert(record: Record) -> np.ndarray:
+    """A hand-written reacher controller (easy, hard; docs/dreamer_collect.md): the Jacobian
+    transpose of the two 0.12 m links turns the finger-to-target vector into torques, damped."""
+    q1, q2 = (float(v) for v in record["position"])
+    s1, c1, s12, c12 = np.sin(q1), np.cos(q1), np.sin(q1 + q2), np.cos(q1 + q2)
+    jacobian = 0.12 * np.array([[-s1 - s12, -s12], [c1 + c12, c12]])
+    u = 50.0 * jacobian.T @ record["to_target"] - 0.2 * record["velocity"]
+    return np.clip(u, -1.0, 1.0).astype(np.float32)
+
+
+SCRIPTED = {"cartpole-swingup": cartpole_swingup_expert,  # `--agent scripted`'s experts
+            "reacher-easy": reacher_expert, "reacher-hard": reacher_expert}  # fmt: skip
 
 
 def collect_scripted(args: Config) -> Path:
@@ -653,14 +660,11 @@ def expert_only(args: Config) -> Path:
     if saved.agent != "dreamer":
         raise SystemExit(f"error: {path} is a {saved.agent} agent; only Dreamer has a task policy")
     if (args.env, args.task) != (saved.env, saved.task):
-        raise SystemExit(
-            f"error: {path} was trained on {saved.env}-{saved.task}, not {args.env}-{args.task}"
-        )
-    # The posterior's noise while acting comes from torch's global streams (FilteringActor): start
-    # them where the training run saved them, so that collecting again writes its demonstrations.
+        raise SystemExit(f"error: {path} was trained on {saved.env}-{saved.task}, "
+                         f"not {args.env}-{args.task}")  # fmt: skip
+    # acting draws posterior noise from torch's streams: start them where the run saved them
     set_torch_rng_state(ckpt["rng"])
-    # The agent's own settings, with this command's budget, folders and device.
-    acting = replace(
+    acting = replace(  # the agent's own settings, with this command's budget, folders, device
         saved, num_demos=args.num_demos, data_dir=args.data_dir, runs_dir=args.runs_dir,
         capture_video=args.capture_video, device=args.device, render=args.render,
     )  # fmt: skip

@@ -62,16 +62,18 @@ budget flags below change them (see the HOURS_* constants for their sources). At
 budgets AIME alone comes to about 55 GPU-days for one seed, the paper's "roughly 50 GPU days".
 
 `--cpu` runs the CPU benchmark instead (`CPU_EMBODIMENTS`, `CPU_ARGS`: every cell, seed and
-budget in one place): for each embodiment outside the paper's (cartpole), embodiment data of
-random actions and each task's scripted demonstrations (cartpole-swingup), seen from positions
-alone (LPOMDP); for each seed (1, 2, 3) a world model, then AIME, BCO(0), IIDM, the BC oracle and
-V-MAIL's learner (`vmail_obs.py`); on the cell of `CPU_FIGURES`, AIME, BCO(0) and BC with 1, 2, 5
-and 10 demonstrations besides 20 (Figure 4) and AIME's ablations on a world model with the IDM
-head (Figure 5); then the table and figures with each row's mean +- std over the seeds
+budget in one place): for each embodiment outside the paper's (cartpole; reacher), embodiment
+data of random actions and each task's scripted demonstrations (cartpole-swingup; reacher-easy
+and -hard), seen from positions alone (LPOMDP); for each seed (1, 2, 3) a world model per
+embodiment, then on each task AIME, BCO(0), IIDM, the BC oracle and V-MAIL's learner
+(`vmail_obs.py`); on the cell of `CPU_FIGURES` (cartpole-swingup), AIME, BCO(0) and BC with 1, 2,
+5 and 10 demonstrations besides 20 (Figure 4) and AIME's ablations, one on a world model with the
+IDM head (Figure 5); then the table and figures with each row's mean +- std over the seeds
 (`results_table.py --spread seeds`). Datasets and runs go to cpu/ under --data-dir and
---grid-dir; its 69 jobs take about 2.2 hours on 2 CPU cores (`--dry-run` prints each job's
-measured cost). quickstart.sh runs seed 1 of its cell's five main runs with the same budgets
-(AIME's two phases in one run there, in two here, so their figures differ by the draws).
+--grid-dir; its 105 jobs are estimated at 3.4 hours on 2 CPU cores (`--dry-run` prints each
+job's cost from `CPU_SECONDS`, the quick start's measured times). quickstart.sh runs seed 1 of
+the cartpole cell's five main runs with the same budgets (AIME's two phases in one run there, in
+two here, so their figures differ by the draws).
 
 `--quick` sets budgets for a CPU smoke test of the whole pipeline (tiny datasets, a tiny Dreamer,
 one-epoch phases, one evaluation episode; the scores mean nothing), with its datasets and runs in
@@ -141,9 +143,10 @@ class Args:
     (--kl-only, --rec-only, --use-idm), IIDM and BCO(0)"""
     cpu: bool = False
     """the CPU benchmark instead of the paper's grid: its own cells (CPU_EMBODIMENTS: cartpole
-    swingup from positions alone, random embodiment data, scripted demonstrations), AIME, BCO(0),
-    IIDM, the BC oracle and V-MAIL's learner, Figure 4's counts and Figure 5's ablations, at
-    budgets of minutes per job on 2 CPU cores; under cpu/ in --data-dir and --grid-dir"""
+    swingup, reacher easy and hard, from positions alone, random embodiment data, scripted
+    demonstrations), AIME, BCO(0), IIDM, the BC oracle and V-MAIL's learner, Figure 4's counts
+    and Figure 5's ablations on cartpole, at budgets of minutes per job on 2 CPU cores; under
+    cpu/ in --data-dir and --grid-dir"""
     dry_run: bool = False
     """print the jobs in order (dependencies, estimated cost, command) and start nothing"""
     launcher: Literal["local", "slurm"] = "local"
@@ -280,7 +283,12 @@ class CpuEmbodiment:
     obs: Obs = "lpomdp"
 
 
-CPU_EMBODIMENTS = {"cartpole": CpuEmbodiment("balance", ("swingup",), 8)}
+# Both at the AIME authors' action repeat (common/envs.py::AUTHORS_ACTION_REPEAT). Random data
+# cover no task of either, so every cell is one of transfer.
+CPU_EMBODIMENTS = {
+    "cartpole": CpuEmbodiment("balance", ("swingup",), 8),
+    "reacher": CpuEmbodiment("easy", ("easy", "hard"), 4),
+}
 CPU_FIGURES = ("cartpole", "swingup")  # the cell of Figures 4 and 5 (embodiment, task)
 CPU_SEEDS = (1, 2, 3)
 CPU_DEMO_COUNTS = (1, 2, 5, 10)  # Figure 4's other counts, beside the main runs' CPU_DATA's
@@ -297,8 +305,8 @@ CPU_ARGS = {
     "--eval-every 0",
     "bco0": "",
 }
-# Seconds of each kind of job on 2 CPU cores (AMD EPYC, torch 2.13.0; the quick start's runs of
-# 2026-12-07, docs/benchmark.md), for --dry-run's cost.
+# Seconds of each kind of job on 2 CPU cores (AMD EPYC, torch 2.13.0; the quick start's cartpole
+# runs of 2026-12-07, docs/benchmark.md), for --dry-run's cost (reacher's taken as the same).
 CPU_SECONDS = {
     "random": 10, "scripted": 10, "wm": 306, "aime": 203, "vmail": 310, "bco0": 14, "iidm": 17,
     "bc": 7,

@@ -96,8 +96,12 @@ def test_the_cpu_benchmark_lays_out_every_method_figure_4_and_figure_5_for_each_
                 for m in ("aime/aime", "bco0/bco0", "bco0/bc")]  # fmt: skip
     figure_5 = ["aime/kl-only", "aime/rec-only", "aime/idm"]
     runs = {f"{n}:{cell}-s{s}" for s in seeds for n in [*main, *figure_4, *figure_5]}
-    data = {"data:cartpole-random", "data:cartpole-swingup"}
+    runs |= {f"{n}:reacher-random->{t}-lpomdp-s{s}" for s in seeds for n in main
+             for t in ("easy", "hard")}  # fmt: skip
+    data = {f"data:{d}" for d in ("cartpole-random", "cartpole-swingup", "reacher-random",
+                                  "reacher-easy", "reacher-hard")}  # fmt: skip
     models = {f"{w}:cartpole-random-lpomdp-s{s}" for s in seeds for w in ("wm", "wm-idm")}
+    models |= {f"wm:reacher-random-lpomdp-s{s}" for s in seeds}
     assert set(jobs) == runs | data | models | {"table"}
     assert len({j.markers for j in jobs.values()}) == len(jobs), "two jobs share a folder"
     assert set(jobs["table"].deps) == runs and flag(jobs["table"].command, "--spread") == "seeds"
