@@ -180,18 +180,28 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def demo_curves(rows: list[dict[str, Any]]) -> Curves:
-    """Figure 4's data: for each (env, cell) with runs at two or more numbers of demonstrations,
-    each method's (demonstrations, mean, std) points, in increasing demonstrations."""
-    curves: Curves = defaultdict(dict)
+    """Figure 4's data: for each (env, cell), each method with runs at two or more numbers of
+    demonstrations, as (demonstrations, mean, std) points in increasing demonstrations. The BC
+    oracle's lines (cell `none->task`, no embodiment data) join every cell of the same task, as
+    in the paper's figure, and have a panel of their own only where no such cell has lines."""
+    curves: Curves = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        curves[(r["env"], r["cell"])].setdefault(r["method"], []).append(
+        curves[(r["env"], r["cell"])][r["method"]].append(
             (r["demos"], r["ours"].mean, r["ours"].std)
         )
-    return {
-        where: {m: sorted(points) for m, points in methods.items()}
+    lines = {
+        where: {m: sorted(points) for m, points in methods.items() if len(points) >= 2}
         for where, methods in curves.items()
-        if len({n for points in methods.values() for n, _, _ in points}) >= 2
     }
+    lines = {where: methods for where, methods in lines.items() if methods}
+    for (env, cell), oracle in [(w, m) for w, m in lines.items() if w[1].startswith("none->")]:
+        task = cell.removeprefix("none->")
+        others = [w for w in lines if w[0] == env and w[1].endswith(f"->{task}") and w[1] != cell]
+        for where in others:
+            lines[where].update(oracle)
+        if others:
+            del lines[(env, cell)]
+    return lines
 
 
 def demos_figure(curves: Curves, path: Path) -> None:
@@ -229,16 +239,25 @@ SPREADS = {"episodes": "every evaluation episode of every seed", "seeds": "the s
 
 def figure(rows: list[dict[str, Any]], path: Path, spread: str = "episodes") -> None:
     """A grid of bar charts, one per embodiment dataset -> task, ours beside the paper's where
-    it has a number, with the expert's and the random policy's scores as reference lines."""
+    it has a number, with the expert's and the random policy's scores as reference lines; each
+    method at its largest number of demonstrations (the others are Figure 4's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # a method's runs at fewer demonstrations than its most are Figure 4's (`demos_figure`)
+    most: dict[tuple[str, str, str], int] = defaultdict(int)
+    for r in rows:
+        most[(r["env"], r["cell"], r["method"])] = max(
+            most[(r["env"], r["cell"], r["method"])], r["demos"]
+        )
+    rows = [r for r in rows if r["demos"] == most[(r["env"], r["cell"], r["method"])]]
     cells = sorted({(r["env"], r["cell"]) for r in rows})
     cols = min(3, len(cells))
     nrows = (len(cells) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows + 0.9), squeeze=False)
+    width = max(5.0, 1.05 * max(sum((r["env"], r["cell"]) == c for r in rows) for c in cells))
+    fig, axes = plt.subplots(nrows, cols, figsize=(width * cols, 3.6 * nrows + 0.9), squeeze=False)
     handles: dict[str, Any] = {}
     for ax, (env, cell) in zip(axes.flat, cells, strict=False):
         here = [r for r in rows if (r["env"], r["cell"]) == (env, cell)]

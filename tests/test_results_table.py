@@ -150,7 +150,17 @@ def test_demonstration_counts_and_ablations_stay_apart(tmp_path: Path) -> None:
     lines = curves[("walker", "mix->run")]
     assert [n for n, _, _ in lines["AIME-MDP"]] == [10, 100]
     assert [n for n, _, _ in lines["BCO(0)-MDP"]] == [10, 100]
+    assert "AIME (KL only)-MDP" not in lines  # one count: a point, not a line of Figure 4
     assert (tmp_path / "d.png").stat().st_size > 1000
+    # With a second count the BC oracle's line joins the panel of the same task, as in Figure 4.
+    write(runs / "c5", "bc", "walker", "run", "mdp", None, [302.05], 604.10, num_demos=5)  # type: ignore[arg-type]
+    rows = results_table.main(results_table.Args(runs_dir=str(runs), figure="none"))
+    curves = results_table.demo_curves(rows)
+    assert set(curves) == {("walker", "mix->run")}
+    assert [(n, m) for n, m, _ in curves[("walker", "mix->run")]["BC-MDP"]] == [
+        (1, 40.0),
+        (5, 50.0),
+    ]
 
 
 def test_random_reference_and_summary_count_only_what_the_paper_has(
