@@ -129,6 +129,10 @@ def test_the_cpu_benchmark_lays_out_every_method_figure_4_and_figure_5_for_each_
         "random",
         "scripted",
     )
+    reacher = jobs["aime:reacher-random->hard-lpomdp-s2"]
+    assert flag(reacher.command, "--world-model") == jobs["wm:reacher-random-lpomdp-s2"].markers[0]
+    assert flag(jobs["data:reacher-hard"].command, "--action-repeat") == "4"
+    assert flag(jobs["data:reacher-random"].command, "--task") == "easy"
 
 
 def test_the_quick_start_runs_the_cpu_benchmarks_commands() -> None:
