@@ -65,6 +65,7 @@ class Cell:
     seeds: int
     episodes: int
     random: Optional[float] = None  # the random policy's score on the same episodes, where known
+    random_std: Optional[float] = None  # its std over the runs (one per seed)
 
 
 def dataset_name(env: str, name: Optional[str]) -> str:
@@ -145,9 +146,13 @@ def gather(runs_dir: Path, spread: str = "episodes") -> dict[Key, Cell]:
     cells = {}
     for key, runs in pooled.items():
         scores = [np.mean(x) for x in runs] if spread == "seeds" else np.concatenate(runs)
-        random = float(np.mean(randoms[key])) if randoms[key] else None
+        random, random_std = (
+            (float(np.mean(randoms[key])), float(np.std(randoms[key])))
+            if randoms[key]
+            else (None, None)
+        )
         cells[key] = Cell(float(np.mean(scores)), float(np.std(scores)), len(runs),
-                          sum(len(x) for x in runs), random)  # fmt: skip
+                          sum(len(x) for x in runs), random, random_std)  # fmt: skip
     return cells
 
 
@@ -163,7 +168,26 @@ def table(ours: dict[Key, Cell], published: dict[str, Any]) -> list[dict[str, An
     return rows
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
+def random_row(block: list[dict[str, Any]], spread: str) -> Optional[str]:
+    """The random policy's row of one (embodiment, cell) block: uniform random actions from the
+    same initial states as the block's runs at its largest number of demonstrations, normalised
+    as they are (with `spread` "seeds", +- its std over the seeds); None where no run recorded
+    it."""
+    most = max(r["demos"] for r in block)
+    known = [r for r in block if r["demos"] == most and r["ours"].random is not None]
+    if not known:
+        return None
+    c, row = known[0]["ours"], known[0]
+    score = f"{c.random:.1f} +- {c.random_std:.1f}" if spread == "seeds" else f"{c.random:.1f}"
+    return (
+        f"| {row['env']} | {row['cell']} | random actions | {most} | {score} | {c.seeds} | - |  |"
+    )
+
+
+def markdown(rows: list[dict[str, Any]], spread: str = "episodes") -> str:
+    """The table, one row per cell, method and number of demonstrations, and after each cell's
+    rows the random policy's (`random_row`; a BC oracle's `none->task` cell has none where
+    another cell of the same task has one)."""
     lines = [
         "| embodiment | dataset -> task | method | demos | ours (mean +- std) | seeds | paper "
         "| outside |",
@@ -176,6 +200,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {row['env']} | {row['cell']} | {row['method']} | {row['demos']} | "
             f"{c.mean:.1f} +- {c.std:.1f} | {c.seeds} | {paper} | {'*' if row['flag'] else ''} |"
         )
+        block = [r for r in rows if (r["env"], r["cell"]) == (row["env"], row["cell"])]
+        if row is not block[-1]:
+            continue
+        task = row["cell"].split("->")[1]
+        siblings = any(r["env"] == row["env"] and r["cell"].endswith(f"->{task}")
+                       and not r["cell"].startswith("none->") for r in rows)  # fmt: skip
+        line = random_row(block, spread)
+        if line and not (row["cell"].startswith("none->") and siblings):
+            lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -310,7 +343,7 @@ def main(args: Args) -> list[dict[str, Any]]:
     rows = table(gather(runs_dir, args.spread), published)
     if not rows:
         raise SystemExit(f"error: no results.json under {runs_dir}")
-    text = markdown(rows)
+    text = markdown(rows, args.spread)
     print(text, end="")
     compared = [r for r in rows if r["paper"]]
     if compared:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ def write(
     env: str,
     task: str,
     obs: str,
-    body: str,
+    body: Optional[str],
     returns: list[float],
     expert: float,
     num_demos: int = 100,
@@ -133,7 +134,7 @@ def test_demonstration_counts_and_ablations_stay_apart(tmp_path: Path) -> None:
     write(runs / "kl", "aime", "walker", "run", "mdp", "mix", [120.82], 604.10, kl_only=True)
     write(runs / "b10", "bco0", "walker", "run", "mdp", "mix", [120.82], 604.10, num_demos=10)
     write(runs / "b100", "bco0", "walker", "run", "mdp", "mix", [181.23], 604.10)
-    write(runs / "c1", "bc", "walker", "run", "mdp", None, [241.64], 604.10, num_demos=1)  # type: ignore[arg-type]
+    write(runs / "c1", "bc", "walker", "run", "mdp", None, [241.64], 604.10, num_demos=1)
     rows = results_table.main(
         results_table.Args(runs_dir=str(runs), figure="none", demos_figure=str(tmp_path / "d.png"))
     )
@@ -153,7 +154,7 @@ def test_demonstration_counts_and_ablations_stay_apart(tmp_path: Path) -> None:
     assert "AIME (KL only)-MDP" not in lines  # one count: a point, not a line of Figure 4
     assert (tmp_path / "d.png").stat().st_size > 1000
     # With a second count the BC oracle's line joins the panel of the same task, as in Figure 4.
-    write(runs / "c5", "bc", "walker", "run", "mdp", None, [302.05], 604.10, num_demos=5)  # type: ignore[arg-type]
+    write(runs / "c5", "bc", "walker", "run", "mdp", None, [302.05], 604.10, num_demos=5)
     rows = results_table.main(results_table.Args(runs_dir=str(runs), figure="none"))
     curves = results_table.demo_curves(rows)
     assert set(curves) == {("walker", "mix->run")}
@@ -190,6 +191,36 @@ def test_random_reference_and_summary_count_only_what_the_paper_has(
     assert capsys.readouterr().out.splitlines()[-1] == (
         "0 of the 1 rows the paper has outside its mean +- std (*)"
     )
+
+
+def test_each_cell_ends_with_the_random_policys_row(tmp_path: Path) -> None:
+    """After each cell's rows, the random policy's: its recorded score on the same initial states
+    at the cell's largest number of demonstrations (over the seeds: mean +- std with `--spread
+    seeds`); the BC oracle's `none->task` cell has its own only where no other cell has the
+    task."""
+    runs = tmp_path / "runs"
+    for seed, random in ((1, 30.0), (2, 40.0)):
+        for method, body, demos in (("aime", "random", 20), ("aime", "random", 5),
+                                    ("bc", None, 20)):  # fmt: skip
+            folder = runs / f"{method}-{demos}-s{seed}"
+            write(folder, method, "cartpole", "swingup", "lpomdp", body, [500.0], 600.0, demos)
+            result = json.loads((folder / "results.json").read_text())
+            score = random if demos == 20 else random + 100  # 5 demos: another normaliser
+            result.update(random_normalised_score=score, seed=seed)
+            (folder / "results.json").write_text(json.dumps(result))
+    write(runs / "other-task", "bc", "cartpole", "balance", "lpomdp", None, [500.0], 600.0, 20)
+    path = runs / "other-task" / "results.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "random_normalised_score": 7.0}))
+    rows = results_table.table(results_table.gather(runs, "seeds"), {"cells": {}})
+    lines = results_table.markdown(rows, "seeds").splitlines()
+    randoms = [line for line in lines if "random actions" in line]
+    assert randoms == [
+        "| cartpole | none->balance | random actions | 20 | 7.0 +- 0.0 | 1 | - |  |",
+        "| cartpole | random->swingup | random actions | 20 | 35.0 +- 5.0 | 2 | - |  |",
+    ]
+    assert lines[-1] == randoms[-1]  # the swing-up cell's last row
+    pooled = results_table.table(results_table.gather(runs), {"cells": {}})  # over episodes
+    assert "| random->swingup | random actions | 20 | 35.0 | 2 |" in results_table.markdown(pooled)
 
 
 NUMBERS_BAD = (
