@@ -12,6 +12,7 @@ What each agent writes under `--data-dir` (AIME section 4 and Appendix D):
     p2e       {env}-p2e/              the replay buffer of Plan2Explore (no task reward is used)
     scripted  {env}-{task}-expert/    `--num-demos` trajectories of a hand-written controller
                                       (cartpole-swingup, reacher-easy and -hard: `SCRIPTED`)
+              {env}-{task}-buffer/    `--buffer-episodes` more, from other initial states
 Every record stores every modality (all proprioceptive keys and, unless `--no-render`, the 64x64
 image), so one dataset serves the MDP, LPOMDP and Visual settings; `--obs` only chooses what the
 agent itself observes. Each folder's `info.json` tells how it was made and its mean return.
@@ -51,8 +52,7 @@ sets each beside the papers' choice):
     as their `epsilon: 0.0`); expert episodes act with the mode. An episode is 1000 simulator
     steps; after each from the last prefill episode on, C = 100 updates.
  5. Plan2Explore: 5 predictors, MLPs 2x1024 ELU from [s_t, a_t] to the next embedding (on
-    detached inputs and targets); its reward is the mean log-variance across the ensemble.
-"""
+    detached inputs and targets); its reward is the mean log-variance across the ensemble."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ class Args(RunArgs):
 
     agent: Literal["random", "dreamer", "p2e", "scripted"] = "random"
     """the agent: `random` (uniform actions), `dreamer` (task reward), `p2e` (Plan2Explore) or
-    `scripted` (a hand-written expert; cartpole-swingup only)"""
+    `scripted` (a hand-written expert: `SCRIPTED`)"""
     env: str = "walker"
     """the embodiment (dm_control domain): walker, cheetah, or another suite domain"""
     task: Annotated[Optional[str], derived("walk for walker, run for cheetah", "STR")] = None
@@ -125,6 +125,8 @@ class Args(RunArgs):
     """gradient steps after each collected episode"""
     num_demos: Annotated[int, FREE_ON_RESUME] = 1000
     """dreamer, scripted: expert trajectories the policy collects (dreamer: 0 for none)"""
+    buffer_episodes: int = 0
+    """scripted: episodes from other initial states, a body dataset that covers the task"""
     batch_size: Annotated[int, POSITIVE] = 50
     """sequences per batch"""
     horizon: Annotated[int, POSITIVE] = 50
@@ -245,8 +247,7 @@ def world_model_loss(
     and the reward's log-likelihoods and the KL between posterior and prior), per record; for
     Plan2Explore plus the ensemble's regression loss.
 
-    Returns the loss, the posterior states (h, s) [T, B, ...] to imagine from, and metrics.
-    """
+    Returns the loss, the posterior states (h, s) [T, B, ...] to imagine from, and metrics."""
     obs, actions = observation(batch, keys), batch["pre_action"]  # [T, B, ...], [T, B, A]
     embed = model.encoder(obs)  # [T, B, embed]
     post = model.rssm.observe(embed, actions)
@@ -301,8 +302,7 @@ def lambda_return(reward: Tensor, value: Tensor, gamma: float, lam: float) -> Te
         V_lambda(s_tau) = r_tau+1 + gamma ((1 - lambda) v(s_tau+1) + lambda V_lambda(s_tau+1)),
         V_lambda(s_H) = v(s_H).
 
-    reward [H, N] holds r_tau+1 (the reward of reaching s_tau+1), value [H + 1, N] holds v(s_tau).
-    """
+    reward [H, N]: r_tau+1 (the reward of reaching s_tau+1); value [H + 1, N]: v(s_tau)."""
     returns, last = [], value[-1]
     for t in reversed(range(reward.shape[0])):
         last = reward[t] + gamma * ((1 - lam) * value[t + 1] + lam * last)  # eq. (6)
@@ -421,8 +421,7 @@ def run_episodes(
     The agent acts on the posterior state it filters from the real observations and the actions
     taken (`common/rssm.py::FilteringActor`): a sample of the policy (plus `expl_noise`) or its
     mode. `random` draws uniform actions from the action seeds of `seeds`. Of `args` only
-    `expl_noise` is read.
-    """
+    `expl_noise` is read."""
     act = None
     if mode != "random" and agent is not None:
         explore = args.expl_noise if mode == "sample" else None
@@ -444,18 +443,15 @@ def folder_settings(args: Config, agent: str, render: bool, **more: str) -> dict
 def collect_random(args: Args) -> Path:
     """Fill `{data_dir}/{env}-random/` up to `num_trajectories` random-action trajectories.
 
-    Trajectory i depends only on (seed, i), so re-running adds only the missing ones and a
-    resumed dataset equals an uninterrupted one. `args` is resolved here (the tests' fixtures
-    call this with the command line's `Args`)."""
+    Trajectory i depends only on (seed, i), so re-running adds only the missing ones and a resumed
+    dataset equals an uninterrupted one. `args` is resolved here (the tests pass `Args`)."""
     cfg = resolve(args)
     folder = Path(cfg.data_dir) / f"{cfg.env}-random"
     settings = folder_settings(cfg, "random", cfg.render)
     todo = datasets.fill_folder(folder, settings, cfg.num_trajectories, "trajectories")
     if todo:
-        env = make_env(
-            f"{cfg.env}-{cfg.task}", obs="mdp", seed=cfg.seed,
-            action_repeat=cfg.action_repeat, render=cfg.render,
-        )  # fmt: skip
+        env = make_env(f"{cfg.env}-{cfg.task}", obs="mdp", seed=cfg.seed,
+                       action_repeat=cfg.action_repeat, render=cfg.render)  # fmt: skip
         bar = tqdm(todo, desc=folder.name, unit="traj")
         for i in bar:
             env_seed, action_seed = np.random.SeedSequence([cfg.seed, i]).generate_state(2)
@@ -536,24 +532,28 @@ SCRIPTED = {"cartpole-swingup": cartpole_swingup_expert,  # `--agent scripted`'s
 
 def collect_scripted(args: Config) -> Path:
     """Fill `{data_dir}/{env}-{task}-expert/` up to `num_demos` demonstrations of the scripted
-    expert; demonstration i starts from the initial state of (seed, i), as Dreamer's do, and
-    depends on nothing else."""
-    folder = Path(args.data_dir) / f"{args.env}-{args.task}-expert"
-    settings = folder_settings(args, "scripted-expert", args.render)
-    todo = datasets.fill_folder(folder, settings, args.num_demos, "demonstrations")
+    expert, `{env}-{task}-buffer/` up to `buffer_episodes` episodes (a body dataset covering the
+    task); episode i starts from the state of (seed, stream EXPERT or BUFFER, i), nothing else."""
     env = make_env(f"{args.env}-{args.task}", "mdp", render=args.render,
                    action_repeat=args.action_repeat)  # fmt: skip
-    policy = SCRIPTED[f"{args.env}-{args.task}"]
-    bar = tqdm(todo, desc=folder.name, unit="traj")
-    for i in bar:
-        records = [env.reset(seed=episode_seed(args.seed, EXPERT, i))]
-        while not records[-1]["is_last"]:
-            records.append(env.step(policy(records[-1])))
-        trajectory = replay.stack_records(records)
-        replay.save_trajectory(folder / f"{i}.npz", trajectory)
-        bar.set_postfix(ret=f"{trajectory['reward'].sum():.1f}")
-    print(datasets.write_info(folder, settings, "expert trajectories"))
-    return folder
+    policy, settings = SCRIPTED[env.name], folder_settings(args, "scripted-expert", args.render)
+    folders = [("expert", args.num_demos, EXPERT, "demonstrations"),
+               ("buffer", args.buffer_episodes, BUFFER, "episodes")]  # fmt: skip
+    for kind, count, stream, what in folders:
+        if count == 0:
+            continue
+        folder = Path(args.data_dir) / f"{env.name}-{kind}"
+        todo = datasets.fill_folder(folder, settings, count, what)
+        bar = tqdm(todo, desc=folder.name, unit="traj")
+        for i in bar:
+            records = [env.reset(seed=episode_seed(args.seed, stream, i))]
+            while not records[-1]["is_last"]:
+                records.append(env.step(policy(records[-1])))
+            trajectory = replay.stack_records(records)
+            replay.save_trajectory(folder / f"{i}.npz", trajectory)
+            bar.set_postfix(ret=f"{trajectory['reward'].sum():.1f}")
+        print(datasets.write_info(folder, settings, f"{kind} trajectories"))
+    return Path(args.data_dir) / f"{args.env}-{args.task}-expert"
 
 
 # == Training =====================================================================================

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import dreamer_collect as dc
-from common.datasets import TrajectoryDataset
+from common.datasets import TrajectoryDataset, dataset_folders
 from common.envs import make_env
 from common.replay import ReplayBuffer, load_trajectory
 
@@ -308,6 +308,35 @@ def test_the_scripted_reacher_expert_reaches_the_target(tmp_path: Path, task: st
         demo = load_trajectory(folder / f"{i}.npz")
         np.testing.assert_array_equal(demo["to_target"][0], episode["to_target"][0])  # same start
         assert demo["reward"].sum() > episode["reward"].sum() + 300, (i, demo["reward"].sum())
+
+
+def test_the_scripted_buffer_is_more_expert_episodes_from_other_starts(tmp_path: Path) -> None:
+    """`--buffer-episodes 2` writes reacher-easy-buffer/: 2 more episodes of the expert, as good
+    as its demonstrations but from initial states none of them start from (an embodiment dataset
+    that covers the task, readable as `--body-data random+easy`); the demonstrations are the
+    same with or without it."""
+    flags = ["--agent", "scripted", "--env", "reacher", "--task", "easy", "--action-repeat", "4",
+             "--num-demos", "3", "--no-render"]  # fmt: skip
+    alone = run_script(*flags, "--data-dir", str(tmp_path / "alone"))
+    both = run_script(*flags, "--buffer-episodes", "2", "--data-dir", str(tmp_path / "both"))
+    assert alone.returncode == 0 and both.returncode == 0, both.stderr[-3000:]
+    demos = [
+        load_trajectory(tmp_path / "both" / "reacher-easy-expert" / f"{i}.npz") for i in range(3)
+    ]
+    for i, demo in enumerate(demos):
+        same = load_trajectory(tmp_path / "alone" / "reacher-easy-expert" / f"{i}.npz")
+        np.testing.assert_array_equal(demo["pre_action"], same["pre_action"])
+    buffer = tmp_path / "both" / "reacher-easy-buffer"
+    info = json.loads((buffer / "info.json").read_text())
+    assert info["agent"] == "scripted-expert" and info["num_trajectories"] == 2
+    starts = {tuple(d["to_target"][0]) for d in demos}
+    for i in range(2):
+        episode = load_trajectory(buffer / f"{i}.npz")
+        assert tuple(episode["to_target"][0]) not in starts
+        assert episode["reward"].sum() > 500, (i, episode["reward"].sum())
+    assert not (tmp_path / "alone" / "reacher-easy-buffer").exists()
+    folders = dataset_folders(tmp_path / "both", "reacher", "random+easy", "body")
+    assert folders[1] == buffer
 
 
 def test_collecting_again_from_the_saved_agent_writes_the_runs_demonstrations(
