@@ -280,6 +280,10 @@ class CpuEmbodiment:
     tasks: tuple[str, ...]
     """demonstration tasks, each with a scripted expert"""
     action_repeat: int
+    bodies: tuple[str, ...] = ("random",)
+    """embodiment datasets: `random`, or `random+TASK`, the random data and TASK's scripted
+    buffer (`--buffer-episodes`: more of the expert's episodes, from other initial states), a
+    dataset that covers TASK (its cells in-distribution, the other tasks' transfer)"""
     obs: Obs = "lpomdp"
 
 
@@ -289,10 +293,11 @@ CPU_EMBODIMENTS = {
     "cartpole": CpuEmbodiment("balance", ("swingup",), 8),
     "reacher": CpuEmbodiment("easy", ("easy", "hard"), 4),
 }
-CPU_FIGURES = ("cartpole", "swingup")  # the cell of Figures 4 and 5 (embodiment, task)
+CPU_FIGURES = ("cartpole", "random", "swingup")  # Figures 4 and 5's cell (embodiment, body, task)
 CPU_SEEDS = (1, 2, 3)
 CPU_DEMO_COUNTS = (1, 2, 5, 10)  # Figure 4's other counts, beside the main runs' CPU_DATA's
 CPU_DATA = {"random_trajectories": 20, "collect_demos": 20, "num_demos": 20, "eval_episodes": 10}
+CPU_BUFFER_EPISODES = 20  # a `random+TASK` body dataset's scripted episodes of TASK
 # Each script's flags: AIME 2,000 phase-1 and 1,500 phase-2 steps at the paper's text's learning
 # rate 1e-3 (the authors' 3e-4 learns too slowly in so short a phase 1); V-MAIL's learner at the
 # settings under which V-MAIL imitated online (docs/vmail.md) and AIME's phase-2 budget; BCO(0),
@@ -597,11 +602,12 @@ def cpu_grid(args: Args) -> list[Job]:
     args = replace(args, **extra)  # type: ignore[arg-type]
     data, hours = Path(args.data_dir), {k: v / 3600 for k, v in CPU_SECONDS.items()}
     n, demos = CPU_DATA["random_trajectories"], CPU_DATA["collect_demos"]
+    buffer = CPU_BUFFER_EPISODES
     runs: list[Job] = []
     order: list[Job] = []
     for env, e in CPU_EMBODIMENTS.items():
-        repeat = e.action_repeat
-        body = Job(
+        repeat, covered = e.action_repeat, {b.split("+")[1] for b in e.bodies if "+" in b}
+        random = Job(
             f"data:{env}-random",
             command("dreamer_collect.py", args.collect_args, agent="random", env=env,
                     task=e.body_task, action_repeat=repeat, num_trajectories=n, no_render=True,
@@ -609,49 +615,70 @@ def cpu_grid(args: Args) -> list[Job]:
             markers=(str(data / f"{env}-random" / f"{n - 1}.npz"),),
             hours=hours["random"],
         )  # fmt: skip
-        experts = {
+        experts = {  # the demonstrations and, for a task a body dataset covers, its buffer
             task: Job(
                 f"data:{env}-{task}",
-                command("dreamer_collect.py", args.collect_args, agent="scripted", env=env,
-                        task=task, action_repeat=repeat, num_demos=demos, no_render=True,
-                        data_dir=data),
-                markers=(str(data / f"{env}-{task}-expert" / f"{demos - 1}.npz"),),
+                command(
+                    "dreamer_collect.py",
+                    args.collect_args,
+                    agent="scripted",
+                    env=env,
+                    task=task,
+                    action_repeat=repeat,
+                    num_demos=demos,
+                    no_render=True,
+                    buffer_episodes=buffer if task in covered else None,
+                    data_dir=data,
+                ),
+                markers=(
+                    str(data / f"{env}-{task}-expert" / f"{demos - 1}.npz"),
+                    *(
+                        [str(data / f"{env}-{task}-buffer" / f"{buffer - 1}.npz")]
+                        if task in covered
+                        else []
+                    ),
+                ),
                 hours=hours["scripted"],
             )
             for task in e.tasks
-        }  # fmt: skip
-        order += [body, *experts.values()]
+        }
+        bodies = {
+            b: [random, *([experts[b.split("+")[1]]] if "+" in b else [])] for b in e.bodies
+        }  # the data jobs each body dataset waits for
+        order += [random, *experts.values()]  # fmt: skip
         for seed in args.seeds or CPU_SEEDS:
-            wm = world_model_job(args, env, "random", e.obs, seed, [body])
-            order.append(replace(wm, hours=hours["wm"]))
-            for task in e.tasks:
-                demo = experts[task]
-                jobs: list[tuple[Method, str, dict[str, object], list[Job]]] = [
-                    ("aime", "aime", {}, [wm, demo]),
-                    ("bco0", "bco0", {}, [body, demo]),
-                    ("bco0", "iidm", {"method": "iidm"}, [body, demo]),
-                    ("bco0", "bc", {"method": "bc"}, [demo]),
-                    ("vmail", "vmail", {}, [wm, demo]),
-                ]
-                if (env, task) == CPU_FIGURES:  # Figure 4: the other numbers of demonstrations
-                    for k in CPU_DEMO_COUNTS:
-                        jobs += [
-                            ("aime", f"aime-demos-{k}", {"num_demos": k}, [wm, demo]),
-                            ("bco0", f"bco0-demos-{k}", {"num_demos": k}, [body, demo]),
-                            ("bco0", f"bc-demos-{k}", {"num_demos": k, "method": "bc"}, [demo]),
-                        ]
-                    # Figure 5: AIME's ablations (IIDM and BCO(0) are the main runs)
-                    wm_idm = world_model_job(args, env, "random", e.obs, seed, [body], idm=True)
-                    order.append(replace(wm_idm, hours=hours["wm"]))
-                    jobs += [
-                        ("aime", "kl-only", {"kl_only": True}, [wm, demo]),
-                        ("aime", "rec-only", {"rec_only": True}, [wm, demo]),
-                        ("aime", "idm", {"use_idm": True}, [wm_idm, demo]),
+            for body, made in bodies.items():
+                wm = world_model_job(args, env, body, e.obs, seed, made)
+                order.append(replace(wm, hours=hours["wm"]))
+                for task in e.tasks:
+                    demo = experts[task]
+                    jobs: list[tuple[Method, str, dict[str, object], list[Job]]] = [
+                        ("aime", "aime", {}, [wm, demo]),
+                        ("bco0", "bco0", {}, [*made, demo]),
+                        ("bco0", "iidm", {"method": "iidm"}, [*made, demo]),
+                        ("vmail", "vmail", {}, [wm, demo]),
                     ]
-                for method, name, own, deps in jobs:
-                    job = run_job(args, method, env, "random", task, e.obs, seed, deps, name, own)
-                    kind = str(own.get("method", method))  # bco0.py's --method has its own cost
-                    runs.append(replace(job, hours=hours[kind]))
+                    if body == e.bodies[0]:  # the BC oracle reads no body data: once per task
+                        jobs.append(("bco0", "bc", {"method": "bc"}, [demo]))
+                    if (env, body, task) == CPU_FIGURES:  # Figure 4: other demonstration counts
+                        for k in CPU_DEMO_COUNTS:
+                            jobs += [
+                                ("aime", f"aime-demos-{k}", {"num_demos": k}, [wm, demo]),
+                                ("bco0", f"bco0-demos-{k}", {"num_demos": k}, [*made, demo]),
+                                ("bco0", f"bc-demos-{k}", {"num_demos": k, "method": "bc"}, [demo]),
+                            ]
+                        # Figure 5: AIME's ablations (IIDM and BCO(0) are the main runs)
+                        wm_idm = world_model_job(args, env, body, e.obs, seed, made, idm=True)
+                        order.append(replace(wm_idm, hours=hours["wm"]))
+                        jobs += [
+                            ("aime", "kl-only", {"kl_only": True}, [wm, demo]),
+                            ("aime", "rec-only", {"rec_only": True}, [wm, demo]),
+                            ("aime", "idm", {"use_idm": True}, [wm_idm, demo]),
+                        ]
+                    for method, name, own, deps in jobs:
+                        job = run_job(args, method, env, body, task, e.obs, seed, deps, name, own)
+                        kind = str(own.get("method", method))  # bco0.py's --method: its own cost
+                        runs.append(replace(job, hours=hours[kind]))
     order += runs
     order.append(Job(
         "table",

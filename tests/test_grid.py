@@ -135,6 +135,39 @@ def test_the_cpu_benchmark_lays_out_every_method_figure_4_and_figure_5_for_each_
     assert flag(jobs["data:reacher-random"].command, "--task") == "easy"
 
 
+def test_a_body_dataset_that_covers_a_task_adds_its_scripted_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `random+TASK` embodiment dataset: TASK's data job also writes its scripted buffer (and
+    waits for it), the world model and BCO(0)/IIDM wait for both data jobs and read both, every
+    task gets its cells on each body dataset, and the BC oracle, which reads no body data, runs
+    once per task and seed."""
+    both = grid.CpuEmbodiment("easy", ("easy", "hard"), 4, ("random", "random+easy"))
+    monkeypatch.setattr(grid, "CPU_EMBODIMENTS", {"reacher": both})
+    jobs = {j.name: j for j in grid.cpu_grid(grid.cpu_setup(Args(cpu=True, seeds=(1,))))}
+    easy, hard = jobs["data:reacher-easy"], jobs["data:reacher-hard"]
+    assert flag(easy.command, "--buffer-episodes") == str(grid.CPU_BUFFER_EPISODES)
+    assert easy.markers[-1].endswith(f"reacher-easy-buffer/{grid.CPU_BUFFER_EPISODES - 1}.npz")
+    assert "--buffer-episodes" not in hard.command and len(hard.markers) == 1
+    wm = jobs["wm:reacher-random+easy-lpomdp-s1"]
+    assert set(wm.deps) == {"data:reacher-random", "data:reacher-easy"}
+    assert flag(wm.command, "--body-data") == "random+easy"
+    for task in ("easy", "hard"):
+        for body in ("random", "random+easy"):
+            cell = f"reacher-{body}->{task}-lpomdp-s1"
+            assert {f"{m}:{cell}" for m in ("aime", "bco0", "bco0/iidm", "vmail")} <= set(jobs)
+            assert (
+                flag(jobs[f"aime:{cell}"].command, "--world-model")
+                == (jobs[f"wm:reacher-{body}-lpomdp-s1"].markers[0])
+            )
+        bco0 = jobs[f"bco0:reacher-random+easy->{task}-lpomdp-s1"]
+        assert flag(bco0.command, "--body-data") == "random+easy"
+        assert {"data:reacher-random", "data:reacher-easy"} <= set(bco0.deps)
+    oracles = [n for n in jobs if n.startswith("bco0/bc:")]
+    assert sorted(oracles) == [f"bco0/bc:reacher-random->{t}-lpomdp-s1" for t in ("easy", "hard")]
+    assert len({j.markers for j in jobs.values()}) == len(jobs), "two jobs share a folder"
+
+
 def test_the_quick_start_runs_the_cpu_benchmarks_commands() -> None:
     """quickstart.sh's steps use grid.py's CPU budgets (CPU_DATA, CPU_ARGS): one place for them."""
     text = (ROOT / "quickstart.sh").read_text().replace("\\\n", " ")
