@@ -618,34 +618,19 @@ def cpu_grid(args: Args) -> list[Job]:
         experts = {  # the demonstrations and, for a task a body dataset covers, its buffer
             task: Job(
                 f"data:{env}-{task}",
-                command(
-                    "dreamer_collect.py",
-                    args.collect_args,
-                    agent="scripted",
-                    env=env,
-                    task=task,
-                    action_repeat=repeat,
-                    num_demos=demos,
-                    no_render=True,
-                    buffer_episodes=buffer if task in covered else None,
-                    data_dir=data,
-                ),
-                markers=(
-                    str(data / f"{env}-{task}-expert" / f"{demos - 1}.npz"),
-                    *(
-                        [str(data / f"{env}-{task}-buffer" / f"{buffer - 1}.npz")]
-                        if task in covered
-                        else []
-                    ),
-                ),
+                command("dreamer_collect.py", args.collect_args, agent="scripted", env=env,
+                        task=task, action_repeat=repeat, num_demos=demos, no_render=True,
+                        buffer_episodes=buffer if task in covered else None, data_dir=data),
+                markers=(str(data / f"{env}-{task}-expert" / f"{demos - 1}.npz"),
+                         *([str(data / f"{env}-{task}-buffer" / f"{buffer - 1}.npz")]
+                           if task in covered else [])),
                 hours=hours["scripted"],
             )
             for task in e.tasks
-        }
-        bodies = {
-            b: [random, *([experts[b.split("+")[1]]] if "+" in b else [])] for b in e.bodies
-        }  # the data jobs each body dataset waits for
-        order += [random, *experts.values()]  # fmt: skip
+        }  # fmt: skip
+        # the data jobs each body dataset waits for: the random data, and a covered task's buffer
+        bodies = {b: [random, *([experts[b.split("+")[1]]] if "+" in b else [])] for b in e.bodies}
+        order += [random, *experts.values()]
         for seed in args.seeds or CPU_SEEDS:
             for body, made in bodies.items():
                 wm = world_model_job(args, env, body, e.obs, seed, made)
