@@ -18,6 +18,7 @@ ablations, 5) and, where a cell has runs with several numbers of demonstrations,
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -185,29 +186,27 @@ def random_row(block: list[dict[str, Any]], spread: str) -> Optional[str]:
 
 
 def markdown(rows: list[dict[str, Any]], spread: str = "episodes") -> str:
-    """The table, one row per cell, method and number of demonstrations, and after each cell's
-    rows the random policy's (`random_row`; a BC oracle's `none->task` cell has none where
-    another cell of the same task has one)."""
+    """The table, one row per cell, method and number of demonstrations (`rows` in `table`'s
+    order, a cell's rows together), and after each cell's rows the random policy's (`random_row`;
+    a BC oracle's `none->task` cell has none where another cell of the same task has one)."""
     lines = [
         "| embodiment | dataset -> task | method | demos | ours (mean +- std) | seeds | paper "
         "| outside |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        c, p = row["ours"], row["paper"]
-        paper = f"{p['mean']:.1f} +- {p['std']:.1f}" if p else "-"
-        lines.append(
-            f"| {row['env']} | {row['cell']} | {row['method']} | {row['demos']} | "
-            f"{c.mean:.1f} +- {c.std:.1f} | {c.seeds} | {paper} | {'*' if row['flag'] else ''} |"
-        )
-        block = [r for r in rows if (r["env"], r["cell"]) == (row["env"], row["cell"])]
-        if row is not block[-1]:
-            continue
-        task = row["cell"].split("->")[1]
-        siblings = any(r["env"] == row["env"] and r["cell"].endswith(f"->{task}")
-                       and not r["cell"].startswith("none->") for r in rows)  # fmt: skip
+    with_body = {(r["env"], r["cell"].split("->")[1]) for r in rows
+                 if not r["cell"].startswith("none->")}  # fmt: skip
+    for (env, cell), group in itertools.groupby(rows, key=lambda r: (r["env"], r["cell"])):
+        block = list(group)
+        for row in block:
+            c, p = row["ours"], row["paper"]
+            paper = f"{p['mean']:.1f} +- {p['std']:.1f}" if p else "-"
+            lines.append(
+                f"| {env} | {cell} | {row['method']} | {row['demos']} | {c.mean:.1f} +- "
+                f"{c.std:.1f} | {c.seeds} | {paper} | {'*' if row['flag'] else ''} |"
+            )
         line = random_row(block, spread)
-        if line and not (row["cell"].startswith("none->") and siblings):
+        if line and not (cell.startswith("none->") and (env, cell.split("->")[1]) in with_body):
             lines.append(line)
     return "\n".join(lines) + "\n"
 
